@@ -1,0 +1,34 @@
+# `make demo` and `make test` are the two commands; both set up .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-all lint clean
+
+install: $(STAMP)
+
+# Idempotent: the stamp is rebuilt only when the project's requirements change.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned to the CPU build on local disk, so nothing pulls a CUDA build.
+	$(BIN)/python -m pip show torch >/dev/null 2>&1 || $(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[test,onnx]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/autotune demo
+
+test: install
+	$(BIN)/python -m pytest -q -m "not gpu" -p no:cacheprovider
+
+test-all: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check autotune tests
+	$(BIN)/mypy autotune
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
