@@ -74,8 +74,8 @@ def make_dataset_cmd(
     long side 500 px and JPEG quality 75-95, under OUT/<label>/<id>.jpg, where the label is a species-like
     name per source photo. The folder loads both as a plain image folder and as a Hugging Face imagefolder.
 
-    Cost, measured on 2 cores: about 40 KB per image (500,000 images: about 20 GB) and roughly
-    300-400 images/s (500,000 images: about 25 minutes).
+    Cost, measured on 2 cores: about 38 KB per image (500,000 images: about 19 GB) and roughly
+    400 images/s with both cores (500,000 images: about 20 minutes).
     """
     from autotune.data import make_dataset
 

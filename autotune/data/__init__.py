@@ -1,0 +1,28 @@
+"""Image databases: folder and Hugging Face dataset sources, plus synthetic corpora for tests and benches."""
+
+from __future__ import annotations
+
+from autotune.data.generate import LABELS, SOURCE_PHOTOS, make_dataset, write_bad_images
+from autotune.data.sources import (
+    IMAGE_EXTENSIONS,
+    FolderSource,
+    HFDatasetSource,
+    ImageSource,
+    Record,
+    dataset_fingerprint,
+    open_source,
+)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "LABELS",
+    "SOURCE_PHOTOS",
+    "FolderSource",
+    "HFDatasetSource",
+    "ImageSource",
+    "Record",
+    "dataset_fingerprint",
+    "make_dataset",
+    "open_source",
+    "write_bad_images",
+]
