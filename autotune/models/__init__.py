@@ -1,0 +1,89 @@
+"""CLIP models: hub/local/offline stand-in resolution, loading, and the towers a scan runs.
+
+Names are imported on first use, so ``import autotune.models.backends`` (or the CLI) does not pay for torch
+and transformers until a model is really needed.
+
+Example:
+    >>> from autotune.models import encode_texts, load_clip
+    >>> loaded = load_clip("synthetic:tiny")
+    >>> encode_texts(loaded, ["a photo of a cat"]).shape
+    torch.Size([1, 32])
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autotune.models.loading import (
+        ImageTower,
+        LoadedClip,
+        arch_summary,
+        encode_images_reference,
+        encode_texts,
+        image_tower,
+        load_clip,
+        resolve_model,
+        weights_hash,
+    )
+    from autotune.models.synthetic import (
+        SYNTHETIC_PREFIX,
+        build_synthetic,
+        is_synthetic,
+        synthetic_config,
+        variants,
+    )
+    from autotune.models.tokenizer import build_offline_tokenizer
+
+# Public name -> defining submodule.
+_EXPORTS = {
+    "ImageTower": "loading",
+    "LoadedClip": "loading",
+    "arch_summary": "loading",
+    "encode_images_reference": "loading",
+    "encode_texts": "loading",
+    "image_tower": "loading",
+    "load_clip": "loading",
+    "resolve_model": "loading",
+    "weights_hash": "loading",
+    "SYNTHETIC_PREFIX": "synthetic",
+    "build_synthetic": "synthetic",
+    "is_synthetic": "synthetic",
+    "synthetic_config": "synthetic",
+    "variants": "synthetic",
+    "build_offline_tokenizer": "tokenizer",
+}
+
+__all__ = [
+    "SYNTHETIC_PREFIX",
+    "ImageTower",
+    "LoadedClip",
+    "arch_summary",
+    "build_offline_tokenizer",
+    "build_synthetic",
+    "encode_images_reference",
+    "encode_texts",
+    "image_tower",
+    "is_synthetic",
+    "load_clip",
+    "resolve_model",
+    "synthetic_config",
+    "variants",
+    "weights_hash",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its submodule on first access (PEP 562)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    """List the public names next to the module's own attributes."""
+    return sorted(set(globals()) | set(__all__))
