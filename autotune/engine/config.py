@@ -1,0 +1,148 @@
+"""The engine's one typed, validated configuration object."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from autotune.errors import ConfigError
+
+Scheduling = Literal["dynamic", "static"]
+GpuPrecision = Literal["fp16", "bf16", "fp32"]
+CpuPrecision = Literal["fp32"]
+
+SCHEDULING: tuple[str, ...] = ("dynamic", "static")
+GPU_PRECISIONS: tuple[str, ...] = ("fp16", "bf16", "fp32")
+CPU_BACKENDS: tuple[str, ...] = ("eager",)
+
+
+def logical_cores() -> int:
+    """Cores this process may run on (affinity-aware, unlike os.cpu_count())."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def gpu_count() -> int:
+    """Number of CUDA devices, without initialising CUDA in this process."""
+    try:
+        import torch
+
+        # device_count() uses NVML when it can and does not create a CUDA context, so forking stays safe.
+        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    except Exception:  # pragma: no cover
+        return 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    """How a scan runs: producer processes, model replicas per device, batch sizes and scheduling.
+
+    Producers read and preprocess images into shared-memory slots; each model replica is a consumer
+    process. ``cpu_models`` replicas each use ``cpu_threads`` intra-op threads; ``gpu_models`` replicas run
+    on each visible GPU. Batch sizes are per device type. ``scheduling`` is ``dynamic`` (one shared
+    ready queue, first come first served) or ``static`` (probe each consumer, then split by speed).
+
+    Example:
+        >>> EngineConfig(producers=2, cpu_models=1, cpu_threads=2, cpu_batch=32).validate(cores=4)
+    """
+
+    producers: int = 1
+    cpu_models: int = 1
+    cpu_threads: int = 1
+    gpu_models: int = 0
+    cpu_batch: int = 32
+    gpu_batch: int = 128
+    scheduling: Scheduling = "dynamic"
+    queue_depth: int = 2
+    cpu_precision: CpuPrecision = "fp32"
+    gpu_precision: GpuPrecision = "fp16"
+    cpu_backend: str = "eager"
+    pin_cores: bool = False
+    probe_batches: int = 2
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def consumers(self) -> int:
+        """Total model replicas (CPU replicas plus GPU replicas on every GPU)."""
+        return self.cpu_models + self.gpu_models * max(gpu_count(), 1 if self.gpu_models else 0)
+
+    def unit_batch(self) -> int:
+        """Images per shared-memory slot: GPU replicas coalesce several slots when batches differ."""
+        sizes = ([self.cpu_batch] if self.cpu_models else []) + ([self.gpu_batch] if self.gpu_models else [])
+        return min(sizes) if sizes else self.cpu_batch
+
+    def validate(self, *, cores: int | None = None, gpus: int | None = None) -> EngineConfig:
+        """Refuse impossible values with one clear line (ConfigError); return self when fine."""
+        cores = logical_cores() if cores is None else cores
+        gpus = gpu_count() if gpus is None else gpus
+        ints = {
+            "producers": self.producers, "cpu_models": self.cpu_models, "cpu_threads": self.cpu_threads,
+            "gpu_models": self.gpu_models, "cpu_batch": self.cpu_batch, "gpu_batch": self.gpu_batch,
+            "queue_depth": self.queue_depth, "probe_batches": self.probe_batches,
+        }
+        for key, value in ints.items():
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if self.producers < 1:
+            raise ConfigError(f"producers must be >= 1, got {self.producers}")
+        if self.cpu_models < 0 or self.gpu_models < 0:
+            raise ConfigError("cpu_models and gpu_models must be >= 0")
+        if self.cpu_models + self.gpu_models == 0:
+            raise ConfigError("no model replicas: set cpu_models or gpu_models to at least 1")
+        if self.cpu_batch < 1 or self.gpu_batch < 1:
+            raise ConfigError(f"batch size must be >= 1, got cpu_batch={self.cpu_batch} gpu_batch={self.gpu_batch}")
+        if self.cpu_threads < 1:
+            raise ConfigError(f"cpu_threads must be >= 1, got {self.cpu_threads}")
+        if self.cpu_models and self.cpu_threads > cores:
+            raise ConfigError(f"cpu_threads={self.cpu_threads} is more than the {cores} cores of this machine")
+        if self.queue_depth < 1:
+            raise ConfigError(f"queue_depth must be >= 1, got {self.queue_depth}")
+        if self.gpu_models and gpus == 0:
+            raise ConfigError(f"gpu_models={self.gpu_models} but no CUDA GPU is visible")
+        if self.scheduling not in SCHEDULING:
+            raise ConfigError(f"scheduling must be one of {', '.join(SCHEDULING)}, got {self.scheduling!r}")
+        if self.gpu_precision not in GPU_PRECISIONS:
+            raise ConfigError(f"gpu_precision must be one of {', '.join(GPU_PRECISIONS)}, got {self.gpu_precision!r}")
+        if self.cpu_precision != "fp32":
+            raise ConfigError(f"cpu_precision must be fp32 (use cpu_backend for int8), got {self.cpu_precision!r}")
+        if self.pin_cores and self.producers + self.cpu_models * self.cpu_threads > cores:
+            raise ConfigError(
+                f"pin_cores needs producers + cpu_models * cpu_threads <= {cores} cores, got "
+                f"{self.producers} + {self.cpu_models} * {self.cpu_threads}"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary (round-trips through :meth:`from_dict`)."""
+        data = dataclasses.asdict(self)
+        if not data["extra"]:
+            data.pop("extra")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EngineConfig:
+        """Build from a dictionary, refusing unknown keys with one line."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown engine setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def describe(self) -> str:
+        """A short human summary, e.g. ``2 producers, 1 cpu x 2 threads (batch 32), dynamic``."""
+        parts = [f"{self.producers} producer{'s' if self.producers != 1 else ''}"]
+        if self.cpu_models:
+            parts.append(
+                f"{self.cpu_models} cpu x {self.cpu_threads} thread{'s' if self.cpu_threads != 1 else ''} "
+                f"(batch {self.cpu_batch}, {self.cpu_backend})"
+            )
+        if self.gpu_models:
+            parts.append(f"{self.gpu_models} gpu/device (batch {self.gpu_batch}, {self.gpu_precision})")
+        parts.append(self.scheduling)
+        if self.pin_cores:
+            parts.append("pinned")
+        return ", ".join(parts)

@@ -1,0 +1,134 @@
+"""Consumer process: one model replica that embeds ready batches, scores them and keeps a top-k."""
+
+from __future__ import annotations
+
+import os
+import queue
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from autotune.engine.lifecycle import worker_start
+from autotune.engine.telemetry import CONSUMER_WAIT, StageTimer
+from autotune.engine.topk import RunningTopK
+from autotune.engine.transport import SlotLayout, SlotPool
+from autotune.models.backends import BackendSpec
+
+
+class EmbeddingSink(Protocol):
+    """Receives every embedding a replica computes (the retrieval index is built on this)."""
+
+    def write(self, ids: np.ndarray, embeddings: np.ndarray) -> None:
+        """Store one batch of (ids, float32 embeddings)."""
+
+    def close(self) -> None:
+        """Flush and commit what was written."""
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """Everything a consumer needs, picklable; the model is built inside the process."""
+
+    index: int
+    device: str
+    backend: BackendSpec
+    layout: SlotLayout
+    queries: np.ndarray
+    top_k: int
+    threads: int
+    batch: int
+    cores: tuple[int, ...] | None = None
+    parent_pid: int = 0
+    sink_factory: Callable[[int], EmbeddingSink] | None = None
+
+
+def _set_threads(threads: int, need_torch: bool = True) -> dict[str, Any]:
+    """Fix the intra-op thread count before torch does any work; return what is in effect."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    if not need_torch:  # the fake backend never imports torch: its workers start in a fraction of a second
+        return {"torch_threads": None, "omp_num_threads": threads}
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process
+        pass
+    return {"torch_threads": torch.get_num_threads(), "omp_num_threads": threads}
+
+
+def consumer_main(spec: ConsumerSpec, ready: Any, free_slots: Any, events: Any) -> None:
+    """Loop: take ready slot(s), embed, score against the queries, release the slot(s); report at the end."""
+    worker_start(spec.parent_pid)
+    pool: SlotPool | None = None
+    sink: EmbeddingSink | None = None
+    try:
+        if spec.cores:
+            os.sched_setaffinity(0, spec.cores)
+        info = _set_threads(spec.threads, need_torch=not spec.backend.is_fake)
+        info["affinity"] = sorted(os.sched_getaffinity(0))
+        timer = StageTimer()
+        with timer.stage("load"):
+            from autotune.models.backends import build_backend
+
+            backend = build_backend(spec.backend)
+            pool = SlotPool.attach(spec.layout)
+            sink = spec.sink_factory(spec.index) if spec.sink_factory else None
+        topk = RunningTopK(len(spec.queries), spec.top_k)
+        queries_t = np.ascontiguousarray(spec.queries.T, dtype=np.float32)
+        events.put(("ready", "consumer", spec.index, os.getpid(), info))
+        finished = False
+        while not finished:
+            with timer.stage(CONSUMER_WAIT):
+                item = ready.get()
+            if item is None:
+                break
+            items = [item]
+            total = item[1]
+            # A replica with a larger batch than a slot holds (GPUs) coalesces whatever is ready now.
+            while total < spec.batch:
+                try:
+                    nxt = ready.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    finished = True
+                    break
+                items.append(nxt)
+                total += nxt[1]
+            t0 = time.perf_counter()
+            if len(items) == 1:
+                slot, n, _ = items[0]
+                pixels, ids = pool.pixels[slot, :n], pool.ids[slot, :n].copy()
+            else:
+                pixels = np.concatenate([pool.pixels[s, :n] for s, n, _ in items])
+                ids = np.concatenate([pool.ids[s, :n] for s, n, _ in items])
+            emb = backend.embed(pixels)
+            for slot, _n, _b in items:
+                free_slots.put(slot)
+            for stage, secs in backend.timings().items():
+                timer.add(stage, secs)
+            with timer.stage("score"):
+                topk.update(queries_t.T @ emb.T if len(spec.queries) else np.zeros((0, len(ids))), ids)
+                if sink is not None:
+                    sink.write(ids, emb)
+            busy = time.perf_counter() - t0
+            timer.count("images", len(ids))
+            timer.count("batches")
+            events.put(("batch", spec.index, [b for _s, _n, b in items], len(ids), time.perf_counter(), busy))
+        if sink is not None:
+            with timer.stage("score"):
+                sink.close()
+        stats = timer.snapshot()
+        stats.update(info)
+        events.put(("done", "consumer", spec.index, stats, topk.result()))
+    except Exception:
+        events.put(("error", "consumer", spec.index, traceback.format_exc(limit=6), None))
+    finally:
+        if pool is not None:
+            pool.close()

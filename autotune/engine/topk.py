@@ -1,0 +1,45 @@
+"""Running top-k per query, and the exact merge of per-replica top-k lists."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class RunningTopK:
+    """Keeps the k best (score, id) pairs per query across batches.
+
+    Ties are broken by the smaller id, so results do not depend on batch order or replica count.
+    """
+
+    def __init__(self, queries: int, k: int) -> None:
+        self.k = k
+        self.scores = np.full((queries, 0), -np.inf, dtype=np.float32)
+        self.ids = np.zeros((queries, 0), dtype=np.int64)
+
+    def update(self, scores: np.ndarray, ids: np.ndarray) -> None:
+        """Merge a batch: ``scores`` is (queries, n), ``ids`` is (n,)."""
+        if scores.shape[1] == 0:
+            return
+        all_scores = np.concatenate([self.scores, scores.astype(np.float32)], axis=1)
+        all_ids = np.concatenate([self.ids, np.broadcast_to(ids, scores.shape)], axis=1)
+        self.scores, self.ids = select_topk(all_scores, all_ids, self.k)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each (queries, <=k), best first."""
+        return self.scores, self.ids
+
+
+def select_topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best k per row by score descending, then id ascending (deterministic ties)."""
+    rows = []
+    for s, i in zip(scores, ids, strict=True):
+        order = np.lexsort((i, -s))[:k]
+        rows.append((s[order], i[order]))
+    return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+
+
+def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-replica (scores, ids) lists into the exact global top-k."""
+    scores = np.concatenate([p[0] for p in parts], axis=1)
+    ids = np.concatenate([p[1] for p in parts], axis=1)
+    return select_topk(scores, ids, k)
