@@ -35,8 +35,13 @@ def producer_main(
         os.sched_setaffinity(0, spec.cores)
     pool: SlotPool | None = None
     try:
+        import torch
+
         from autotune.errors import BadImageError
         from autotune.preprocess import fast_preprocess
+
+        # The fast path resizes with a torch kernel: one thread per producer, or producers fight the models.
+        torch.set_num_threads(1)
 
         pool = SlotPool.attach(spec.layout)
         timer = StageTimer()
