@@ -104,6 +104,133 @@ def make_model_cmd(
     _out(train_model(dataset, out, seed=seed, minutes=minutes, progress=not as_json), "make-model", as_json)
 
 
+# ------------------------------------------------------------------------------------------ machine
+
+
+@app.command("machine")
+def machine_cmd(as_json: JsonOpt = False) -> None:
+    """This machine's fingerprint: CPU, cores, memory, GPUs, torch/CUDA versions, and its machine id."""
+    from autotune.machine import detect_machine
+
+    info = detect_machine()
+    data = info.to_dict()
+    data["gpus"] = ", ".join(f"{g['name']} ({g['memory_gb']} GB)" for g in data["gpus"]) or "none"
+    data["cpu_flags"] = " ".join(data["cpu_flags"])
+    _out(data, "machine", as_json)
+
+
+# -------------------------------------------------------------------------------------------- tuner
+
+
+@app.command("study")
+def study_cmd(
+    device: Annotated[str, typer.Option("--device", help="Device mix to tune: cpu, gpu or cpu+gpu.")] = "cpu",
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Trials that run a scan (infeasible ones excluded).")] = 20,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Stop searching after this many seconds.")] = None,
+    scan_size: Annotated[int, typer.Option("--scan-size", min=4, help="Images timed per trial (the same every trial).")] = 96,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Images scanned before timing starts.")] = 16,
+    shards: Annotated[int, typer.Option("--shards", min=1, help="Timed shards per trial (median = objective).")] = 3,
+    space: Annotated[str | None, typer.Option("--space", help="Search-space YAML file (default: the device's built-in).")] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="Optuna RDB URL (default: sqlite file under studies/).")] = None,
+    study_name: Annotated[str | None, typer.Option("--study-name", help="Default: machine id + device + model + dataset.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model to tune with (default: the ViT-B/32 stand-in).")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Images to scan (default: a generated corpus).")] = None,
+    image_column: ImageColumnOpt = None,
+    repeats: Annotated[int, typer.Option("--repeats", min=0, help="Interleaved re-measurements of the best few.")] = 3,
+    patience: Annotated[int | None, typer.Option("--patience", help="Stop after this many trials without improvement.")] = None,
+    trial_timeout: Annotated[float, typer.Option("--trial-timeout", help="Seconds before a trial is failed as hung.")] = 600.0,
+    seed: Annotated[int, typer.Option("--seed", help="Sampler seed.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Tune the scan engine for this machine with Optuna and save the best configuration as its profile.
+
+    Each trial runs the engine in a fresh process on the same fixed scan and reports images/s per shard
+    (clearly worse trials are pruned). Trial 0 is the default configuration. The best few are re-measured,
+    interleaved, and the pick (by median) is saved to studies/profiles/<machine-id>.json. Running the same
+    command again resumes the study. Inspect it with `autotune dashboard` or `autotune report`.
+    """
+    from autotune import report
+    from autotune.tuner.study import StudyOptions, run_study
+
+    if model and model.startswith("synthetic:") and not as_json:
+        report.err_console.print("[yellow]note: synthetic models have random weights: speed is real, rankings are not[/yellow]")
+    opts = StudyOptions(device=device, trials=trials, timeout_s=timeout, scan_size=scan_size, warmup=warmup,
+                        shards=shards, space=space, storage=storage, study_name=study_name, model=model,
+                        dataset=dataset, image_column=image_column, repeats=repeats, patience=patience,
+                        trial_timeout_s=trial_timeout, seed=seed)
+    say = None if as_json else (lambda m: report.err_console.print(f"[dim]{m}[/dim]"))
+    outcome = run_study(opts, log=say)
+    _out(outcome.summary(), "study", as_json)
+
+
+profile_app = typer.Typer(help="Per-machine profiles saved by `autotune study`.", no_args_is_help=True)
+app.add_typer(profile_app, name="profile")
+
+
+@profile_app.command("list")
+def profile_list_cmd(as_json: JsonOpt = False) -> None:
+    """Every saved profile: machine, configuration, measured images/s, predicted 500,000-image time."""
+    from autotune import report
+    from autotune.tuner.profile import list_profiles
+
+    rows = [{"machine_id": p.machine_id, "config": p.config.describe(), "images_per_s": round(p.images_per_s, 2),
+             "spread": round(p.spread, 3), "predicted_seconds_500k": round(p.predicted_seconds_500k, 1),
+             "model": p.model, "date": p.date} for p in list_profiles()]
+    if as_json:
+        report.emit_json(rows)
+    else:
+        report.print_rows("profiles", rows)
+
+
+@profile_app.command("show")
+def profile_show_cmd(
+    profile: Annotated[str, typer.Argument(help="'auto' (this machine's) or a profile file.")] = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """One profile in full, with its provenance."""
+    from autotune.errors import ConfigError
+    from autotune.tuner.profile import find_profile
+
+    prof = find_profile(profile)
+    if prof is None:
+        raise ConfigError("no profile for this machine yet: run `autotune study` first")
+    data = prof.to_dict()
+    data["config"] = prof.config.describe()
+    _out(data, f"profile {prof.machine_id}", as_json)
+
+
+@app.command("dashboard")
+def dashboard_cmd(
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 8080,
+    storage: Annotated[str | None, typer.Option("--storage", help="Study storage URL (default: studies/).")] = None,
+) -> None:
+    """Serve optuna-dashboard for the study storage on http://127.0.0.1:PORT (Ctrl-C to stop)."""
+    from autotune.tuner.report import serve_dashboard
+
+    serve_dashboard(storage, port)
+
+
+@app.command("report")
+def report_cmd(
+    study_name: Annotated[str | None, typer.Option("--study-name", help="Default: this machine's latest study.")] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="Study storage URL (default: studies/).")] = None,
+    plots: Annotated[Path | None, typer.Option("--plots", help="Write PNG plots into this folder.")] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Configurations to list.")] = 5,
+    as_json: JsonOpt = False,
+) -> None:
+    """The study's top configurations, their gain over trial 0 (the default), the predicted 500,000-image
+    time, and optionally PNG plots (history, parameter importances, images/s against batch and producers)."""
+    from autotune import report
+    from autotune.tuner.report import study_report
+
+    data = study_report(study_name=study_name, storage=storage, plots=plots, top=top)
+    if as_json:
+        report.emit_json(data)
+        return
+    report.print_rows(f"study {data['study']}: top configurations", data["top"])
+    report.print_figures("summary", {k: v for k, v in data.items() if k not in ("top",)})
+
+
 # ------------------------------------------------------------------------------------------- benches
 
 
@@ -188,6 +315,25 @@ def _load_profile_opt(profile: str | None, model: str) -> Any:
     except ImportError:  # the tuner is optional for the ladder
         return None
     return find_profile(profile, model=model)
+
+
+@bench_app.command("tuner")
+def bench_tuner_cmd(
+    model: ModelOpt = "synthetic:clip-vit-base-patch32",
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Images to scan (default: a generated corpus).")] = None,
+    scan_size: Annotated[int, typer.Option("--scan-size", min=4, help="Images timed per configuration.")] = 48,
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Study trials (the grid runs every point).")] = 8,
+    as_json: JsonOpt = False,
+) -> None:
+    """Tuner quality: an exhaustive grid of a small space vs the study on the same space, in one run.
+
+    Reports the grid's best images/s, the study's best, their ratio (goal >= 0.97), the trials each took and
+    the total time.
+    """
+    from autotune.bench.tuner import bench_tuner
+
+    _out(bench_tuner(model=model, dataset=dataset, scan_size=scan_size, trials=trials, progress=not as_json),
+         "bench tuner", as_json)
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -31,6 +31,8 @@ class RunningTopK:
 
 def select_topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best k per row by score descending, then id ascending (deterministic ties)."""
+    if len(scores) == 0:  # a scan with no query (timing only)
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.int64)
     rows = []
     for s, i in zip(scores, ids, strict=True):
         order = np.lexsort((i, -s))[:k]

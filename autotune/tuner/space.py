@@ -1,0 +1,254 @@
+"""Search spaces: YAML files of typed parameters, machine-shaped bounds and constraints."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autotune.engine.config import EngineConfig
+from autotune.errors import ConfigError
+from autotune.tuner import expressions
+
+DEVICES = ("cpu", "gpu", "cpu+gpu")
+_PARAM_KEYS = {"type", "low", "high", "step", "log", "choices"}
+_TOP_KEYS = {"name", "description", "device", "params", "fixed", "constraints", "defaults"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One tunable engine setting: int/float range (optionally log or stepped) or categorical choices."""
+
+    name: str
+    type: str
+    low: Any = None
+    high: Any = None
+    step: Any = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def distribution(self) -> Any:
+        """The Optuna distribution for this parameter (bounds already resolved)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.type == "categorical":
+            return CategoricalDistribution(list(self.choices))
+        if self.type == "int":
+            return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return FloatDistribution(float(self.low), float(self.high), log=self.log, step=self.step)
+
+    def values(self) -> list[Any]:
+        """Every value (for exhaustive grids): choices, or the integer range (log spaces use powers of 2)."""
+        if self.type == "categorical":
+            return list(self.choices)
+        if self.type != "int":
+            raise ConfigError(f"parameter {self.name}: a float range has no finite grid")
+        if self.log:
+            vals, v = [], int(self.low)
+            while v <= int(self.high):
+                vals.append(v)
+                v *= 2
+            return vals
+        return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A device mix's space, resolved for one machine: parameters, fixed settings, constraints, defaults.
+
+    Example:
+        >>> space = load_space("cpu", machine_facts={"cores": 2, "gpus": 0})
+        >>> space.to_config(space.default_params()).describe()
+    """
+
+    name: str
+    device: str
+    params: tuple[Param, ...]
+    fixed: Mapping[str, Any]
+    constraints: tuple[str, ...]
+    defaults: Mapping[str, Any]
+    facts: Mapping[str, Any]
+    source: str
+
+    def distributions(self) -> dict[str, Any]:
+        """Optuna distributions by parameter name."""
+        return {p.name: p.distribution() for p in self.params}
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """Ask an Optuna trial for every parameter."""
+        out: dict[str, Any] = {}
+        for p in self.params:
+            if p.type == "categorical":
+                out[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+            elif p.type == "int":
+                out[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+            else:
+                out[p.name] = trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)
+        return out
+
+    def violations(self, params: Mapping[str, Any]) -> list[str]:
+        """The constraints a proposal breaks (empty when feasible)."""
+        env = {**self.facts, **self.fixed, **params}
+        bad = []
+        for expr in self.constraints:
+            tree = expressions.parse(expr, f"{self.source}: constraints")
+            if not expressions.evaluate(tree, env, f"{self.source}: constraints"):
+                bad.append(expr)
+        return bad
+
+    def to_config(self, params: Mapping[str, Any]) -> EngineConfig:
+        """Engine configuration for a proposal (fixed settings merged in)."""
+        return EngineConfig.from_dict({**self.fixed, **params})
+
+    def default_params(self) -> dict[str, Any]:
+        """Trial 0: the space's defaults, clipped into the machine's bounds."""
+        out = {}
+        for p in self.params:
+            value = self.defaults.get(p.name)
+            if value is None:
+                value = p.choices[0] if p.type == "categorical" else p.low
+            if p.type != "categorical":
+                value = min(max(value, p.low), p.high)
+            out[p.name] = value
+        return out
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every feasible proposal (for exhaustive comparisons on small spaces)."""
+        names = [p.name for p in self.params]
+        combos = (dict(zip(names, vals, strict=True)) for vals in itertools.product(*(p.values() for p in self.params)))
+        return [c for c in combos if not self.violations(c)]
+
+
+def builtin_space_path(name: str) -> Path:
+    """Path of a space shipped with the package (``cpu``, ``gpu``, ``cpu+gpu``)."""
+    ref = resources.files("autotune.search_spaces").joinpath(f"{name}.yaml")
+    return Path(str(ref))
+
+
+def _resolve(value: Any, facts: Mapping[str, Any], where: str) -> Any:
+    """A bound written as a number or as an expression over machine facts."""
+    if isinstance(value, str):
+        return expressions.evaluate(expressions.parse(value, where), facts, where)
+    return value
+
+
+def load_space(
+    space: str | Path, *, machine_facts: Mapping[str, Any], device: str | None = None
+) -> SearchSpace:
+    """Read and validate a space file (or a built-in name) and shape it to the machine.
+
+    Every problem is one ConfigError line naming the file, the key and what is wrong.
+    """
+    path = Path(space)
+    if not path.suffix and not path.exists():
+        if str(space) not in DEVICES:
+            raise ConfigError(f"unknown search space {space!r}: use one of {', '.join(DEVICES)} or a YAML file")
+        path = builtin_space_path(str(space))
+    if not path.is_file():
+        raise ConfigError(f"search space file not found: {path}")
+    src = path.name
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{src}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{src}: expected a mapping with 'params', got {type(doc).__name__}")
+    unknown = set(doc) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(f"{src}: unknown top-level key(s) {', '.join(sorted(unknown))}")
+    dev = str(doc.get("device", device or "cpu"))
+    if dev not in DEVICES:
+        raise ConfigError(f"{src}: device must be one of {', '.join(DEVICES)}, got {dev!r}")
+    if device is not None and device != dev:
+        raise ConfigError(f"{src}: this space is for device {dev!r}, but --device {device} was asked for")
+    facts = dict(machine_facts)
+    if "gpu" in dev and not facts.get("gpus"):
+        raise ConfigError(f"--device {dev} needs a CUDA GPU, and none is visible on this machine")
+    fields = {f.name: f for f in dataclasses.fields(EngineConfig)}
+    raw_params = doc.get("params")
+    if not isinstance(raw_params, dict) or not raw_params:
+        raise ConfigError(f"{src}: 'params' must be a non-empty mapping of parameter -> spec")
+    params = []
+    for name, spec in raw_params.items():
+        where = f"{src}: params.{name}"
+        if name not in fields:
+            raise ConfigError(f"{where}: not an engine setting (known: {', '.join(sorted(fields))})")
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: expected a mapping with 'type', got {spec!r}")
+        bad = set(spec) - _PARAM_KEYS
+        if bad:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(bad))}")
+        kind = spec.get("type")
+        if kind not in ("int", "float", "categorical"):
+            raise ConfigError(f"{where}.type: must be int, float or categorical, got {kind!r}")
+        if kind == "categorical":
+            choices = spec.get("choices")
+            if not isinstance(choices, list) or not choices:
+                raise ConfigError(f"{where}.choices: a categorical parameter needs a non-empty list")
+            params.append(Param(name, kind, choices=tuple(choices)))
+            continue
+        for key in ("low", "high"):
+            if key not in spec:
+                raise ConfigError(f"{where}.{key}: missing (a range needs low and high)")
+        low = _resolve(spec["low"], facts, f"{where}.low")
+        high = _resolve(spec["high"], facts, f"{where}.high")
+        for key, val in (("low", low), ("high", high)):
+            if not isinstance(val, int | float) or isinstance(val, bool):
+                raise ConfigError(f"{where}.{key}: must be a number or an expression, got {val!r}")
+        if kind == "int":
+            low, high = int(low), int(high)
+        log = bool(spec.get("log", False))
+        if high < low:
+            raise ConfigError(f"{where}: high ({high}) is below low ({low}) on this machine")
+        if log and low <= 0:
+            raise ConfigError(f"{where}.log: a log range needs low > 0, got {low}")
+        step = spec.get("step")
+        if step is not None and (not isinstance(step, int | float) or step <= 0):
+            raise ConfigError(f"{where}.step: must be a positive number, got {step!r}")
+        if log and step not in (None, 1):
+            raise ConfigError(f"{where}: log and step cannot be combined")
+        params.append(Param(name, kind, low, high, step, log))
+    fixed = doc.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise ConfigError(f"{src}: 'fixed' must be a mapping")
+    for name in fixed:
+        if name not in fields:
+            raise ConfigError(f"{src}: fixed.{name}: not an engine setting")
+    # Strings are expressions only where the engine setting is numeric; elsewhere they are values.
+    numeric = {n for n, f in fields.items() if isinstance(f.default, int | float) and not isinstance(f.default, bool)}
+    fixed = {k: _resolve(v, facts, f"{src}: fixed.{k}") if k in numeric else v for k, v in fixed.items()}
+    constraints = doc.get("constraints") or []
+    if not isinstance(constraints, list) or not all(isinstance(c, str) for c in constraints):
+        raise ConfigError(f"{src}: 'constraints' must be a list of expression strings")
+    known = set(facts) | {p.name for p in params} | set(fixed) | {"true", "false", "True", "False"}
+    for i, expr in enumerate(constraints):
+        tree = expressions.parse(expr, f"{src}: constraints[{i}]")
+        missing = expressions.names(tree) - known
+        if missing:
+            raise ConfigError(f"{src}: constraints[{i}]: unknown name(s) {', '.join(sorted(missing))}")
+    defaults = doc.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{src}: 'defaults' must be a mapping")
+    pnames = {p.name for p in params}
+    for k in defaults:
+        if k not in pnames:
+            raise ConfigError(f"{src}: defaults.{k}: not a parameter of this space")
+    ranged = {p.name for p in params if p.type != "categorical"}
+    defaults = {k: _resolve(v, facts, f"{src}: defaults.{k}") if k in ranged else v for k, v in defaults.items()}
+    space_obj = SearchSpace(
+        name=str(doc.get("name", path.stem)), device=dev, params=tuple(params), fixed=fixed,
+        constraints=tuple(constraints), defaults=defaults, facts=facts, source=src,
+    )
+    bad_default = space_obj.violations(space_obj.default_params())
+    if bad_default:
+        raise ConfigError(f"{src}: the defaults break constraint {bad_default[0]!r} on this machine")
+    return space_obj
+
