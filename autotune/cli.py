@@ -18,7 +18,7 @@ app = typer.Typer(
     name="autotune",
     help="Auto-tuning performance harness for CLIP text-to-image retrieval.\n\n"
     "Typical flow: `autotune make-dataset` (or bring your own images), `autotune study` to tune the scan "
-    "engine for this machine, then `autotune retrieve \"a photo of ...\"`.",
+    'engine for this machine, then `autotune retrieve "a photo of ..."`.',
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -125,20 +125,38 @@ def machine_cmd(as_json: JsonOpt = False) -> None:
 @app.command("study")
 def study_cmd(
     device: Annotated[str, typer.Option("--device", help="Device mix to tune: cpu, gpu or cpu+gpu.")] = "cpu",
-    trials: Annotated[int, typer.Option("--trials", min=1, help="Trials that run a scan (infeasible ones excluded).")] = 20,
+    trials: Annotated[
+        int, typer.Option("--trials", min=1, help="Trials that run a scan (infeasible ones excluded).")
+    ] = 20,
     timeout: Annotated[float | None, typer.Option("--timeout", help="Stop searching after this many seconds.")] = None,
-    scan_size: Annotated[int, typer.Option("--scan-size", min=4, help="Images timed per trial (the same every trial).")] = 96,
+    scan_size: Annotated[
+        int, typer.Option("--scan-size", min=4, help="Images timed per trial (the same every trial).")
+    ] = 96,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Images scanned before timing starts.")] = 16,
     shards: Annotated[int, typer.Option("--shards", min=1, help="Timed shards per trial (median = objective).")] = 3,
-    space: Annotated[str | None, typer.Option("--space", help="Search-space YAML file (default: the device's built-in).")] = None,
-    storage: Annotated[str | None, typer.Option("--storage", help="Optuna RDB URL (default: sqlite file under studies/).")] = None,
-    study_name: Annotated[str | None, typer.Option("--study-name", help="Default: machine id + device + model + dataset.")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Model to tune with (default: the ViT-B/32 stand-in).")] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="Images to scan (default: a generated corpus).")] = None,
+    space: Annotated[
+        str | None, typer.Option("--space", help="Search-space YAML file (default: the device's built-in).")
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option("--storage", help="Optuna RDB URL (default: sqlite file under studies/).")
+    ] = None,
+    study_name: Annotated[
+        str | None, typer.Option("--study-name", help="Default: machine id + device + model + dataset.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model to tune with (default: the ViT-B/32 stand-in).")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Images to scan (default: a generated corpus).")
+    ] = None,
     image_column: ImageColumnOpt = None,
     repeats: Annotated[int, typer.Option("--repeats", min=0, help="Interleaved re-measurements of the best few.")] = 3,
-    patience: Annotated[int | None, typer.Option("--patience", help="Stop after this many trials without improvement.")] = None,
-    trial_timeout: Annotated[float, typer.Option("--trial-timeout", help="Seconds before a trial is failed as hung.")] = 600.0,
+    patience: Annotated[
+        int | None, typer.Option("--patience", help="Stop after this many trials without improvement.")
+    ] = None,
+    trial_timeout: Annotated[
+        float, typer.Option("--trial-timeout", help="Seconds before a trial is failed as hung.")
+    ] = 600.0,
     seed: Annotated[int, typer.Option("--seed", help="Sampler seed.")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -153,11 +171,27 @@ def study_cmd(
     from autotune.tuner.study import StudyOptions, run_study
 
     if model and model.startswith("synthetic:") and not as_json:
-        report.err_console.print("[yellow]note: synthetic models have random weights: speed is real, rankings are not[/yellow]")
-    opts = StudyOptions(device=device, trials=trials, timeout_s=timeout, scan_size=scan_size, warmup=warmup,
-                        shards=shards, space=space, storage=storage, study_name=study_name, model=model,
-                        dataset=dataset, image_column=image_column, repeats=repeats, patience=patience,
-                        trial_timeout_s=trial_timeout, seed=seed)
+        report.err_console.print(
+            "[yellow]note: synthetic models have random weights: speed is real, rankings are not[/yellow]"
+        )
+    opts = StudyOptions(
+        device=device,
+        trials=trials,
+        timeout_s=timeout,
+        scan_size=scan_size,
+        warmup=warmup,
+        shards=shards,
+        space=space,
+        storage=storage,
+        study_name=study_name,
+        model=model,
+        dataset=dataset,
+        image_column=image_column,
+        repeats=repeats,
+        patience=patience,
+        trial_timeout_s=trial_timeout,
+        seed=seed,
+    )
     say = None if as_json else (lambda m: report.err_console.print(f"[dim]{m}[/dim]"))
     outcome = run_study(opts, log=say)
     _out(outcome.summary(), "study", as_json)
@@ -173,9 +207,18 @@ def profile_list_cmd(as_json: JsonOpt = False) -> None:
     from autotune import report
     from autotune.tuner.profile import list_profiles
 
-    rows = [{"machine_id": p.machine_id, "config": p.config.describe(), "images_per_s": round(p.images_per_s, 2),
-             "spread": round(p.spread, 3), "predicted_seconds_500k": round(p.predicted_seconds_500k, 1),
-             "model": p.model, "date": p.date} for p in list_profiles()]
+    rows = [
+        {
+            "machine_id": p.machine_id,
+            "config": p.config.describe(),
+            "images_per_s": round(p.images_per_s, 2),
+            "spread": round(p.spread, 3),
+            "predicted_seconds_500k": round(p.predicted_seconds_500k, 1),
+            "model": p.model,
+            "date": p.date,
+        }
+        for p in list_profiles()
+    ]
     if as_json:
         report.emit_json(rows)
     else:
@@ -212,7 +255,9 @@ def dashboard_cmd(
 
 @app.command("report")
 def report_cmd(
-    study_name: Annotated[str | None, typer.Option("--study-name", help="Default: this machine's latest study.")] = None,
+    study_name: Annotated[
+        str | None, typer.Option("--study-name", help="Default: this machine's latest study.")
+    ] = None,
     storage: Annotated[str | None, typer.Option("--storage", help="Study storage URL (default: studies/).")] = None,
     plots: Annotated[Path | None, typer.Option("--plots", help="Write PNG plots into this folder.")] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Configurations to list.")] = 5,
@@ -229,6 +274,129 @@ def report_cmd(
         return
     report.print_rows(f"study {data['study']}: top configurations", data["top"])
     report.print_figures("summary", {k: v for k, v in data.items() if k not in ("top",)})
+
+
+# ---------------------------------------------------------------------------------------- retrieval
+
+
+@app.command("retrieve")
+def retrieve_cmd(
+    queries: Annotated[list[str] | None, typer.Argument(help='Text queries, e.g. "a photo of Felis catus".')] = None,
+    queries_file: Annotated[
+        Path | None, typer.Option("--queries-file", help="A file of queries, one per line.")
+    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Images to return per query.")] = 9,
+    profile: Annotated[
+        str, typer.Option("--profile", help="'auto' (this machine's profile), 'none', or a file.")
+    ] = "auto",
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Images to search (default: the generated corpus).")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="CLIP model (default: the ViT-B/32 stand-in).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Results folder: JSON/CSV, skipped list, contact sheet.")] = Path(
+        "results"
+    ),
+    rescan: Annotated[
+        bool, typer.Option("--rescan", help="Full scan with no index (the paper's way; for timing).")
+    ] = False,
+    no_index: Annotated[bool, typer.Option("--no-index", help="Do not build or use the embedding index.")] = False,
+    index_dir: Annotated[
+        Path | None, typer.Option("--index-dir", help="Index folder (default: under the cache).")
+    ] = None,
+    index_dtype: Annotated[str, typer.Option("--index-dtype", help="float16 (default) or float32.")] = "float16",
+    image_column: ImageColumnOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find the images that best match each query.
+
+    The first run scans every image with the engine (this machine's tuned profile, or a safe default) and
+    builds an embedding index as it goes; an interrupted scan resumes where it stopped. Later queries answer
+    from the index in milliseconds. A changed dataset or model is detected and the index rebuilt.
+    """
+    from autotune import report
+    from autotune.defaults import DEFAULT_MODEL, default_dataset
+    from autotune.errors import ConfigError
+    from autotune.retrieval import retrieve, safe_default_config, write_outputs
+    from autotune.tuner.profile import find_profile
+
+    texts = list(queries or [])
+    if queries_file is not None:
+        if not queries_file.is_file():
+            raise ConfigError(f"queries file not found: {queries_file}")
+        texts += [line.strip() for line in queries_file.read_text().splitlines() if line.strip()]
+    if not texts or any(not t.strip() for t in texts):
+        raise ConfigError("empty query: give at least one non-empty text (argument or --queries-file)")
+    if index_dtype not in ("float16", "float32"):
+        raise ConfigError(f"--index-dtype must be float16 or float32, got {index_dtype!r}")
+    say = (lambda m: None) if as_json else (lambda m: report.err_console.print(f"[dim]{m}[/dim]"))
+    model = model or DEFAULT_MODEL
+    ds = dataset or str(default_dataset(progress=not as_json))
+    # Check the inputs before any chatter, so a mistake is one line.
+    from autotune.data import open_source
+    from autotune.models.loading import resolve_model
+
+    open_source(ds, image_column)
+    resolve_model(model)
+    if model.startswith("synthetic:"):
+        say(
+            "note: synthetic models have random weights: the ranking below is meaningless "
+            "(train one offline with `autotune make-model`)"
+        )
+    prof = find_profile(profile, model=model)
+    if prof is None:
+        config = safe_default_config()
+        if profile == "auto":
+            say(
+                f"no profile for this machine: using a safe default ({config.describe()}); "
+                "run `autotune study` to tune one"
+            )
+    else:
+        config = prof.config
+        say(f"profile {prof.machine_id}: {config.describe()} ({prof.images_per_s:.1f} images/s when tuned)")
+    result = retrieve(
+        texts,
+        dataset=ds,
+        model=model,
+        top_k=top_k,
+        config=config,
+        index_dir=index_dir,
+        use_index=not no_index,
+        rescan=rescan,
+        index_dtype=index_dtype,
+        image_column=image_column,
+        progress=not as_json,
+        say=say,
+    )
+    write_outputs(result, ds, out, image_column)
+    if as_json:
+        report.emit_json(result.to_dict())
+        return
+    for qtext, hits in zip(result.queries, result.hits, strict=True):
+        report.print_rows(
+            f"top {top_k}: {qtext}",
+            [
+                {"rank": h.rank, "id": h.id, "score": round(h.score, 4), "label": h.label or "", "path": h.path}
+                for h in hits
+            ],
+        )
+    rate = f", {result.images_per_s:.1f} images/s" if result.images_per_s else ""
+    report.console.print(
+        f"{result.mode}: {result.images} images scanned, {len(result.skipped)} skipped, "
+        f"scan {result.scan_seconds:.1f} s{rate}, query {result.query_ms:.1f} ms; config: {result.config}"
+    )
+    report.console.print(f"contact sheet: {result.outputs.get('contact_sheet_1')}  (results in {out}/)")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Where the demo writes its results.")] = Path("demo-output"),
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Study trials.")] = 4,
+) -> None:
+    """The main job on the embedded defaults: generate the corpus, train the small CLIP offline (once), run a
+    short study, then a retrieval with the tuned profile; prints the profile, the results and the contact sheet."""
+    from autotune.demo import run_demo
+
+    run_demo(out=out, trials=trials)
 
 
 # ------------------------------------------------------------------------------------------- benches
@@ -279,15 +447,17 @@ def bench_ladder_cmd(
     profile: Annotated[
         str | None, typer.Option("--profile", help="Profile for stage 6: 'auto' (this machine's) or a file.")
     ] = "auto",
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write a bar chart PNG (like the paper's Fig. 10).")] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write a bar chart PNG (like the paper's Fig. 10).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The paper's speed-up ladder on the same N images, in one run: baseline, batched, producers + one model,
     several models (dynamic, then static), and this machine's tuned profile when there is one.
 
     Every stage's clock starts with its model loaded (stages 1-2 load it before, engine stages once every
-    replica reports ready); engine start-up (spawn + model load) is shown apart, with steady-state images/s. Each stage's top-9 is checked against a brute-force top-9 with
-    the same preprocessing and backend; the overlap with the baseline's top-9 is information only (on the
+    replica reports ready); engine start-up (spawn + model load) is shown apart, with steady-state images/s.
+    Each stage's top-9 is checked against a brute-force top-9 with the same preprocessing and backend; the overlap with the baseline's top-9 is information only (on the
     random-weight stand-in, scores crowd so closely that any numerical change reorders them).
     """
     from autotune import report
@@ -295,14 +465,24 @@ def bench_ladder_cmd(
 
     prof = _load_profile_opt(profile, model)
     say = None if as_json else (lambda m: report.err_console.print(f"[dim]{m}[/dim]"))
-    result = run_ladder(n=n, dataset=dataset, model=model, query=query, batch=batch, profile=prof, plot=plot,
-                        log=say)
+    result = run_ladder(n=n, dataset=dataset, model=model, query=query, batch=batch, profile=prof, plot=plot, log=say)
     if as_json:
         report.emit_json(result)
         return
-    report.print_rows(f"speed-up ladder ({result['n']} images, {result['cores']} cores, {model})", result["stages"],
-                      ["stage", "seconds", "startup_s", "images_per_s", "steady_images_per_s", "speedup",
-                       "exact_vs_bruteforce", "overlap_with_baseline"])
+    report.print_rows(
+        f"speed-up ladder ({result['n']} images, {result['cores']} cores, {model})",
+        result["stages"],
+        [
+            "stage",
+            "seconds",
+            "startup_s",
+            "images_per_s",
+            "steady_images_per_s",
+            "speedup",
+            "exact_vs_bruteforce",
+            "overlap_with_baseline",
+        ],
+    )
     report.print_figures("summary", {k: v for k, v in result.items() if k != "stages"})
 
 
@@ -320,7 +500,9 @@ def _load_profile_opt(profile: str | None, model: str) -> Any:
 @bench_app.command("tuner")
 def bench_tuner_cmd(
     model: ModelOpt = "synthetic:clip-vit-base-patch32",
-    dataset: Annotated[str | None, typer.Option("--dataset", help="Images to scan (default: a generated corpus).")] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Images to scan (default: a generated corpus).")
+    ] = None,
     scan_size: Annotated[int, typer.Option("--scan-size", min=4, help="Images timed per configuration.")] = 48,
     trials: Annotated[int, typer.Option("--trials", min=1, help="Study trials (the grid runs every point).")] = 8,
     as_json: JsonOpt = False,
@@ -332,8 +514,25 @@ def bench_tuner_cmd(
     """
     from autotune.bench.tuner import bench_tuner
 
-    _out(bench_tuner(model=model, dataset=dataset, scan_size=scan_size, trials=trials, progress=not as_json),
-         "bench tuner", as_json)
+    _out(
+        bench_tuner(model=model, dataset=dataset, scan_size=scan_size, trials=trials, progress=not as_json),
+        "bench tuner",
+        as_json,
+    )
+
+
+@bench_app.command("index")
+def bench_index_cmd(
+    n: Annotated[int, typer.Option("--n", min=10, help="Embeddings in the generated index.")] = 500_000,
+    dim: Annotated[int, typer.Option("--dim", min=1, help="Embedding size.")] = 512,
+    queries: Annotated[int, typer.Option("--queries", min=1, help="Queries to time.")] = 20,
+    dtype: Annotated[str, typer.Option("--dtype", help="Stored precision: float16 or float32.")] = "float16",
+    as_json: JsonOpt = False,
+) -> None:
+    """Query latency from the embedding index: a generated N x DIM index (no scan), per-query milliseconds."""
+    from autotune.index import bench_index
+
+    _out(bench_index(n=n, dim=dim, queries=queries, dtype=dtype), "bench index", as_json)
 
 
 # ---------------------------------------------------------------------------------------------- main

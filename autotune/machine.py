@@ -50,7 +50,9 @@ class MachineInfo:
         """
         cpu = re.sub(r"\(r\)|\(tm\)|cpu|@.*$", "", self.cpu_model.lower())
         cpu = re.sub(r"[^a-z0-9]+", "-", cpu).strip("-")[:32] or "cpu"
-        gpu = "cpu" if not self.gpus else f"{len(self.gpus)}x{re.sub(r'[^a-z0-9]+', '', self.gpus[0].name.lower())[:16]}"
+        gpu = (
+            "cpu" if not self.gpus else f"{len(self.gpus)}x{re.sub(r'[^a-z0-9]+', '', self.gpus[0].name.lower())[:16]}"
+        )
         facts = f"{self.cpu_model}|{self.physical_cores}|{self.logical_cores}|{round(self.memory_gb)}|"
         facts += "|".join(f"{g.name}:{round(g.memory_gb)}" for g in self.gpus)
         digest = hashlib.sha256(facts.encode()).hexdigest()[:6]
@@ -59,9 +61,11 @@ class MachineInfo:
     def summary(self) -> str:
         """One line for notes and headers."""
         gpus = ", ".join(f"{g.name} ({g.memory_gb:.0f} GB)" for g in self.gpus) or "no GPU"
-        return (f"{self.cpu_model}, {self.physical_cores} physical / {self.logical_cores} logical cores, "
-                f"{self.memory_gb:.0f} GB RAM, {gpus}; torch {self.torch_version}"
-                + (f", CUDA {self.cuda_version}" if self.cuda_version else ""))
+        return (
+            f"{self.cpu_model}, {self.physical_cores} physical / {self.logical_cores} logical cores, "
+            f"{self.memory_gb:.0f} GB RAM, {gpus}; torch {self.torch_version}"
+            + (f", CUDA {self.cuda_version}" if self.cuda_version else "")
+        )
 
     def facts(self) -> dict[str, Any]:
         """Numbers a search space's expressions may use (``cores``, ``gpus``...)."""

@@ -123,9 +123,16 @@ def run_ladder(
                 inputs = proc(text=[query], images=pil(b), return_tensors="pt", padding=True)
                 scores.append(float(clip(**inputs).logits_per_image[0, 0]))
             order = sorted(range(len(scores)), key=lambda i: (-scores[i], ids[i]))[:top_k]
-            stages.append(Stage("baseline", time.perf_counter() - t0, len(blobs),
-                                [int(ids[i]) for i in order], [scores[i] / scale for i in order],
-                                "model-card loop, batch 1"))
+            stages.append(
+                Stage(
+                    "baseline",
+                    time.perf_counter() - t0,
+                    len(blobs),
+                    [int(ids[i]) for i in order],
+                    [scores[i] / scale for i in order],
+                    "model-card loop, batch 1",
+                )
+            )
 
         # (2) Batched model-card code.
         say(f"stage 2/6: batched (batch {batch})")
@@ -133,24 +140,37 @@ def run_ladder(
             t0 = time.perf_counter()
             out = []
             for i in range(0, len(blobs), batch):
-                inputs = proc(text=[query], images=[pil(b) for b in blobs[i : i + batch]], return_tensors="pt",
-                              padding=True)
+                inputs = proc(
+                    text=[query], images=[pil(b) for b in blobs[i : i + batch]], return_tensors="pt", padding=True
+                )
                 out.append(clip(**inputs).logits_per_image[:, 0].numpy())
             bs = np.concatenate(out) / scale
             top_ids, top_s = _top(bs, ids, top_k)
-            stages.append(Stage("batched", time.perf_counter() - t0, len(blobs), top_ids, top_s,
-                                f"model-card code, batch {batch}"))
+            stages.append(
+                Stage(
+                    "batched", time.perf_counter() - t0, len(blobs), top_ids, top_s, f"model-card code, batch {batch}"
+                )
+            )
 
         # Brute-force references: reference preprocessing (stages 1-2) and fast preprocessing (engine).
         say("references: brute-force top-k for both preprocessing paths")
         with _threads(cores), torch.inference_mode():
-            ref_px = np.concatenate([proc(images=[pil(b) for b in blobs[i : i + batch]], return_tensors="np")
-                                     ["pixel_values"] for i in range(0, len(blobs), batch)])
-            ref_emb = np.concatenate([tower(torch.from_numpy(ref_px[i : i + batch])).numpy()
-                                      for i in range(0, len(blobs), batch)])
+            ref_px = np.concatenate(
+                [
+                    proc(images=[pil(b) for b in blobs[i : i + batch]], return_tensors="np")["pixel_values"]
+                    for i in range(0, len(blobs), batch)
+                ]
+            )
+            ref_emb = np.concatenate(
+                [tower(torch.from_numpy(ref_px[i : i + batch])).numpy() for i in range(0, len(blobs), batch)]
+            )
             fast_u8 = np.stack([fast_preprocess(b, spec) for b in blobs])
-            fast_emb = np.concatenate([tower(normalize(torch.from_numpy(fast_u8[i : i + batch]), spec)).numpy()
-                                       for i in range(0, len(blobs), batch)])
+            fast_emb = np.concatenate(
+                [
+                    tower(normalize(torch.from_numpy(fast_u8[i : i + batch]), spec)).numpy()
+                    for i in range(0, len(blobs), batch)
+                ]
+            )
         ref_top = _top((ref_emb @ text_emb.T)[:, 0], ids, top_k)
         fast_top = _top((fast_emb @ text_emb.T)[:, 0], ids, top_k)
 
@@ -166,15 +186,34 @@ def run_ladder(
             bare = reps * len(x) / (time.perf_counter() - t0)
 
         engine_stages: list[tuple[str, EngineConfig, str]] = [
-            ("parallel preprocessing", EngineConfig(producers=max(1, cores // 2), cpu_models=1, cpu_threads=cores,
-                                                    cpu_batch=batch), "producers + 1 model"),
-            ("multi-model dynamic", EngineConfig(producers=max(1, cores // 2), cpu_models=max(2, cores // 2),
-                                                 cpu_threads=max(1, cores // max(2, cores // 2)),
-                                                 cpu_batch=batch, scheduling="dynamic"), "dynamic scheduling"),
-            ("multi-model static", EngineConfig(producers=max(1, cores // 2), cpu_models=max(2, cores // 2),
-                                                cpu_threads=max(1, cores // max(2, cores // 2)),
-                                                cpu_batch=batch, scheduling="static", probe_batches=1),
-             "static scheduling"),
+            (
+                "parallel preprocessing",
+                EngineConfig(producers=max(1, cores // 2), cpu_models=1, cpu_threads=cores, cpu_batch=batch),
+                "producers + 1 model",
+            ),
+            (
+                "multi-model dynamic",
+                EngineConfig(
+                    producers=max(1, cores // 2),
+                    cpu_models=max(2, cores // 2),
+                    cpu_threads=max(1, cores // max(2, cores // 2)),
+                    cpu_batch=batch,
+                    scheduling="dynamic",
+                ),
+                "dynamic scheduling",
+            ),
+            (
+                "multi-model static",
+                EngineConfig(
+                    producers=max(1, cores // 2),
+                    cpu_models=max(2, cores // 2),
+                    cpu_threads=max(1, cores // max(2, cores // 2)),
+                    cpu_batch=batch,
+                    scheduling="static",
+                    probe_batches=1,
+                ),
+                "static scheduling",
+            ),
         ]
         # Engine stages are timed from the moment every replica has loaded its model, like stages 1-2, whose
         # model is loaded before their clock starts; start-up (spawn + load) is reported apart.
@@ -183,10 +222,18 @@ def run_ladder(
         for idx, (name, cfg, what) in enumerate(engine_stages, start=3):
             say(f"stage {idx}/{len(engine_stages) + 2}: {name} ({cfg.describe()})")
             res = run_scan(source, model, cfg, queries=text_emb, top_k=top_k, records=records, progress=False)
-            stages.append(Stage(name, res.scan_seconds, res.images, res.topk_ids[0].tolist(),
-                                res.topk_scores[0].tolist(), f"{what}: {cfg.describe()}",
-                                steady_images_per_s=res.steady_images_per_s,
-                                extra={"startup_s": res.startup_s, "bottleneck": res.bottleneck}))
+            stages.append(
+                Stage(
+                    name,
+                    res.scan_seconds,
+                    res.images,
+                    res.topk_ids[0].tolist(),
+                    res.topk_scores[0].tolist(),
+                    f"{what}: {cfg.describe()}",
+                    steady_images_per_s=res.steady_images_per_s,
+                    extra={"startup_s": res.startup_s, "bottleneck": res.bottleneck},
+                )
+            )
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -196,20 +243,23 @@ def run_ladder(
     for st in stages:
         ref = ref_top if st.name in ("baseline", "batched") else fast_top
         check = _check(st, *ref)
-        rows.append({
-            "stage": st.name,
-            "seconds": round(st.seconds, 3),
-            "images_per_s": round(st.images_per_s, 3),
-            "steady_images_per_s": round(st.steady_images_per_s, 3) if st.steady_images_per_s else None,
-            "speedup": round(base.seconds / st.seconds, 3) if st.seconds > 0 else None,
-            "exact_vs_bruteforce": check["exact"],
-            "max_score_diff_vs_bruteforce": check["max_score_diff_vs_reference"],
-            "overlap_with_baseline": len(set(st.ids) & set(base.ids)),
-            "max_score_diff_vs_baseline": max(
-                (abs(a - b) for a, b in zip(st.scores, base.scores, strict=False)), default=0.0),
-            "detail": st.detail,
-            **{k: v for k, v in st.extra.items()},
-        })
+        rows.append(
+            {
+                "stage": st.name,
+                "seconds": round(st.seconds, 3),
+                "images_per_s": round(st.images_per_s, 3),
+                "steady_images_per_s": round(st.steady_images_per_s, 3) if st.steady_images_per_s else None,
+                "speedup": round(base.seconds / st.seconds, 3) if st.seconds > 0 else None,
+                "exact_vs_bruteforce": check["exact"],
+                "max_score_diff_vs_bruteforce": check["max_score_diff_vs_reference"],
+                "overlap_with_baseline": len(set(st.ids) & set(base.ids)),
+                "max_score_diff_vs_baseline": max(
+                    (abs(a - b) for a, b in zip(st.scores, base.scores, strict=False)), default=0.0
+                ),
+                "detail": st.detail,
+                **{k: v for k, v in st.extra.items()},
+            }
+        )
     engine_rows = [r for r in rows if r["steady_images_per_s"]]
     best = max(engine_rows, key=lambda r: r["images_per_s"]) if engine_rows else None
     result: dict[str, Any] = {
@@ -244,8 +294,13 @@ def plot_ladder(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path
     fig, ax = plt.subplots(figsize=(8, 4.5))
     bars = ax.bar(names, speed, color=["#999999"] + ["#3b7dd8"] * (len(rows) - 1))
     for b, r in zip(bars, rows, strict=True):
-        ax.annotate(f"{r['speedup']:.2f}x\n{r['images_per_s']:.1f} img/s", (b.get_x() + b.get_width() / 2,
-                    b.get_height()), ha="center", va="bottom", fontsize=8)
+        ax.annotate(
+            f"{r['speedup']:.2f}x\n{r['images_per_s']:.1f} img/s",
+            (b.get_x() + b.get_width() / 2, b.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax.set_ylabel("speed-up over baseline")
     ax.set_title(f"Speed-up ladder: {title}")
     ax.set_ylim(0, max(speed) * 1.25 if speed else 1)
@@ -255,4 +310,3 @@ def plot_ladder(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
-

@@ -8,6 +8,16 @@ from autotune.engine.runner import ScanAborted, ScanProgress, ScanResult, embed_
 from autotune.engine.topk import RunningTopK, merge_topk, select_topk
 
 __all__ = [
-    "EmbeddingSink", "EngineConfig", "RunningTopK", "ScanAborted", "ScanProgress", "ScanResult",
-    "embed_queries", "gpu_count", "logical_cores", "merge_topk", "run_scan", "select_topk",
+    "EmbeddingSink",
+    "EngineConfig",
+    "RunningTopK",
+    "ScanAborted",
+    "ScanProgress",
+    "ScanResult",
+    "embed_queries",
+    "gpu_count",
+    "logical_cores",
+    "merge_topk",
+    "run_scan",
+    "select_topk",
 ]

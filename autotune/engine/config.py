@@ -80,9 +80,14 @@ class EngineConfig:
         cores = logical_cores() if cores is None else cores
         gpus = gpu_count() if gpus is None else gpus
         ints = {
-            "producers": self.producers, "cpu_models": self.cpu_models, "cpu_threads": self.cpu_threads,
-            "gpu_models": self.gpu_models, "cpu_batch": self.cpu_batch, "gpu_batch": self.gpu_batch,
-            "queue_depth": self.queue_depth, "probe_batches": self.probe_batches,
+            "producers": self.producers,
+            "cpu_models": self.cpu_models,
+            "cpu_threads": self.cpu_threads,
+            "gpu_models": self.gpu_models,
+            "cpu_batch": self.cpu_batch,
+            "gpu_batch": self.gpu_batch,
+            "queue_depth": self.queue_depth,
+            "probe_batches": self.probe_batches,
         }
         for key, value in ints.items():
             if not isinstance(value, int) or isinstance(value, bool):

@@ -25,9 +25,7 @@ class ProducerSpec:
     parent_pid: int = 0
 
 
-def producer_main(
-    spec: ProducerSpec, tasks: Any, free_slots: Any, ready: list[Any], events: Any, go: Any
-) -> None:
+def producer_main(spec: ProducerSpec, tasks: Any, free_slots: Any, ready: list[Any], events: Any, go: Any) -> None:
     """Loop: take a task (batch of records), take a free slot, fill it, hand it to the target queue."""
     worker_start(spec.parent_pid)
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -88,4 +86,3 @@ def producer_main(
     finally:
         if pool is not None:
             pool.close()
-

@@ -202,8 +202,11 @@ def run_scan(
                 index=c,
                 device=device,
                 backend=BackendSpec(
-                    model_id=model_id, device=device, precision=precision,
-                    backend=config.cpu_backend if device == "cpu" else "eager", fake_delay_s=fake_delay_s,
+                    model_id=model_id,
+                    device=device,
+                    precision=precision,
+                    backend=config.cpu_backend if device == "cpu" else "eager",
+                    fake_delay_s=fake_delay_s,
                 ),
                 layout=pool.layout,
                 queries=q,
@@ -215,17 +218,22 @@ def run_scan(
                 parent_pid=os.getpid(),
             )
             p = ctx.Process(
-                target=consumer_main, args=(spec, ready[c if static else 0], free_slots, events),
-                name=f"consumer-{c}-{device}", daemon=True,
+                target=consumer_main,
+                args=(spec, ready[c if static else 0], free_slots, events),
+                name=f"consumer-{c}-{device}",
+                daemon=True,
             )
             p.start()
             procs[("consumer", c)] = p
         for i in range(config.producers):
-            pspec = ProducerSpec(index=i, source=source, layout=pool.layout, preprocess=pre, cores=prod_cores[i],
-                                 parent_pid=os.getpid())
+            pspec = ProducerSpec(
+                index=i, source=source, layout=pool.layout, preprocess=pre, cores=prod_cores[i], parent_pid=os.getpid()
+            )
             p = ctx.Process(
-                target=producer_main, args=(pspec, tasks, free_slots, ready, events, go),
-                name=f"producer-{i}", daemon=True,
+                target=producer_main,
+                args=(pspec, tasks, free_slots, ready, events, go),
+                name=f"producer-{i}",
+                daemon=True,
             )
             p.start()
             procs[("producer", i)] = p
@@ -334,8 +342,9 @@ def run_scan(
         workers = []
         for (role, idx), stats in sorted(done.items()):
             info = workers_info.get((role, idx), {})
-            workers.append({"role": role, "index": idx, "pid": info.get("pid"), "stats": stats,
-                            "affinity": info.get("affinity")})
+            workers.append(
+                {"role": role, "index": idx, "pid": info.get("pid"), "stats": stats, "affinity": info.get("affinity")}
+            )
         startup = t_go - start
         scan_seconds = seconds - startup
         completed = True
@@ -389,8 +398,13 @@ class _Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._p = Progress(
-            TextColumn("scan"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+            TextColumn("scan"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
         )
         self._task = self._p.add_task("scan", total=total, rate="")
         self._p.start()

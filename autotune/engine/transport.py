@@ -48,9 +48,7 @@ class SlotPool:
         self.pixels = np.ndarray(
             (layout.slots, layout.capacity, layout.height, layout.width, 3), dtype=np.uint8, buffer=buf
         )
-        self.ids = np.ndarray(
-            (layout.slots, layout.capacity), dtype=np.int64, buffer=buf, offset=layout.pixels_bytes
-        )
+        self.ids = np.ndarray((layout.slots, layout.capacity), dtype=np.int64, buffer=buf, offset=layout.pixels_bytes)
 
     @classmethod
     def create(cls, slots: int, capacity: int, height: int = 224, width: int = 224) -> SlotPool:

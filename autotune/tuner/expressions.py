@@ -10,12 +10,21 @@ from typing import Any
 from autotune.errors import ConfigError
 
 _BINOPS = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
 }
 _CMPOPS = {
-    ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
-    ast.Eq: operator.eq, ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
 }
 _FUNCS = {"min": min, "max": max, "abs": abs, "int": int}
 
@@ -27,8 +36,22 @@ def parse(expr: str, where: str) -> ast.Expression:
     except SyntaxError as exc:
         raise ConfigError(f"{where}: cannot parse expression {expr!r} ({exc.msg})") from None
     for node in ast.walk(tree):
-        ok = isinstance(node, ast.Expression | ast.BinOp | ast.UnaryOp | ast.BoolOp | ast.Compare | ast.Name
-                        | ast.Constant | ast.Load | ast.Call | ast.operator | ast.unaryop | ast.boolop | ast.cmpop)
+        ok = isinstance(
+            node,
+            ast.Expression
+            | ast.BinOp
+            | ast.UnaryOp
+            | ast.BoolOp
+            | ast.Compare
+            | ast.Name
+            | ast.Constant
+            | ast.Load
+            | ast.Call
+            | ast.operator
+            | ast.unaryop
+            | ast.boolop
+            | ast.cmpop,
+        )
         if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id in _FUNCS):
             ok = False
         if isinstance(node, ast.Constant) and not isinstance(node.value, int | float | bool | str):

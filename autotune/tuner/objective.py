@@ -89,11 +89,20 @@ def _shard_tracker(spec: ScanSpec, send: Callable[[tuple[Any, ...]], None], conn
         if state["t_start"] is None and done >= spec.warmup:
             state["t_start"], state["n_start"] = now, done
             return
-        while state["t_start"] is not None and state["next"] < spec.shards and done >= bounds[state["next"]]:
+        # One batch may close several shards (batch larger than a shard): they all get that window's rate.
+        crossed = 0
+        while (
+            state["t_start"] is not None
+            and state["next"] + crossed < spec.shards
+            and done >= bounds[state["next"] + crossed]
+        ):
+            crossed += 1
+        if crossed:
             dt = now - state["t_start"]
             rate = (done - state["n_start"]) / dt if dt > 0 else 0.0
-            send(("shard", state["next"], rate))
-            state["next"] += 1
+            for _ in range(crossed):
+                send(("shard", state["next"], rate))
+                state["next"] += 1
             state["t_start"], state["n_start"] = now, done
 
     return on_batch
@@ -111,26 +120,31 @@ def _trial_child(conn: Any, config: dict[str, Any], spec: ScanSpec) -> None:
         source = open_source(spec.dataset, spec.image_column)
         records = source.records()[: spec.warmup + spec.scan_size]
         cfg = EngineConfig.from_dict(config)
-        result = run_scan(source, spec.model, cfg, records=records,
-                          on_batch=_shard_tracker(spec, conn.send, conn))
+        result = run_scan(source, spec.model, cfg, records=records, on_batch=_shard_tracker(spec, conn.send, conn))
         stages: dict[str, dict[str, float]] = {}
         for w in result.workers:
             agg = stages.setdefault(w["role"], {})
             for k, v in w["stats"]["seconds"].items():
                 agg[k] = round(agg.get(k, 0.0) + v, 4)
-        rss_kb = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-        conn.send(("result", {
-            "startup_s": result.startup_s,
-            "steady_images_per_s": result.steady_images_per_s,
-            "bottleneck": result.bottleneck,
-            "stage_seconds": stages,
-            "peak_rss_mb": round(rss_kb / 1024, 1),
-            "threads": [w["stats"].get("torch_threads") for w in result.workers if w["role"] == "consumer"],
-            "affinity": [w.get("affinity") for w in result.workers],
-            "skipped": len(result.skipped),
-            "images": result.images,
-        }))
+        rss_kb = max(
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        )
+        conn.send(
+            (
+                "result",
+                {
+                    "startup_s": result.startup_s,
+                    "steady_images_per_s": result.steady_images_per_s,
+                    "bottleneck": result.bottleneck,
+                    "stage_seconds": stages,
+                    "peak_rss_mb": round(rss_kb / 1024, 1),
+                    "threads": [w["stats"].get("torch_threads") for w in result.workers if w["role"] == "consumer"],
+                    "affinity": [w.get("affinity") for w in result.workers],
+                    "skipped": len(result.skipped),
+                    "images": result.images,
+                },
+            )
+        )
     except _Stop:
         conn.send(("stopped", None))
     except MemoryError:

@@ -138,9 +138,7 @@ def _resolve(value: Any, facts: Mapping[str, Any], where: str) -> Any:
     return value
 
 
-def load_space(
-    space: str | Path, *, machine_facts: Mapping[str, Any], device: str | None = None
-) -> SearchSpace:
+def load_space(space: str | Path, *, machine_facts: Mapping[str, Any], device: str | None = None) -> SearchSpace:
     """Read and validate a space file (or a built-in name) and shape it to the machine.
 
     Every problem is one ConfigError line naming the file, the key and what is wrong.
@@ -244,11 +242,16 @@ def load_space(
     ranged = {p.name for p in params if p.type != "categorical"}
     defaults = {k: _resolve(v, facts, f"{src}: defaults.{k}") if k in ranged else v for k, v in defaults.items()}
     space_obj = SearchSpace(
-        name=str(doc.get("name", path.stem)), device=dev, params=tuple(params), fixed=fixed,
-        constraints=tuple(constraints), defaults=defaults, facts=facts, source=src,
+        name=str(doc.get("name", path.stem)),
+        device=dev,
+        params=tuple(params),
+        fixed=fixed,
+        constraints=tuple(constraints),
+        defaults=defaults,
+        facts=facts,
+        source=src,
     )
     bad_default = space_obj.violations(space_obj.default_params())
     if bad_default:
         raise ConfigError(f"{src}: the defaults break constraint {bad_default[0]!r} on this machine")
     return space_obj
-

@@ -12,7 +12,7 @@ from typing import Any
 
 from autotune.engine.config import EngineConfig
 from autotune.errors import AutotuneError, ConfigError
-from autotune.tuner.objective import Measurement, ScanSpec, TrialFailed, TrialStopped, measure
+from autotune.tuner.objective import ScanSpec, TrialFailed, TrialStopped, measure
 from autotune.tuner.profile import Profile, library_versions, model_arch, save_profile, studies_dir
 from autotune.tuner.space import SearchSpace, load_space
 
@@ -104,7 +104,9 @@ def _storage(url: str) -> Any:
 
     try:
         return optuna.storages.RDBStorage(
-            url, heartbeat_interval=5, grace_period=20,
+            url,
+            heartbeat_interval=5,
+            grace_period=20,
             failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
             engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None,
         )
@@ -144,8 +146,11 @@ def run_study(options: StudyOptions, log: Callable[[str], None] | None = None) -
     say = log or (lambda _m: None)
     t_start = time.perf_counter()
     machine = detect_machine()
-    space = load_space(options.space or options.device, machine_facts=machine.facts(),
-                       device=options.device if options.space is None else None)
+    space = load_space(
+        options.space or options.device,
+        machine_facts=machine.facts(),
+        device=options.device if options.space is None else None,
+    )
     model = options.model or DEFAULT_MODEL
     dataset = options.dataset or str(default_dataset())
     source = open_source(dataset, options.image_column)
@@ -153,24 +158,43 @@ def run_study(options: StudyOptions, log: Callable[[str], None] | None = None) -
     if len(source) < needed:
         raise ConfigError(f"the dataset has {len(source)} images; a study needs warmup + scan size = {needed}")
     arch = model_arch(model)
-    spec = ScanSpec(dataset=dataset, model=model, scan_size=options.scan_size, warmup=options.warmup,
-                    shards=options.shards, timeout_s=options.trial_timeout_s, image_column=options.image_column)
+    spec = ScanSpec(
+        dataset=dataset,
+        model=model,
+        scan_size=options.scan_size,
+        warmup=options.warmup,
+        shards=options.shards,
+        timeout_s=options.trial_timeout_s,
+        image_column=options.image_column,
+    )
     url = options.storage or default_storage()
     name = options.study_name or default_study_name(machine.machine_id, space.device, model, source.fingerprint())
     # Our own log lines report every trial; Optuna's would repeat failures with full tracebacks.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(
-        study_name=name, storage=_storage(url), direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=min(8, max(2, options.trials // 3)),
-                                           multivariate=True),
+        study_name=name,
+        storage=_storage(url),
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(
+            seed=options.seed, n_startup_trials=min(8, max(2, options.trials // 3)), multivariate=True
+        ),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
     )
     study.set_metric_names([OBJECTIVE_NAME])
     study.set_user_attr("machine", machine.summary())
     study.set_user_attr("machine_id", machine.machine_id)
     study.set_user_attr("space", space.source)
-    study.set_user_attr("scan", {"dataset": dataset, "model": model, "scan_size": options.scan_size,
-                                 "warmup": options.warmup, "shards": options.shards})
+    study.set_user_attr(
+        "scan",
+        {
+            "dataset": dataset,
+            "model": model,
+            "scan_size": options.scan_size,
+            "warmup": options.warmup,
+            "shards": options.shards,
+        },
+    )
     _save_note(study, machine, space, spec)
     fail_orphaned_running(study)
     before = {t.number for t in study.trials}
@@ -238,8 +262,14 @@ def run_study(options: StudyOptions, log: Callable[[str], None] | None = None) -
             st.stop()
 
     try:
-        study.optimize(objective, n_trials=options.trials * 5, timeout=options.timeout_s, callbacks=[callback],
-                       catch=(TrialFailed,), gc_after_trial=False)
+        study.optimize(
+            objective,
+            n_trials=options.trials * 5,
+            timeout=options.timeout_s,
+            callbacks=[callback],
+            catch=(TrialFailed,),
+            gc_after_trial=False,
+        )
     except KeyboardInterrupt:
         say("interrupted: the study is saved; run the same command again to resume")
         raise
@@ -281,10 +311,22 @@ def run_study(options: StudyOptions, log: Callable[[str], None] | None = None) -
     path = None
     if options.save:
         profile = Profile(
-            machine_id=machine.machine_id, machine=machine.summary(), config=config, images_per_s=med,
-            spread=spread, study=name, storage=url, trial=best.number, scan_size=options.scan_size, model=model,
-            model_arch=arch, dataset=dataset, dataset_fingerprint=source.fingerprint(), device=space.device,
-            versions=library_versions(), rechecks=values,
+            machine_id=machine.machine_id,
+            machine=machine.summary(),
+            config=config,
+            images_per_s=med,
+            spread=spread,
+            study=name,
+            storage=url,
+            trial=best.number,
+            scan_size=options.scan_size,
+            model=model,
+            model_arch=arch,
+            dataset=dataset,
+            dataset_fingerprint=source.fingerprint(),
+            device=space.device,
+            versions=library_versions(),
+            rechecks=values,
         )
         path = save_profile(profile)
     states: dict[str, int] = {}
@@ -297,9 +339,18 @@ def run_study(options: StudyOptions, log: Callable[[str], None] | None = None) -
     if default is not None:
         default_value = statistics.median(rechecks.get(default.number, []) + [float(default.value)])
     return StudyOutcome(
-        study_name=name, storage=url, best_trial=best.number, config=config, images_per_s=med, spread=spread,
-        default_images_per_s=default_value, trials=states, seconds=time.perf_counter() - t_start,
-        profile=profile, profile_path=path, rechecks=rechecks,
+        study_name=name,
+        storage=url,
+        best_trial=best.number,
+        config=config,
+        images_per_s=med,
+        spread=spread,
+        default_images_per_s=default_value,
+        trials=states,
+        seconds=time.perf_counter() - t_start,
+        profile=profile,
+        profile_path=path,
+        rechecks=rechecks,
     )
 
 
@@ -323,11 +374,15 @@ def _save_note(study: Any, machine: Any, space: SearchSpace, spec: ScanSpec) -> 
     try:
         from optuna_dashboard import save_note
 
-        save_note(study, (
-            f"# clip-autotune study\n\n**Machine**: {machine.summary()}  \n**Machine id**: `{machine.machine_id}`\n\n"
-            f"**Objective**: images/s (median of {spec.shards} shards of {spec.shard_size} images after "
-            f"{spec.warmup} warm-up images)  \n**Model**: `{spec.model}`  \n**Dataset**: `{spec.dataset}`  \n"
-            f"**Space**: `{space.source}` ({space.device})\n"
-        ))
+        save_note(
+            study,
+            (
+                f"# clip-autotune study\n\n**Machine**: {machine.summary()}  \n"
+                f"**Machine id**: `{machine.machine_id}`\n\n"
+                f"**Objective**: images/s (median of {spec.shards} shards of {spec.shard_size} images after "
+                f"{spec.warmup} warm-up images)  \n**Model**: `{spec.model}`  \n**Dataset**: `{spec.dataset}`  \n"
+                f"**Space**: `{space.source}` ({space.device})\n"
+            ),
+        )
     except Exception:  # the note is a nicety; the study must not depend on the dashboard package
         pass

@@ -21,8 +21,17 @@ from autotune.errors import ConfigError
         ({"pin_cores": True, "producers": 1, "cpu_threads": 2}, "pin_cores"),
         ({"producers": 1.5}, "must be an integer"),
     ],
-    ids=["no-producers", "batch-0", "threads-over-cores", "gpu-without-gpu", "no-replicas", "bad-scheduling",
-         "bad-precision", "pinning-overcommit", "float-producers"],
+    ids=[
+        "no-producers",
+        "batch-0",
+        "threads-over-cores",
+        "gpu-without-gpu",
+        "no-replicas",
+        "bad-scheduling",
+        "bad-precision",
+        "pinning-overcommit",
+        "float-producers",
+    ],
 )
 def test_impossible_configs_are_refused(kwargs: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle) as info:

@@ -64,8 +64,14 @@ def source(small_dataset: Path):
 )
 def test_scan_is_exact_and_covers_every_record_once(source, cfg: EngineConfig, tmp_path: Path) -> None:
     before = _shm_segments()
-    res = run_scan(source, FAKE, cfg, queries=embed_queries(FAKE, QUERIES), top_k=9,
-                   sink_factory=ShardSinkFactory(str(tmp_path / "sink"), shard_images=7, dtype="float32"))
+    res = run_scan(
+        source,
+        FAKE,
+        cfg,
+        queries=embed_queries(FAKE, QUERIES),
+        top_k=9,
+        sink_factory=ShardSinkFactory(str(tmp_path / "sink"), shard_images=7, dtype="float32"),
+    )
     ref_scores, ref_ids = _brute_force(source)
     assert res.topk_ids.tolist() == ref_ids.tolist()
     np.testing.assert_allclose(res.topk_scores, ref_scores, atol=1e-4)
@@ -121,8 +127,14 @@ def test_killed_consumer_ends_scan_promptly_and_cleanly(source) -> None:
                 killed["at"] = time.monotonic()
 
     with pytest.raises(ScanAborted, match="consumer 0 .*SIGKILL"):
-        run_scan(source, FAKE, EngineConfig(producers=1, cpu_models=2, cpu_batch=2),
-                 queries=embed_queries(FAKE, QUERIES), fake_delay_s=0.05, on_batch=kill_one)
+        run_scan(
+            source,
+            FAKE,
+            EngineConfig(producers=1, cpu_models=2, cpu_batch=2),
+            queries=embed_queries(FAKE, QUERIES),
+            fake_delay_s=0.05,
+            on_batch=kill_one,
+        )
     assert time.monotonic() - killed["at"] < 5.0
     assert not _worker_children()
     assert _shm_segments() <= before
@@ -138,8 +150,14 @@ def test_killed_producer_is_named(source) -> None:
                 killed.append(child.pid)
 
     with pytest.raises(ScanAborted, match="producer 0 .*SIGKILL"):
-        run_scan(source, FAKE, EngineConfig(producers=1, cpu_batch=2), queries=embed_queries(FAKE, QUERIES),
-                 fake_delay_s=0.05, on_batch=kill_producer)
+        run_scan(
+            source,
+            FAKE,
+            EngineConfig(producers=1, cpu_batch=2),
+            queries=embed_queries(FAKE, QUERIES),
+            fake_delay_s=0.05,
+            on_batch=kill_producer,
+        )
     assert not _worker_children()
 
 
@@ -151,8 +169,14 @@ def test_interrupt_shuts_down_cleanly(source) -> None:
 
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        run_scan(source, FAKE, EngineConfig(producers=2, cpu_models=1, cpu_batch=2),
-                 queries=embed_queries(FAKE, QUERIES), fake_delay_s=0.05, on_batch=interrupt)
+        run_scan(
+            source,
+            FAKE,
+            EngineConfig(producers=2, cpu_models=1, cpu_batch=2),
+            queries=embed_queries(FAKE, QUERIES),
+            fake_delay_s=0.05,
+            on_batch=interrupt,
+        )
     assert time.monotonic() - t0 < 30
     assert not _worker_children()
     assert _shm_segments() <= before

@@ -1,0 +1,90 @@
+"""Retrieval end to end: index vs full scan, outputs, bad databases, user errors as one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autotune.cli import main
+from autotune.data import write_bad_images
+from autotune.engine import EngineConfig
+from autotune.errors import ConfigError, DataError
+from autotune.retrieval import retrieve, write_outputs
+
+QUERY = "a photo of Felis catus"
+CFG = EngineConfig(producers=1, cpu_models=1, cpu_threads=1, cpu_batch=8)
+FP16_EPS = 2e-3  # unit-norm dot products stored in float16 are exact to about 1e-3
+
+
+def test_index_topk_equals_full_scan_up_to_fp16_ties(small_dataset: Path, tiny_model: str, tmp_path: Path) -> None:
+    scan = retrieve([QUERY], dataset=str(small_dataset), model=tiny_model, config=CFG, rescan=True)
+    first = retrieve([QUERY], dataset=str(small_dataset), model=tiny_model, config=CFG, index_dir=tmp_path / "i")
+    again = retrieve([QUERY], dataset=str(small_dataset), model=tiny_model, config=CFG, index_dir=tmp_path / "i")
+    assert first.mode == "index-new" and again.mode == "index" and again.images == 0
+    exact = {h.id: h.score for h in scan.hits[0]}
+    kth = scan.hits[0][-1].score
+    for h in again.hits[0]:
+        # Either the same image as the full scan, or one whose exact score ties the k-th within fp16 precision.
+        assert h.id in exact or abs(h.score - kth) <= FP16_EPS
+        if h.id in exact:
+            assert abs(h.score - exact[h.id]) <= FP16_EPS
+    missing = [i for i in exact if i not in {h.id for h in again.hits[0]}]
+    assert all(abs(exact[i] - kth) <= FP16_EPS for i in missing)
+
+
+def test_float32_index_is_exact(small_dataset: Path, tiny_model: str, tmp_path: Path) -> None:
+    scan = retrieve([QUERY], dataset=str(small_dataset), model=tiny_model, config=CFG, rescan=True)
+    idx = retrieve(
+        [QUERY],
+        dataset=str(small_dataset),
+        model=tiny_model,
+        config=CFG,
+        index_dir=tmp_path / "i",
+        index_dtype="float32",
+    )
+    assert [h.id for h in idx.hits[0]] == [h.id for h in scan.hits[0]]
+    np.testing.assert_allclose([h.score for h in idx.hits[0]], [h.score for h in scan.hits[0]], atol=1e-5)
+
+
+def test_bad_database_finishes_and_reports_skips(small_dataset: Path, tiny_model: str, tmp_path: Path) -> None:
+    folder = tmp_path / "db"
+    folder.mkdir()
+    for i, src in enumerate(sorted(small_dataset.rglob("*.jpg"))[:10]):
+        (folder / f"good{i}.jpg").write_bytes(src.read_bytes())
+    expected = write_bad_images(folder)
+    res = retrieve([QUERY], dataset=str(folder), model=tiny_model, config=CFG, index_dir=tmp_path / "i")
+    files = write_outputs(res, str(folder), tmp_path / "out")
+    bad = {k: v for k, v in expected.items() if v != "ok"}
+    got = {Path(s["locator"]).name: s["reason"] for s in res.skipped}
+    assert got == bad
+    assert Path(files["contact_sheet_1"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(Path(files["skipped"]).read_text().strip().splitlines()) == 1 + len(bad)
+    data = json.loads(Path(files["json"]).read_text())
+    assert data["queries"][0]["query"] == QUERY and len(data["queries"][0]["hits"]) == 9
+
+
+def test_user_errors(small_dataset: Path, tiny_model: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="empty query"):
+        retrieve(["  "], dataset=str(small_dataset), model=tiny_model)
+    with pytest.raises(DataError):
+        retrieve([QUERY], dataset=str(tmp_path / "nope"), model=tiny_model)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["retrieve", ""], "empty query"),
+        (["retrieve", QUERY, "--dataset", "/nonexistent/images"], "/nonexistent/images"),
+        (["retrieve", QUERY, "--model", "nobody/no-such-model"], "synthetic:"),
+    ],
+    ids=["empty-query", "missing-dataset", "unknown-model"],
+)
+def test_cli_errors_are_one_line_exit_2(args: list[str], needle: str, small_dataset: Path, capsys) -> None:
+    if "--dataset" not in args:
+        args = [*args, "--dataset", str(small_dataset)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
