@@ -457,8 +457,9 @@ def bench_ladder_cmd(
 
     Every stage's clock starts with its model loaded (stages 1-2 load it before, engine stages once every
     replica reports ready); engine start-up (spawn + model load) is shown apart, with steady-state images/s.
-    Each stage's top-9 is checked against a brute-force top-9 with the same preprocessing and backend; the overlap with the baseline's top-9 is information only (on the
-    random-weight stand-in, scores crowd so closely that any numerical change reorders them).
+    Each stage's top-9 is checked against a brute-force top-9 with the same preprocessing and backend; the
+    overlap with the baseline's top-9 is information only (on the random-weight stand-in, scores crowd so
+    closely that any numerical change reorders them).
     """
     from autotune import report
     from autotune.bench.ladder import run_ladder

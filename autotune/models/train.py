@@ -221,6 +221,37 @@ def _param_groups(model: Any) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def label_aware_loss(logits: Any, image_labels: Any, caption_labels: Any) -> Any:
+    """Symmetric InfoNCE where every caption of an image's label is a positive, never a negative.
+
+    ``logits`` is images x captions (already scaled); ``image_labels`` and ``caption_labels`` give each row's
+    and each column's label (every caption's label must occur among the images). Image -> caption: a
+    cross-entropy over the batch's labels, a label's logit being the log-mean-exp of its captions' logits
+    (mean, not sum, so a label with more distinct captions in the batch gets no bonus). Caption -> image:
+    multi-positive InfoNCE, ``-log`` of the softmax mass on the images of the caption's label. The gradient
+    never lowers the score of a same-label pair: duplicates of a label in a batch are not pushed apart.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.tensor([[5.0, 5.0, -5.0], [5.0, 5.0, -5.0], [-5.0, -5.0, 5.0]])
+        >>> float(label_aware_loss(logits, torch.tensor([0, 0, 1]), torch.tensor([0, 0, 1]))) < 1e-3
+        True
+    """
+    import torch
+    from torch.nn import functional as F
+
+    batch_labels, label_of = torch.unique(image_labels, return_inverse=True)
+    same = caption_labels[None, :] == batch_labels[:, None]  # batch labels x captions
+    masked = logits[:, None, :].masked_fill(~same[None], float("-inf"))  # images x labels x captions
+    label_logits = torch.logsumexp(masked, dim=-1) - same.sum(dim=1).clamp(min=1).log()[None, :]
+    loss_images = F.cross_entropy(label_logits, label_of)
+    per_caption = logits.T  # captions x images
+    positive = caption_labels[:, None] == image_labels[None, :]
+    on_positives = torch.logsumexp(per_caption.masked_fill(~positive, float("-inf")), dim=1)
+    loss_texts = (torch.logsumexp(per_caption, dim=1) - on_positives).mean()
+    return 0.5 * (loss_images + loss_texts)
+
+
 def _check_out(out: Path) -> None:
     """Refuse an ``out`` that exists and is not an empty folder."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -296,7 +327,7 @@ def train_model(
 
     from autotune.data import open_source
     from autotune.models.loading import ImageTower
-    from autotune.models.synthetic import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from autotune.models.synthetic import _image_processor
     from autotune.models.tokenizer import build_offline_tokenizer
     from autotune.preprocess import PreprocessSpec, normalize
 
@@ -317,7 +348,8 @@ def train_model(
             f"{source.describe()} has no labelled images: training needs images in one folder per label"
         )
     started = time.perf_counter()
-    spec = PreprocessSpec(mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
+    # The processor saved with the model: the scan reads its spec back, so train and inference agree.
+    spec = PreprocessSpec.from_processor(_image_processor())
     old_threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
     # Activations and optimiser moments drift into denormal floats as training goes on; on x86 each one
@@ -358,9 +390,6 @@ def train_model(
             stopped_early = False
             advance = bar.task("make-model", steps)
             for step in range(steps):
-                if deadline is not None and time.perf_counter() >= deadline:
-                    stopped_early = True
-                    break
                 if cursor + batch > n:
                     order, cursor = rng.permutation(n), 0
                 idx = torch.from_numpy(order[cursor : cursor + batch].copy())
@@ -375,7 +404,6 @@ def train_model(
                 rows = y * len(TEMPLATES) + templates
                 unique_rows = torch.unique(rows)
                 caption_label = unique_rows // len(TEMPLATES)
-                batch_labels, label_of = torch.unique(y, return_inverse=True)
 
                 for group in optimizer.param_groups:
                     group["lr"] = _lr_at(step, steps)
@@ -383,17 +411,7 @@ def train_model(
                 txt_out = model.text_model(input_ids=input_ids[unique_rows], attention_mask=attention[unique_rows])
                 txt = F.normalize(model.text_projection(txt_out.pooler_output), dim=-1)
                 scale = model.logit_scale.clamp(max=_MAX_LOGIT_SCALE).exp()
-                logits = scale * img @ txt.T  # images x captions
-                # Image -> caption: a label's logit is the log-sum-exp over its captions in the batch.
-                same = caption_label[None, :] == batch_labels[:, None]  # batch labels x captions
-                masked = logits[:, None, :].masked_fill(~same[None], float("-inf"))
-                label_logits = torch.logsumexp(masked, dim=-1)  # images x batch labels
-                loss_images = F.cross_entropy(label_logits, label_of)
-                # Caption -> image: uniform target over the batch's images of the caption's label.
-                positives = (caption_label[:, None] == y[None, :]).float()
-                positives = positives / positives.sum(dim=1, keepdim=True)
-                loss_texts = -(positives * F.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
-                loss = 0.5 * (loss_images + loss_texts)
+                loss = label_aware_loss(scale * img @ txt.T, y, caption_label)
 
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -401,6 +419,9 @@ def train_model(
                 optimizer.step()
                 losses.append(float(loss.detach()))
                 advance(1, info=f"loss {losses[-1]:.3f}")
+                if deadline is not None and step + 1 < steps and time.perf_counter() >= deadline:
+                    stopped_early = True  # at least one step always runs
+                    break
             train_s = time.perf_counter() - train_start
     finally:
         torch.set_num_threads(old_threads)
