@@ -131,8 +131,8 @@ def study_cmd(
     timeout: Annotated[float | None, typer.Option("--timeout", help="Stop searching after this many seconds.")] = None,
     scan_size: Annotated[
         int, typer.Option("--scan-size", min=4, help="Images timed per trial (the same every trial).")
-    ] = 96,
-    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Images scanned before timing starts.")] = 16,
+    ] = 192,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Images scanned before timing starts.")] = 32,
     shards: Annotated[int, typer.Option("--shards", min=1, help="Timed shards per trial (median = objective).")] = 3,
     space: Annotated[
         str | None, typer.Option("--space", help="Search-space YAML file (default: the device's built-in).")

@@ -34,6 +34,19 @@ class ScanSpec:
         """Images per measured shard."""
         return max(1, self.scan_size // self.shards)
 
+    def too_small_for(self, config: EngineConfig) -> str | None:
+        """Why this workload cannot time ``config`` fairly, or None.
+
+        A shard must span at least one batch on every replica; otherwise batches that ran in parallel are
+        timed as if they ran one after another.
+        """
+        need = config.unit_batch() * max(config.consumers, 1)
+        if self.shard_size < need:
+            return (f"a shard of {self.shard_size} images is smaller than one batch round "
+                    f"({config.unit_batch()} x {config.consumers} replicas): raise --scan-size to "
+                    f"{need * self.shards} or more")
+        return None
+
 
 @dataclass
 class Measurement:
@@ -77,7 +90,7 @@ class _Stop(Exception):
 
 def _shard_tracker(spec: ScanSpec, send: Callable[[tuple[Any, ...]], None], conn: Any) -> Callable[[Any], None]:
     """An on_batch callback that turns completed batches into shard throughputs, and obeys 'stop'."""
-    state = {"next": 0, "t_start": None, "n_start": 0}
+    state: dict[str, Any] = {"next": 0, "t_start": None, "n_start": 0}
     bounds = [spec.warmup + (k + 1) * spec.shard_size for k in range(spec.shards)]
 
     def on_batch(progress: Any) -> None:
@@ -191,8 +204,9 @@ def measure(
                         parent_conn.send("stop")
                         stop_sent_at = time.monotonic()
                 elif kind == "result":
-                    data = msg[1]
-                    return Measurement(shard_images_per_s=shards, **data)
+                    if not shards:
+                        raise TrialFailed("no timed shard completed: the scan is too short for this configuration")
+                    return Measurement(shard_images_per_s=shards, **msg[1])
                 elif kind == "stopped":
                     break
                 elif kind == "error":
@@ -225,8 +239,10 @@ def measure(
         parent_conn.close()
     if stop_reason == "pruned":
         raise TrialStopped(shards)
+    if stop_reason == "interrupted":  # pragma: no cover - the KeyboardInterrupt is already propagating
+        raise TrialFailed("interrupted")
     if stop_reason == "timeout":
-        raise TrialFailed(f"timeout: the scan took longer than {spec.timeout_s:.0f} s")
+        raise TrialFailed(f"timeout: the scan took longer than {spec.timeout_s:g} s")
     code = proc.exitcode
     if code is not None and code < 0:
         import signal as _signal

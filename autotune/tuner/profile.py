@@ -106,7 +106,7 @@ def load_profile(path: Path) -> Profile:
         raise ConfigError(f"profile not found: {path}")
     try:
         return Profile.from_dict(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, ConfigError) as exc:
         raise ConfigError(f"profile {path} is not valid: {exc}") from None
 
 

@@ -27,8 +27,8 @@ class StudyOptions:
     device: str = "cpu"
     trials: int = 20
     timeout_s: float | None = None
-    scan_size: int = 96
-    warmup: int = 16
+    scan_size: int = 192
+    warmup: int = 32
     shards: int = 3
     space: str | None = None
     storage: str | None = None
@@ -114,11 +114,12 @@ def _storage(url: str) -> Any:
         raise ConfigError(f"cannot open study storage {url}: {str(exc).splitlines()[0]}") from None
 
 
-def fail_orphaned_running(study: Any) -> int:
+def fail_orphaned_running(study: Any) -> None:
     """Mark RUNNING trials whose heartbeat stopped (a killed run) as failed now, re-queueing their params."""
     import optuna
 
-    return len(optuna.storages.fail_stale_trials(study) or []) if hasattr(optuna.storages, "fail_stale_trials") else 0
+    if hasattr(optuna.storages, "fail_stale_trials"):
+        optuna.storages.fail_stale_trials(study)
 
 
 def run_study(options: StudyOptions, log: Callable[[str], None] | None = None) -> StudyOutcome:
@@ -214,6 +215,9 @@ def run_study(options: StudyOptions, log: Callable[[str], None] | None = None) -
                 config = space.to_config(params).validate(cores=machine.logical_cores, gpus=machine.gpu_count)
             except ConfigError as exc:
                 bad = [str(exc)]
+        if not bad and config is not None:
+            small = spec.too_small_for(config)
+            bad = [small] if small else []
         if bad:
             trial.set_user_attr("infeasible", bad)
             raise optuna.TrialPruned(f"infeasible: {bad[0]}")

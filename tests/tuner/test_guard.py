@@ -1,0 +1,197 @@
+"""Accuracy guard: reference sample, backend checks (cached), overlap enforcement and profile verification."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from autotune.engine.config import EngineConfig
+from autotune.models import backends as B
+from autotune.models.backends import backend_unavailable
+from autotune.tuner import guard as G
+from autotune.tuner.guard import (
+    GuardReference,
+    GuardResult,
+    agreement,
+    build_reference,
+    check_backend,
+    evaluate,
+    guard_ok_for,
+    probe_texts_for,
+    verify_profile,
+)
+from autotune.tuner.profile import Profile
+
+SAMPLE = 24
+
+
+@pytest.fixture(scope="module")
+def reference(small_dataset: Path, tiny_model: str) -> GuardReference:
+    """The tiny model's reference on 24 images of the generated corpus."""
+    return build_reference(small_dataset, tiny_model, sample=SAMPLE)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memo() -> None:
+    """Each test starts with an empty in-process memo (the disk cache is per test session)."""
+    G._MEMO.clear()
+
+
+def _profile(config: EngineConfig, guard: dict[str, Any] | None = None) -> Profile:
+    return Profile(
+        machine_id="m", machine="m", config=config, images_per_s=1.0, spread=0.0, study="s", storage="x",
+        trial=0, scan_size=1, model="synthetic:tiny", model_arch="a", dataset="d", dataset_fingerprint="f",
+        device="cpu", guard=guard or {},
+    )
+
+
+class _Permuted:
+    """A broken backend: the right embeddings, attached to the wrong images."""
+
+    embed_dim = 32
+    setup_seconds = 0.0
+
+    def __init__(self, spec: Any, **_: Any) -> None:
+        self.inner = B.TorchBackend(dataclasses.replace(spec, backend="eager"))
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        return self.inner.embed(batch)[::-1].copy()
+
+
+def test_reference_shape_and_cache(reference: GuardReference, small_dataset: Path, tiny_model: str) -> None:
+    """Sample spread over the data, unit fp32 embeddings, probe top-9s; a second build loads the cache."""
+    assert reference.size == SAMPLE and reference.synthetic
+    assert reference.pixels.shape == (SAMPLE, 224, 224, 3) and reference.pixels.dtype == np.uint8
+    np.testing.assert_allclose(np.linalg.norm(reference.embeddings, axis=1), 1.0, atol=1e-5)
+    assert reference.record_ids[0] == 0 and reference.record_ids[-1] == 47  # evenly spaced over all 48
+    assert len(reference.probe_texts) == 5 and all(t.startswith("a photo of ") for t in reference.probe_texts)
+    assert reference.probe_top.shape == (5, 9)
+    again = build_reference(small_dataset, tiny_model, sample=SAMPLE)
+    assert again.key == reference.key
+    np.testing.assert_array_equal(again.embeddings, reference.embeddings)
+    assert again.probe_texts == reference.probe_texts
+    assert build_reference(small_dataset, tiny_model, sample=SAMPLE - 1).key != reference.key
+
+
+def test_probe_texts() -> None:
+    """Up to five labels spread over the sorted list; generic texts without labels."""
+    labels = [f"label {i:02d}" for i in range(17)]
+    texts = probe_texts_for(labels)
+    assert len(texts) == 5 and texts[0] == "a photo of label 00" and texts[-1] == "a photo of label 16"
+    assert probe_texts_for([]) == list(G.GENERIC_PROBES)
+
+
+def test_agreement_centred_is_stricter() -> None:
+    """Rows crowded around a common direction: raw cosine looks perfect, the centred one does not."""
+    rng = np.random.default_rng(0)
+    common = rng.standard_normal(16)
+    ref = common + 0.05 * rng.standard_normal((20, 16))
+    cand = common + 0.05 * rng.standard_normal((20, 16))
+    figures = agreement(ref, cand)
+    assert figures["min_cosine"] > 0.98 and figures["centred_mean_cosine"] < 0.5
+
+
+def test_eager_passes_trivially(reference: GuardReference, tiny_model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference backend needs no run: perfect figures."""
+    monkeypatch.setattr(B, "build_backend", lambda *a, **k: pytest.fail("the reference must not be rebuilt"))
+    result = check_backend(reference, tiny_model, "eager", "fp32")
+    assert result.passed and result.min_cosine == 1.0 and result.probe_overlap_min == 9 and not result.reason
+
+
+def test_broken_backend_fails_with_a_reason(
+    reference: GuardReference, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Embeddings permuted across images: low cosine, failed, reason says which figure."""
+    monkeypatch.setattr(B, "build_backend", lambda spec, **k: _Permuted(spec))
+    result = check_backend(reference, tiny_model, "onnx", "fp32", cache=False)
+    assert not result.passed and "min cosine" in result.reason
+    assert result.centred_min_cosine < result.min_cosine
+    assert not result.enforced_overlap and len(result.probe_overlaps) == 5  # recorded, not enforced
+
+
+def test_overlap_enforced_only_on_real_models(reference: GuardReference) -> None:
+    """Same embeddings, cosine threshold out of the way: a real model fails on overlap, a synthetic one not."""
+    shuffled = reference.embeddings[np.random.default_rng(1).permutation(reference.size)]
+    synthetic = evaluate(reference, shuffled, backend="x", precision="fp32", threshold=-1.0)
+    real = evaluate(dataclasses.replace(reference, synthetic=False), shuffled, backend="x", precision="fp32",
+                    threshold=-1.0)
+    assert synthetic.passed and not synthetic.enforced_overlap
+    assert synthetic.probe_overlap_min < 8
+    assert not real.passed and real.enforced_overlap and "overlap" in real.reason
+    same = evaluate(dataclasses.replace(reference, synthetic=False), reference.embeddings, backend="x",
+                    precision="fp32")
+    assert same.passed and same.probe_overlap_min == 9
+
+
+def test_backend_that_cannot_run_fails(
+    reference: GuardReference, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build error is a failed check with the error as its reason, not a crash."""
+
+    def boom(*_: Any, **__: Any) -> None:
+        raise RuntimeError("no kernels for you")
+
+    monkeypatch.setattr(B, "build_backend", boom)
+    result = check_backend(reference, tiny_model, "onnx", "fp32", cache=False)
+    assert not result.passed and "could not run" in result.reason and "no kernels" in result.reason
+
+
+@pytest.mark.parametrize("name", ["int8", "onnx-int8"])
+def test_real_backends_pass_and_are_cached(
+    name: str, reference: GuardReference, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real lossy backend passes on the tiny model; the second check (memo, then disk) runs nothing."""
+    if backend_unavailable(name):
+        pytest.skip(str(backend_unavailable(name)))
+    first = check_backend(reference, tiny_model, name, "fp32")
+    assert first.passed and first.min_cosine >= 0.99 and first.n == SAMPLE, first.reason
+    assert first.extra["setup_seconds"] > 0
+    monkeypatch.setattr(B, "build_backend", lambda *a, **k: pytest.fail("checked twice"))
+    assert check_backend(reference, tiny_model, name, "fp32") is first  # in-process memo
+    G._MEMO.clear()
+    from_disk = check_backend(reference, tiny_model, name, "fp32")  # the json under cache_dir("guard")
+    assert from_disk.to_dict() == first.to_dict()
+    assert GuardResult.from_dict(first.to_dict()) == first
+
+
+def test_guard_ok_for() -> None:
+    """Eager fp32 needs no check; anything else needs a passed check on these weights, for this backend."""
+    eager = _profile(EngineConfig(cpu_backend="eager"))
+    assert guard_ok_for(eager, "any")
+    int8 = _profile(EngineConfig(cpu_backend="int8"))
+    assert not guard_ok_for(int8, "h1")  # never checked
+    record = {"model": "m", "weights_hash": "h1", "backend": "int8", "precision": "fp32", "device": "cpu",
+              "min_cosine": 0.999, "passed": True}
+    int8.guard = dict(record)
+    assert guard_ok_for(int8, "h1")
+    assert not guard_ok_for(int8, "h2")  # checked on other weights
+    int8.guard = {**record, "passed": False}
+    assert not guard_ok_for(int8, "h1")
+    onnx = _profile(EngineConfig(cpu_backend="onnx-int8"), guard=dict(record))
+    assert not guard_ok_for(onnx, "h1")  # the check was for another backend
+    gpu = _profile(EngineConfig(cpu_models=0, gpu_models=1, gpu_precision="fp16"))
+    assert not guard_ok_for(gpu, "h1")
+    gpu.guard = {**record, "backend": "eager", "precision": "fp16", "device": "cuda:0"}
+    assert guard_ok_for(gpu, "h1")
+    assert guard_ok_for(_profile(EngineConfig(cpu_models=0, gpu_models=1, gpu_precision="fp32")), "h1")
+
+
+def test_verify_profile_records_the_check(small_dataset: Path, tiny_model: str) -> None:
+    """verify_profile checks the profile's backend on the given model and stores what guard_ok_for reads."""
+    if backend_unavailable("int8"):
+        pytest.skip("int8 unavailable")
+    profile = _profile(EngineConfig(cpu_backend="int8"))
+    result = verify_profile(profile, tiny_model, small_dataset, sample=SAMPLE)
+    assert result.passed and result.backend == "int8"
+    guard = profile.guard
+    assert {"model", "weights_hash", "backend", "min_cosine", "passed"} <= set(guard)
+    assert guard["model"] == tiny_model and guard["backend"] == "int8" and guard["passed"]
+    assert guard_ok_for(profile, guard["weights_hash"])
+    assert not guard_ok_for(profile, "0" * 16)
+    eager = _profile(EngineConfig())
+    assert verify_profile(eager, tiny_model, small_dataset, sample=SAMPLE).passed
+    assert eager.guard["backend"] == "eager" and eager.guard["min_cosine"] == 1.0

@@ -1,0 +1,106 @@
+"""One trial's measurement: shard rates from a fresh process, early stop, failures, and no leftover processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import psutil
+import pytest
+
+from autotune.engine.config import EngineConfig
+from autotune.tuner.objective import ScanSpec, TrialFailed, TrialStopped, _shard_tracker, measure
+
+FAKE = "fake:32"
+CONFIG = EngineConfig(producers=1, cpu_models=1, cpu_threads=1, cpu_batch=8)
+
+
+def _children() -> list[psutil.Process]:
+    kids = psutil.Process().children(recursive=True)
+    out = []
+    for k in kids:
+        try:
+            if "resource_tracker" not in " ".join(k.cmdline()) and k.status() != psutil.STATUS_ZOMBIE:
+                out.append(k)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes() -> Any:
+    yield
+    assert _children() == []
+
+
+def _spec(dataset: Path, **kw: Any) -> ScanSpec:
+    base: dict[str, Any] = dict(dataset=str(dataset), model=FAKE, scan_size=16, warmup=8, shards=2, timeout_s=120)
+    base.update(kw)
+    return ScanSpec(**base)
+
+
+def test_measure_reports_every_shard(small_dataset: Path) -> None:
+    seen: list[tuple[int, float]] = []
+    m = measure(CONFIG, _spec(small_dataset), on_shard=lambda k, r: seen.append((k, r)) and False)
+    assert len(m.shard_images_per_s) == 2
+    assert [k for k, _ in seen] == [0, 1]
+    assert all(r > 0 for r in m.shard_images_per_s)
+    assert m.images_per_s > 0
+    assert m.images == 24
+    attrs = m.attrs()
+    for key in ("images_per_s", "shard_images_per_s", "startup_s", "steady_images_per_s", "bottleneck",
+                "stage_seconds", "peak_rss_mb", "threads", "affinity", "skipped", "images"):
+        assert key in attrs, key
+    assert attrs["images_per_s"] == m.images_per_s
+
+
+def test_batch_larger_than_a_shard_still_times_every_shard(small_dataset: Path) -> None:
+    cfg = EngineConfig(producers=1, cpu_models=1, cpu_threads=1, cpu_batch=32)
+    m = measure(cfg, _spec(small_dataset, scan_size=32, shards=2))
+    assert len(m.shard_images_per_s) == 2
+    assert all(r > 0 for r in m.shard_images_per_s), m.shard_images_per_s
+
+
+def test_shard_tracker_spreads_a_long_batch_over_its_shards() -> None:
+    spec = ScanSpec(dataset="-", model=FAKE, scan_size=30, warmup=10, shards=3)
+    sent: list[tuple[Any, ...]] = []
+    conn = SimpleNamespace(poll=lambda: False)
+    track = _shard_tracker(spec, sent.append, conn)
+    for done, t in ((10, 1.0), (20, 2.0), (40, 3.0)):  # the last batch closes shards 1 and 2 at once
+        track(SimpleNamespace(images=done, elapsed_s=t))
+    assert sent == [("shard", 0, 10.0), ("shard", 1, 20.0), ("shard", 2, 20.0)]
+
+
+def test_on_shard_true_stops_the_trial(small_dataset: Path) -> None:
+    cfg = EngineConfig(producers=1, cpu_models=1, cpu_threads=1, cpu_batch=4)
+    calls: list[int] = []
+
+    def stop(k: int, rate: float) -> bool:
+        calls.append(k)
+        return True
+
+    with pytest.raises(TrialStopped) as info:
+        measure(cfg, _spec(small_dataset, scan_size=40, shards=10), on_shard=stop)
+    assert calls[0] == 0
+    assert info.value.args[0] and info.value.args[0][0] > 0  # the shards seen before the stop
+
+
+def test_a_model_that_cannot_load_fails_the_trial(small_dataset: Path) -> None:
+    with pytest.raises(TrialFailed) as info:
+        measure(CONFIG, _spec(small_dataset, model="synthetic:nonexistent"))
+    msg = str(info.value)
+    assert msg and "\n" not in msg
+    assert "nonexistent" in msg or "Error" in msg
+
+
+def test_a_missing_dataset_fails_the_trial(tmp_path: Path) -> None:
+    with pytest.raises(TrialFailed) as info:
+        measure(CONFIG, _spec(tmp_path / "no-such-folder"))
+    assert "\n" not in str(info.value)
+
+
+def test_timeout_fails_the_trial(small_dataset: Path) -> None:
+    # Starting the child alone (spawn, imports) takes longer than the limit: the scan is told to stop.
+    with pytest.raises(TrialFailed, match="timeout"):
+        measure(CONFIG, _spec(small_dataset, timeout_s=0.3))

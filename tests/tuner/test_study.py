@@ -1,0 +1,167 @@
+"""The Optuna study end to end on the fake backend: default first, profile, resume, orphans, failures, infeasible."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from autotune.errors import AutotuneError
+from autotune.machine import detect_machine
+from autotune.tuner import study as study_mod
+from autotune.tuner.space import load_space
+from autotune.tuner.study import StudyOptions, run_study
+
+FAKE = "fake:32"
+
+# A small space that stays cheap on the fake backend (1 replica, a few batch sizes and thread counts).
+SMALL_SPACE = """\
+name: small
+device: cpu
+params:
+  cpu_threads: {type: int, low: 1, high: "min(2, cores)"}
+  cpu_batch:   {type: categorical, choices: [4, 8]}
+  scheduling:  {type: categorical, choices: [dynamic, static]}
+fixed:
+  producers: 1
+  cpu_models: 1
+  gpu_models: 0
+defaults:
+  cpu_threads: 1
+  cpu_batch: 8
+  scheduling: dynamic
+"""
+
+# Only cpu_batch == 8 is allowed: nearly every proposal is infeasible.
+NARROW_SPACE = """\
+name: narrow
+device: cpu
+params:
+  cpu_batch: {type: int, low: 4, high: 64}
+fixed:
+  producers: 1
+  cpu_models: 1
+  cpu_threads: 1
+  gpu_models: 0
+constraints:
+  - "cpu_batch == 8"
+defaults:
+  cpu_batch: 8
+"""
+
+
+@pytest.fixture(autouse=True)
+def _studies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "studies"
+    monkeypatch.setenv("AUTOTUNE_STUDIES", str(folder))
+    return folder
+
+
+def _options(tmp_path: Path, dataset: Path, text: str = SMALL_SPACE, **kw: Any) -> StudyOptions:
+    space = tmp_path / "space.yaml"
+    space.write_text(text)
+    base: dict[str, Any] = dict(space=str(space), trials=3, scan_size=16, warmup=8, shards=2, model=FAKE,
+                                dataset=str(dataset), repeats=1, recheck_top=2, trial_timeout_s=120)
+    base.update(kw)
+    return StudyOptions(**base)
+
+
+def test_study_default_first_profile_and_resume(tmp_path: Path, small_dataset: Path, _studies: Path) -> None:
+    lines: list[str] = []
+    opts = _options(tmp_path, small_dataset)
+    out = run_study(opts, log=lines.append)
+    machine = detect_machine()
+    assert out.study_name.startswith(machine.machine_id)
+    assert out.storage == f"sqlite:///{(_studies / 'autotune.db').resolve()}"
+    assert out.images_per_s > 0 and out.config.cpu_models == 1
+    assert sum(out.trials.values()) >= 3
+    assert any(line.startswith("trial 0:") for line in lines)
+
+    study = optuna.load_study(study_name=out.study_name, storage=out.storage)
+    first = study.trials[0]
+    space = load_space(opts.space, machine_facts=machine.facts())  # type: ignore[arg-type]
+    assert first.user_attrs.get("default") is True
+    assert first.params == space.default_params()
+    assert first.state == optuna.trial.TrialState.COMPLETE
+    assert first.user_attrs["images_per_s"] == pytest.approx(first.value)
+    assert study.metric_names == ["images_per_s"]
+    assert out.default_images_per_s and out.default_images_per_s > 0
+
+    # The profile: this machine's file, with its provenance.
+    path = _studies / "profiles" / f"{machine.machine_id}.json"
+    assert out.profile_path == path and path.is_file()
+    data = json.loads(path.read_text())
+    for key in ("machine_id", "machine", "config", "images_per_s", "spread", "study", "storage", "trial",
+                "scan_size", "model", "model_arch", "dataset", "dataset_fingerprint", "device", "versions", "date",
+                "rechecks", "predicted_seconds_500k"):
+        assert key in data, key
+    assert data["study"] == out.study_name and data["model"] == FAKE and data["scan_size"] == 16
+    assert data["versions"].get("optuna") == optuna.__version__
+
+    # The same options again resume the same study.
+    n_before = len(study.trials)
+    again = run_study(_options(tmp_path, small_dataset, trials=1, repeats=0))
+    assert again.study_name == out.study_name
+    assert len(optuna.load_study(study_name=out.study_name, storage=out.storage).trials) > n_before
+
+
+def test_orphaned_running_trial_is_failed_and_requeued(
+    tmp_path: Path, small_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_storage = study_mod._storage
+
+    def quick_storage(url: str) -> Any:
+        st = real_storage(url)
+        st.heartbeat_interval, st.grace_period = 1, 1
+        return st
+
+    monkeypatch.setattr(study_mod, "_storage", quick_storage)
+    opts = _options(tmp_path, small_dataset, trials=1, repeats=0)
+    out = run_study(opts)
+
+    # A run killed mid-trial: a RUNNING trial with a heartbeat that stops.
+    other = quick_storage(out.storage)
+    study = optuna.load_study(study_name=out.study_name, storage=other)
+    space = load_space(opts.space, machine_facts=detect_machine().facts())  # type: ignore[arg-type]
+    orphan = study.ask(space.distributions())
+    params = dict(orphan.params)
+    other.record_heartbeat(orphan._trial_id)
+    time.sleep(2.2)
+
+    run_study(opts)
+    trials = optuna.load_study(study_name=out.study_name, storage=out.storage).trials
+    assert trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
+    assert len(retried) == 1
+    assert retried[0].params == params
+    assert retried[0].state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def test_a_setup_that_always_fails_is_diagnosed(tmp_path: Path, small_dataset: Path) -> None:
+    # fake:bad passes the parent's checks but every replica refuses it: each trial fails in its child.
+    opts = _options(tmp_path, small_dataset, model="fake:bad", trials=5, repeats=0)
+    with pytest.raises(AutotuneError, match="first 3 trials all failed") as info:
+        run_study(opts)
+    assert "\n" not in str(info.value)
+    assert "fake:bad" in str(info.value)
+
+
+def test_infeasible_proposals_are_recorded_never_run(tmp_path: Path, small_dataset: Path) -> None:
+    opts = _options(tmp_path, small_dataset, text=NARROW_SPACE, trials=2, repeats=0)
+    out = run_study(opts)
+    assert out.trials.get("infeasible", 0) >= 1
+    assert out.config.cpu_batch == 8
+    trials = optuna.load_study(study_name=out.study_name, storage=out.storage).trials
+    infeasible = [t for t in trials if t.user_attrs.get("infeasible")]
+    assert infeasible
+    for t in infeasible:
+        assert t.state == optuna.trial.TrialState.PRUNED
+        assert t.params["cpu_batch"] != 8
+        assert t.user_attrs["infeasible"] == ["cpu_batch == 8"]
+        assert "images_per_s" not in t.user_attrs and "config" not in t.user_attrs  # never measured
+    ran = [t for t in trials if not t.user_attrs.get("infeasible")]
+    assert ran and all(t.params["cpu_batch"] == 8 for t in ran)
