@@ -351,6 +351,14 @@ def retrieve_cmd(
                 "run `autotune study` to tune one"
             )
     else:
+        from autotune.models.loading import weights_hash
+        from autotune.tuner.guard import guard_ok_for
+
+        if not guard_ok_for(prof, weights_hash(resolve_model(model)[0])):
+            raise ConfigError(
+                f"the profile runs {prof.config.cpu_backend}/{prof.config.gpu_precision}, whose accuracy guard was "
+                f"never checked on {model}: run `autotune verify --model {model}` first (or --profile none)"
+            )
         config = prof.config
         say(f"profile {prof.machine_id}: {config.describe()} ({prof.images_per_s:.1f} images/s when tuned)")
     result = retrieve(
@@ -397,6 +405,36 @@ def demo_cmd(
     from autotune.demo import run_demo
 
     run_demo(out=out, trials=trials)
+
+
+@app.command("verify")
+def verify_cmd(
+    profile: Annotated[str, typer.Option("--profile", help="'auto' (this machine's) or a profile file.")] = "auto",
+    model: Annotated[
+        str | None, typer.Option("--model", help="The model retrievals will run (default: the profile's).")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Images for the validation sample.")] = None,
+    threshold: Annotated[float, typer.Option("--threshold", help="Minimum embedding cosine against fp32.")] = 0.99,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-check a profile's accuracy guard on the model it will run (tuning on the random-weight stand-in
+    finds speed, not quantisation error), and record the check in the profile. Exit 1 if it fails."""
+    from autotune.defaults import default_dataset
+    from autotune.errors import ConfigError
+    from autotune.tuner.guard import verify_profile
+    from autotune.tuner.profile import find_profile, profiles_dir, save_profile
+
+    prof = find_profile(profile, warn=False)
+    if prof is None:
+        raise ConfigError("no profile for this machine yet: run `autotune study` first")
+    mid = model or prof.model
+    result = verify_profile(prof, mid, dataset or prof.dataset or str(default_dataset()), threshold=threshold)
+    path = save_profile(prof, Path(profile).parent if profile not in ("auto",) else profiles_dir())
+    data = result.to_dict()
+    data["profile"] = str(path)
+    _out(data, "verify", as_json)
+    if not result.passed:
+        raise typer.Exit(1)
 
 
 # ------------------------------------------------------------------------------------------- benches
@@ -534,6 +572,34 @@ def bench_index_cmd(
     from autotune.index import bench_index
 
     _out(bench_index(n=n, dim=dim, queries=queries, dtype=dtype), "bench index", as_json)
+
+
+@bench_app.command("backends")
+def bench_backends_cmd(
+    model: ModelOpt = "synthetic:clip-vit-base-patch32",
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size.")] = 32,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="Torch/runtime threads (default: all cores).")
+    ] = None,
+    n: Annotated[int, typer.Option("--n", min=1, help="Generated images to embed per pass.")] = 64,
+    backend: Annotated[
+        list[str] | None, typer.Option("--backend", help="Backend to include (repeatable; default: all usable).")
+    ] = None,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Interleaved passes per backend.")] = 3,
+    as_json: JsonOpt = False,
+) -> None:
+    """Bare image-tower throughput per inference backend, side by side on the same batches and threads, with
+    setup time (cold and cached) and the accuracy guard's figures (embedding cosine against fp32 eager)."""
+    from autotune import report
+    from autotune.bench.backends import bench_backends
+
+    say = None if as_json else (lambda m: report.err_console.print(f"[dim]{m}[/dim]"))
+    result = bench_backends(model=model, batch=batch, threads=threads, n=n, backends=backend, repeats=repeats, log=say)
+    if as_json:
+        report.emit_json(result)
+        return
+    report.print_rows(f"backends ({model}, batch {batch})", result["rows"])
+    report.print_figures("summary", {k: v for k, v in result.items() if k != "rows"})
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -15,7 +15,8 @@ CpuPrecision = Literal["fp32"]
 
 SCHEDULING: tuple[str, ...] = ("dynamic", "static")
 GPU_PRECISIONS: tuple[str, ...] = ("fp16", "bf16", "fp32")
-CPU_BACKENDS: tuple[str, ...] = ("eager",)
+# Mirrors autotune.models.backends.CPU_BACKEND_NAMES (a test keeps them equal); "eager" is the fp32 reference.
+CPU_BACKENDS: tuple[str, ...] = ("eager", "int8", "bf16", "compile", "onnx", "onnx-int8", "openvino", "openvino-bf16")
 
 
 def logical_cores() -> int:
@@ -112,6 +113,14 @@ class EngineConfig:
             raise ConfigError(f"scheduling must be one of {', '.join(SCHEDULING)}, got {self.scheduling!r}")
         if self.gpu_precision not in GPU_PRECISIONS:
             raise ConfigError(f"gpu_precision must be one of {', '.join(GPU_PRECISIONS)}, got {self.gpu_precision!r}")
+        if self.cpu_backend not in CPU_BACKENDS:
+            raise ConfigError(f"cpu_backend must be one of {', '.join(CPU_BACKENDS)}, got {self.cpu_backend!r}")
+        if self.cpu_models:
+            from autotune.models.backends import backend_unavailable
+
+            reason = backend_unavailable(self.cpu_backend)
+            if reason:
+                raise ConfigError(f"cpu_backend: {reason}")
         if self.cpu_precision != "fp32":
             raise ConfigError(f"cpu_precision must be fp32 (use cpu_backend for int8), got {self.cpu_precision!r}")
         if self.pin_cores and self.producers + self.cpu_models * self.cpu_threads > cores:

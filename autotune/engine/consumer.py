@@ -77,6 +77,7 @@ def consumer_main(spec: ConsumerSpec, ready: Any, free_slots: Any, events: Any) 
             from autotune.models.backends import build_backend
 
             backend = build_backend(spec.backend)
+            info.update(backend.info())  # setup seconds and artefact cache hits, apart from throughput
             pool = SlotPool.attach(spec.layout)
             sink = spec.sink_factory(spec.index) if spec.sink_factory else None
         topk = RunningTopK(len(spec.queries), spec.top_k)

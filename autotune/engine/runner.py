@@ -207,6 +207,7 @@ def run_scan(
                     precision=precision,
                     backend=config.cpu_backend if device == "cpu" else "eager",
                     fake_delay_s=fake_delay_s,
+                    batch=batch,
                 ),
                 layout=pool.layout,
                 queries=q,

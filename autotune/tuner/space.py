@@ -191,6 +191,8 @@ def load_space(space: str | Path, *, machine_facts: Mapping[str, Any], device: s
             choices = spec.get("choices")
             if not isinstance(choices, list) or not choices:
                 raise ConfigError(f"{where}.choices: a categorical parameter needs a non-empty list")
+            if name == "cpu_backend":
+                choices = _usable_backends(choices, where)
             params.append(Param(name, kind, choices=tuple(choices)))
             continue
         for key in ("low", "high"):
@@ -255,3 +257,15 @@ def load_space(space: str | Path, *, machine_facts: Mapping[str, Any], device: s
     if bad_default:
         raise ConfigError(f"{src}: the defaults break constraint {bad_default[0]!r} on this machine")
     return space_obj
+
+
+def _usable_backends(choices: list[Any], where: str) -> list[Any]:
+    """Backend choices minus those this machine cannot run (missing package or compiler); eager always stays."""
+    from autotune.engine.config import CPU_BACKENDS
+    from autotune.models.backends import backend_unavailable
+
+    unknown = [c for c in choices if c not in CPU_BACKENDS]
+    if unknown:
+        raise ConfigError(f"{where}.choices: unknown backend(s) {', '.join(map(str, unknown))}")
+    usable = [c for c in choices if backend_unavailable(str(c), "cpu") is None]
+    return usable or ["eager"]

@@ -42,6 +42,8 @@ class StudyOptions:
     trial_timeout_s: float = 600.0
     seed: int = 0
     save: bool = True
+    guard_threshold: float = 0.99
+    guard_sample: int = 256
 
 
 @dataclass
@@ -204,6 +206,30 @@ def run_study(options: StudyOptions, log: Callable[[str], None] | None = None) -
         study.enqueue_trial(space.default_params(), user_attrs={"default": True})
     counted = {"runs": 0, "failures_before_success": 0, "any_success": False}
     best_seen: dict[str, Any] = {"value": None, "since": 0}
+    guard_state: dict[str, Any] = {"reference": None}
+
+    def guard_checks(config: EngineConfig) -> list[Any]:
+        """Accuracy-guard results for the config's non-reference backends (cached per backend)."""
+        from autotune.tuner import guard
+
+        parts = guard.non_reference_parts(config)
+        if not parts:
+            return []
+        if guard_state["reference"] is None:
+            say("accuracy guard: computing fp32 reference embeddings of the validation sample (once)")
+            guard_state["reference"] = guard.build_reference(
+                dataset, model, sample=options.guard_sample, image_column=options.image_column
+            )
+        out = []
+        for kind, backend, precision in parts:
+            device = "cpu" if kind == "cpu" else "cuda:0"
+            out.append(
+                guard.check_backend(
+                    guard_state["reference"], model, backend, precision, device, options.guard_threshold
+                )
+            )
+        return out
+
     diagnosis: list[str] = []
 
     def objective(trial: Any) -> float:
@@ -218,6 +244,20 @@ def run_study(options: StudyOptions, log: Callable[[str], None] | None = None) -
         if not bad and config is not None:
             small = spec.too_small_for(config)
             bad = [small] if small else []
+        if not bad and config is not None:
+            for result in guard_checks(config):
+                trial.set_user_attr(
+                    f"guard_{result.backend}_{result.precision}",
+                    {
+                        "min_cosine": result.min_cosine,
+                        "centred_min_cosine": result.centred_min_cosine,
+                        "probe_overlap_min": result.probe_overlap_min,
+                        "enforced_overlap": result.enforced_overlap,
+                        "passed": result.passed,
+                    },
+                )
+                if not result.passed:
+                    bad = [f"accuracy guard: {result.backend}/{result.precision}: {result.reason}"]
         if bad:
             trial.set_user_attr("infeasible", bad)
             raise optuna.TrialPruned(f"infeasible: {bad[0]}")

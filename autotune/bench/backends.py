@@ -1,0 +1,201 @@
+"""`bench backends`: the bare image tower under each CPU backend, side by side on the same images and threads.
+
+Every backend embeds the same in-memory batches (generated photos, fast-preprocessed) with the same intra-op
+thread count. Each is built twice in a fresh artefact folder: the first build times the cold setup (export,
+quantisation, compilation), the second the cached one. Throughput passes are interleaved across backends
+(round-robin, median of ``repeats`` passes) so that a slow drift of the machine hits them all alike. Accuracy
+is the guard's: raw and centred cosines of each backend's embeddings against eager fp32 on the same pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autotune.errors import ConfigError
+
+DEFAULT_MODEL = "synthetic:clip-vit-base-patch32"
+ROW_KEYS = (
+    "backend",
+    "images_per_s",
+    "speedup_over_eager",
+    "min_cosine",
+    "mean_cosine",
+    "centred_min_cosine",
+    "centred_mean_cosine",
+    "guard_ok",
+    "setup_cold_s",
+    "setup_cached_s",
+    "cached_hit",
+    "pass_images_per_s",
+    "error",
+)
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch intra-op threads (ONNX Runtime and OpenVINO follow torch's count)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def bench_images(n: int, crop: int, seed: int = 11) -> np.ndarray:
+    """``n`` generated photos (all labels), fast-preprocessed to uint8 ``[n, crop, crop, 3]``."""
+    from autotune.data import make_dataset, open_source
+    from autotune.preprocess import PreprocessSpec, fast_preprocess
+
+    spec = PreprocessSpec(shortest_edge=crop, crop=crop)
+    with tempfile.TemporaryDirectory(prefix="bench-backends-") as tmp:
+        folder = Path(tmp) / "images"
+        make_dataset(folder, n=n, seed=seed, progress=False, workers=1)
+        source = open_source(folder)
+        out = np.empty((n, crop, crop, 3), np.uint8)
+        for k, record in enumerate(source.records()[:n]):
+            fast_preprocess(source.read_bytes(record), spec, out=out[k])
+    return out
+
+
+def _one_pass(backend: Any, pixels: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
+    """Embed all pixels once in batches; return (seconds, embeddings)."""
+    start = time.perf_counter()
+    parts = [backend.embed(pixels[i : i + batch]) for i in range(0, len(pixels), batch)]
+    return time.perf_counter() - start, np.concatenate(parts)
+
+
+def bench_backends(
+    model: str = DEFAULT_MODEL,
+    batch: int = 32,
+    threads: int | None = None,
+    n: int = 64,
+    backends: list[str] | None = None,
+    *,
+    repeats: int = 3,
+    threshold: float = 0.99,
+    pixels: np.ndarray | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Throughput, setup time (cold, cached) and agreement with eager fp32 of each CPU backend, in one run.
+
+    ``backends`` defaults to every backend available here (eager is always measured: it is the baseline).
+    Returns ``rows`` (one dict per backend, keys :data:`ROW_KEYS`; a backend that fails has ``error`` set and
+    no figures), ``best_backend`` (the fastest whose min cosine passes ``threshold``) and
+    ``best_speedup_over_eager``, with the run's settings.
+
+    Example:
+        >>> out = bench_backends("synthetic:tiny", batch=8, n=16, backends=["eager", "onnx"])  # doctest: +SKIP
+        >>> [r["backend"] for r in out["rows"]], out["best_backend"]  # doctest: +SKIP
+        (['eager', 'onnx'], 'onnx')
+    """
+    from autotune.engine.config import logical_cores
+    from autotune.models.backends import (
+        CPU_BACKEND_NAMES,
+        BackendSpec,
+        available_cpu_backends,
+        backend_unavailable,
+        build_backend,
+        model_facts,
+    )
+    from autotune.tuner.guard import agreement
+
+    say = log or (lambda _msg: None)
+    threads = threads or logical_cores()
+    if batch < 1 or n < 1 or repeats < 1 or threads < 1:
+        raise ConfigError(f"batch, n, repeats and threads must be >= 1 (got {batch}, {n}, {repeats}, {threads})")
+    names = list(backends) if backends else available_cpu_backends()
+    for name in names:
+        if name not in CPU_BACKEND_NAMES:
+            raise ConfigError(f"unknown cpu backend {name!r}; choose from: {', '.join(CPU_BACKEND_NAMES)}")
+    names = ["eager"] + [b for b in dict.fromkeys(names) if b != "eager"]
+    facts = model_facts(model)
+    if pixels is None:
+        pixels = bench_images(n, facts.preprocess.crop)
+    pixels = np.ascontiguousarray(pixels[:n])
+    rows: dict[str, dict[str, Any]] = {}
+    built: dict[str, Any] = {}
+    inductor_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with _threads(threads), tempfile.TemporaryDirectory(prefix="bench-backends-cache-") as tmp:
+        for name in names:
+            row: dict[str, Any] = {key: None for key in ROW_KEYS}
+            row["backend"] = name
+            rows[name] = row
+            reason = backend_unavailable(name)
+            if reason:
+                row["error"] = reason
+                say(f"{name}: skipped ({reason})")
+                continue
+            spec = BackendSpec(model_id=model, backend=name, batch=batch)
+            root = Path(tmp) / name
+            try:
+                start = time.perf_counter()
+                backend = build_backend(spec, cache_root=root)
+                row["setup_cold_s"] = round(time.perf_counter() - start, 3)
+                start = time.perf_counter()
+                again = build_backend(spec, cache_root=root)
+                row["setup_cached_s"] = round(time.perf_counter() - start, 3)
+                row["cached_hit"] = bool(getattr(again, "cache_hit", False))
+                del again
+                gc.collect()
+                backend.embed(pixels[:batch])  # warm-up: first-call allocations, lazy kernel selection
+                backend.timings()
+                built[name] = backend
+                say(f"{name}: ready (setup {row['setup_cold_s']} s cold, {row['setup_cached_s']} s cached)")
+            except Exception as exc:  # one broken backend must not hide the others' figures
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                row["error"] = f"{type(exc).__name__}: {first}"[:300]
+                say(f"{name}: failed ({row['error']})")
+        seconds: dict[str, list[float]] = {name: [] for name in built}
+        outputs: dict[str, np.ndarray] = {}
+        for r in range(repeats):
+            for name, backend in built.items():
+                took, emb = _one_pass(backend, pixels, batch)
+                seconds[name].append(took)
+                outputs.setdefault(name, emb)
+            say(f"pass {r + 1}/{repeats}: " + ", ".join(f"{k} {len(pixels) / v[-1]:.2f}" for k, v in seconds.items()))
+        built.clear()
+        gc.collect()
+    # Compiled backends pointed inductor at the temporary folder: give the process its old setting back.
+    if inductor_dir is None:
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    else:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_dir
+    reference = outputs.get("eager")
+    eager_rate = len(pixels) / statistics.median(seconds["eager"]) if "eager" in seconds else None
+    for name, secs in seconds.items():
+        row = rows[name]
+        rate = len(pixels) / statistics.median(secs)
+        row["images_per_s"] = round(rate, 3)
+        row["pass_images_per_s"] = [round(len(pixels) / s, 3) for s in secs]
+        row["speedup_over_eager"] = round(rate / eager_rate, 3) if eager_rate else None
+        if reference is not None:
+            figures = agreement(reference, outputs[name])
+            row.update({k: round(v, 6) for k, v in figures.items()})
+            row["guard_ok"] = bool(figures["min_cosine"] >= threshold)
+    ranked = [r for r in rows.values() if r["images_per_s"] and r["guard_ok"]]
+    best = max(ranked, key=lambda r: r["images_per_s"]) if ranked else None
+    return {
+        "model": model,
+        "batch": batch,
+        "threads": threads,
+        "n": int(len(pixels)),
+        "repeats": repeats,
+        "threshold": threshold,
+        "rows": list(rows.values()),
+        "eager_images_per_s": round(eager_rate, 3) if eager_rate else None,
+        "best_backend": best["backend"] if best else None,
+        "best_speedup_over_eager": best["speedup_over_eager"] if best else None,
+    }

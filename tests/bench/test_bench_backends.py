@@ -1,0 +1,51 @@
+"""bench backends: side-by-side rows of throughput, setup and agreement with eager fp32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autotune.bench.backends import ROW_KEYS, bench_backends, bench_images
+from autotune.errors import ConfigError
+from autotune.models.backends import backend_unavailable
+
+
+def test_bench_two_backends_on_tiny(tiny_model: str) -> None:
+    """Eager plus one more: every row has the keys, eager is the 1.0 baseline, the best one is named."""
+    other = "onnx" if backend_unavailable("onnx") is None else "int8"
+    out = bench_backends(tiny_model, batch=4, threads=1, n=8, backends=["eager", other], repeats=2)
+    assert [r["backend"] for r in out["rows"]] == ["eager", other]
+    for row in out["rows"]:
+        assert set(row) == set(ROW_KEYS) and row["error"] is None
+        assert row["images_per_s"] > 0 and len(row["pass_images_per_s"]) == 2
+        assert row["setup_cold_s"] > 0 and row["setup_cached_s"] > 0
+        assert row["min_cosine"] >= 0.99 and row["guard_ok"]
+        assert row["centred_min_cosine"] <= row["min_cosine"] + 1e-6
+    eager, second = out["rows"]
+    assert eager["speedup_over_eager"] == 1.0 and eager["min_cosine"] == pytest.approx(1.0)
+    assert second["cached_hit"] is True
+    assert out["best_backend"] in ("eager", other) and out["best_speedup_over_eager"] >= 1.0
+    assert (out["batch"], out["threads"], out["n"]) == (4, 1, 8)
+
+
+def test_bench_reports_a_missing_backend(tiny_model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unavailable backend is a row with its reason, not a crash; eager is always measured."""
+    import autotune.models.backends as B
+
+    monkeypatch.setattr(B, "backend_unavailable", lambda name, device="cpu": "not here" if name == "onnx" else None)
+    pixels = np.full((4, 224, 224, 3), 100, np.uint8)
+    out = bench_backends(tiny_model, batch=4, threads=1, n=4, backends=["onnx"], repeats=1, pixels=pixels)
+    rows = {r["backend"]: r for r in out["rows"]}
+    assert set(rows) == {"eager", "onnx"} and rows["onnx"]["error"] == "not here"
+    assert rows["onnx"]["images_per_s"] is None and out["best_backend"] == "eager"
+
+
+def test_bench_refuses_unknown_backend(tiny_model: str) -> None:
+    with pytest.raises(ConfigError, match="tensorrt"):
+        bench_backends(tiny_model, backends=["tensorrt"])
+
+
+def test_bench_images() -> None:
+    """Generated photos, preprocessed to the crop."""
+    pixels = bench_images(3, 64)
+    assert pixels.shape == (3, 64, 64, 3) and pixels.dtype == np.uint8 and pixels.std() > 10
