@@ -102,14 +102,22 @@ def default_study_name(machine_id: str, device: str, model: str, dataset_fp: str
 def _storage(url: str) -> Any:
     """An RDB storage whose heartbeat fails trials left RUNNING by a killed run and re-queues their params."""
     import optuna
-    from optuna.storages import RetryFailedTrialCallback
 
+    try:
+        # Optuna >= 4.9 calls it RetryHeartbeatStaleTrialCallback; older releases use the failed-trial hook.
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        retry: dict[str, Any] = {"heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1)}
+    except ImportError:  # pragma: no cover - older Optuna
+        from optuna.storages import RetryFailedTrialCallback
+
+        retry = {"failed_trial_callback": RetryFailedTrialCallback(max_retry=1)}
     try:
         return optuna.storages.RDBStorage(
             url,
             heartbeat_interval=5,
             grace_period=20,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
+            **retry,
             engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None,
         )
     except Exception as exc:

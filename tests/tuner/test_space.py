@@ -94,8 +94,10 @@ def test_grid_is_all_feasible() -> None:
     grid = space.grid()
     assert grid
     assert all(not space.violations(p) for p in grid)
-    # cpu_models * cpu_threads <= 2: (1,1), (1,2), (2,1); batch 8,16,32,64; 2 schedulings; pinning only for (1,1)
-    assert len(grid) == 3 * 4 * 2 * 1 + 1 * 4 * 2 * 1
+    # cpu_models * cpu_threads <= 2: (1,1), (1,2), (2,1); batch 8,16,32,64; 2 schedulings; pinning only for (1,1);
+    # times the inference backends usable on this machine.
+    backends = len(next(p for p in space.params if p.name == "cpu_backend").choices)
+    assert len(grid) == (3 * 4 * 2 * 1 + 1 * 4 * 2 * 1) * backends
     for p in grid:
         space.to_config(p).validate(cores=2, gpus=0)
 
