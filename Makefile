@@ -26,11 +26,12 @@ test-deps:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 		echo "note: chromium not installed; the dashboard browser test will be skipped"
 
+# `slow` checks (ViT-B/32-sized models, compiled backends, the tuner benchmark) run in `make test-all`.
 test: install test-deps
-	$(BIN)/python -m pytest -q -m "not gpu" -p no:cacheprovider
+	$(BIN)/python -m pytest -q -m "not gpu and not slow" -p no:cacheprovider
 
-test-all: install
-	$(BIN)/python -m pytest -q
+test-all: install test-deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install
 	$(BIN)/ruff check autotune tests

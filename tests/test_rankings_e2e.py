@@ -17,8 +17,6 @@ once per session under pytest's base temp folder), e.g.::
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +24,11 @@ import numpy as np
 import pytest
 import torch
 
-from autotune.data import LABELS, make_dataset, open_source
+from autotune.data import LABELS, open_source
 from autotune.engine import EngineConfig, embed_queries, run_scan
 from autotune.models import encode_texts, image_tower, load_clip
-from autotune.models.train import MARKER_NAME, train_model
 from autotune.preprocess import PreprocessSpec, fast_preprocess, normalize
 
-# The quick model: 340 training images (20 per label), 180 steps of 64 (about 45 s). One thread: on an idle
-# machine two are about 1.5x faster, but next to other busy processes two contending OpenMP threads were
-# measured 4x slower than one (1.4 s against 0.33 s a step), enough to hit the test timeout.
-TRAIN_N = 340
-TRAIN_SEED = 7
-QUICK_STEPS = 180
-QUICK_BATCH = 64
-QUICK_THREADS = 1
-# Held-out images: another seed, 10 per label, so a label's top 9 can be all its own.
-HELDOUT_N = 170
-HELDOUT_SEED = 4242
 TOP_K = 9
 # A label's query must put at least this many of its own images in its top 9.
 MIN_HITS = 6
@@ -58,54 +44,6 @@ CHECK_LABELS = [
     "Photographus tripodis",
     "Galaxias profunda",
 ]
-
-
-def _build_once(folder: Path, done: Callable[[Path], bool], build: Callable[[Path], object]) -> Path:
-    """Build ``folder`` unless a complete one is there (a leftover incomplete one is rebuilt)."""
-    if done(folder):
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    build(folder)
-    assert done(folder), f"building {folder} left it incomplete"
-    return folder
-
-
-def heldout_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The held-out corpus (``HELDOUT_N`` images, seed ``HELDOUT_SEED``), generated once per session."""
-    return _build_once(
-        tmp_path_factory.getbasetemp() / "rankings-heldout",
-        lambda p: (p / "metadata.json").is_file(),
-        lambda p: make_dataset(p, n=HELDOUT_N, seed=HELDOUT_SEED, progress=False),
-    )
-
-
-def trained_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The quick trained model (a plain CLIP checkpoint folder), trained once per session."""
-    base = tmp_path_factory.getbasetemp() / "rankings-trained"
-    corpus = _build_once(
-        base / "train",
-        lambda p: (p / "metadata.json").is_file(),
-        lambda p: make_dataset(p, n=TRAIN_N, seed=TRAIN_SEED, progress=False),
-    )
-    return _build_once(
-        base / "model",
-        lambda p: (p / MARKER_NAME).is_file(),
-        lambda p: train_model(
-            corpus, p, seed=0, steps=QUICK_STEPS, batch_size=QUICK_BATCH, threads=QUICK_THREADS, progress=False
-        ),
-    )
-
-
-@pytest.fixture(scope="session")
-def trained_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Path (as a model id) of the quick trained model."""
-    return str(trained_model_dir(tmp_path_factory))
-
-
-@pytest.fixture(scope="session")
-def heldout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The held-out corpus folder."""
-    return heldout_dir(tmp_path_factory)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -178,7 +116,7 @@ def test_engine_ranks_each_label_first(trained_model: str, heldout: Path, plain:
     queries = embed_queries(trained_model, texts)
     config = EngineConfig(producers=1, cpu_models=1, cpu_threads=1, cpu_batch=16)
     result = run_scan(source, trained_model, config, queries=queries, top_k=TOP_K)
-    assert result.images == HELDOUT_N and not result.skipped
+    assert result.images == len(source) and not result.skipped
     labels_by_id = {r.id: r.label for r in source.records()}
     for q, label in enumerate(CHECK_LABELS):
         ids = [i for i, _ in result.hits(q)]
@@ -205,3 +143,16 @@ def test_broken_paths_fail_the_check(plain: dict[str, Any], bug: str) -> None:
     good_p, broken_p = _precision(plain["hits"]), _precision(broken)
     assert broken_p <= good_p - 0.2, f"{bug}: precision {broken_p:.2f} vs {good_p:.2f} ({broken})"
     assert any(broken[label] < MIN_HITS for label in CHECK_LABELS), f"{bug} would pass the check: {broken}"
+
+
+def test_index_ranks_each_label_first(trained_model: str, heldout: Path, tmp_path: Path) -> None:
+    """The retrieval path (engine scan into the embedding index, then an index query) keeps the rankings."""
+    from autotune.retrieval import retrieve
+
+    texts = [f"a photo of {label}" for label in CHECK_LABELS]
+    config = EngineConfig(producers=1, cpu_models=1, cpu_threads=1, cpu_batch=16)
+    result = retrieve(texts, dataset=str(heldout), model=trained_model, config=config, index_dir=tmp_path / "idx")
+    again = retrieve(texts, dataset=str(heldout), model=trained_model, config=config, index_dir=tmp_path / "idx")
+    assert result.mode == "index-new" and again.mode == "index"
+    for label, hits in zip(CHECK_LABELS, again.hits, strict=True):
+        assert sum(h.label == label for h in hits) >= MIN_HITS, label

@@ -11,15 +11,14 @@ import pytest
 from autotune.bench.quality import bench_quality, precision_at_k
 from autotune.data import LABELS
 from autotune.errors import DataError
-from tests.test_rankings_e2e import trained_model_dir
 
 FLAT = ("zero_shot_accuracy", "mean_precision_at_9", "min_precision_at_9")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(trained_model: str) -> Path:
     """The session's quick trained model (shared with the rankings tests)."""
-    return trained_model_dir(tmp_path_factory)
+    return Path(trained_model)
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,7 @@ def test_default_bench_space_is_small_and_feasible(tmp_path: Path) -> None:
         assert not space.violations(space.default_params())
 
 
+@pytest.mark.slow
 def test_bench_tuner_on_the_fake_backend(
     tmp_path: Path, small_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

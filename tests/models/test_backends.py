@@ -186,7 +186,7 @@ print(json.dumps({"hit": be.cache_hit, "sum": float(emb.sum())}))
 """
 
 
-@pytest.mark.parametrize("name", ["onnx-int8", "int8"])
+@pytest.mark.parametrize("name", ["onnx-int8", pytest.param("int8", marks=pytest.mark.slow)])
 def test_concurrent_builds_both_succeed(name: str, tiny_model: str, tmp_path: Path) -> None:
     """Two processes building the same artefact at once: both get a working backend, one file results."""
     _skip_unavailable(name)
@@ -265,7 +265,7 @@ def test_vit_b32_stand_in_keeps_the_guard(name: str, pixels: np.ndarray, tmp_pat
     assert (ref * emb).sum(axis=1).min() >= 0.99
 
 
-@pytest.mark.parametrize("name", ["onnx-int8", "int8"])
+@pytest.mark.parametrize("name", ["onnx-int8", pytest.param("int8", marks=pytest.mark.slow)])
 def test_scan_runs_on_a_backend(name: str, small_dataset: Path, tiny_model: str) -> None:
     """The engine's consumers build the backend in their own process; top hits agree with eager's."""
     _skip_unavailable(name)

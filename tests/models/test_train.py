@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -91,8 +92,9 @@ def test_saved_folder_loads_like_any_clip(runs: dict[str, tuple[Path, dict]]) ->
     assert loaded.synthetic is False
     assert loaded.embed_dim == 128 and loaded.image_size == 224
     assert loaded.arch == "vit-128x4-p32-224/proj128"
-    assert loaded.model.config.text_config.num_hidden_layers == 2
-    assert loaded.model.config.vision_config.hidden_act == "quick_gelu"
+    config: Any = loaded.model.config
+    assert config.text_config.num_hidden_layers == 2 and config.vision_config.num_hidden_layers == 4
+    assert config.vision_config.hidden_act == "quick_gelu" and config.text_config.eos_token_id == 49407
     # The scan reads its preprocessing off this processor: it must be the one training used.
     assert PreprocessSpec.from_processor(loaded.processor) == PreprocessSpec()
     ids = loaded.processor.tokenizer("a photo of Felis catus")["input_ids"]
