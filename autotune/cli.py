@@ -607,8 +607,12 @@ def bench_backends_cmd(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors print one line on stderr and return exit code 2."""
+    import os
+
     from autotune.engine.lifecycle import terminate_as_interrupt
 
+    # transformers warns on every load that torchvision is absent (its PIL processor is our reference anyway).
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     terminate_as_interrupt()
     try:
         app(args=argv, standalone_mode=False)

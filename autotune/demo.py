@@ -29,7 +29,6 @@ def run_demo(out: Path = Path("demo-output"), trials: int = 4) -> None:
     from autotune import report
     from autotune.defaults import default_dataset
     from autotune.retrieval import retrieve, write_outputs
-    from autotune.tuner.space import builtin_space_path
     from autotune.tuner.study import StudyOptions, run_study
 
     con = report.console

@@ -88,3 +88,31 @@ def test_cli_errors_are_one_line_exit_2(args: list[str], needle: str, small_data
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
+
+
+def test_unverified_backend_profile_is_refused_until_verified(
+    small_dataset: Path, tiny_model: str, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """A profile tuned on another model with a non-reference backend must be verified on the model it runs."""
+    from autotune.machine import detect_machine
+    from autotune.tuner.profile import Profile, save_profile
+
+    monkeypatch.setenv("AUTOTUNE_STUDIES", str(tmp_path / "studies"))
+    machine = detect_machine()
+    prof = Profile(
+        machine_id=machine.machine_id, machine=machine.summary(),
+        config=EngineConfig(producers=1, cpu_models=1, cpu_threads=1, cpu_batch=8, cpu_backend="int8"),
+        images_per_s=10.0, spread=0.0, study="s", storage="sqlite://", trial=0, scan_size=16,
+        model="synthetic:clip-vit-base-patch32", model_arch="", dataset=str(small_dataset),
+        dataset_fingerprint="", device="cpu",
+    )
+    path = save_profile(prof, tmp_path / "studies" / "profiles")
+    args = ["retrieve", QUERY, "--dataset", str(small_dataset), "--model", tiny_model, "--profile", str(path),
+            "--out", str(tmp_path / "out"), "--index-dir", str(tmp_path / "idx")]
+    assert main(args) == 2
+    assert "autotune verify" in capsys.readouterr().err
+    assert main(["verify", "--profile", str(path), "--model", tiny_model, "--dataset", str(small_dataset),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["passed"] is True
+    assert main([*args, "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["queries"][0]["hits"]) == 9

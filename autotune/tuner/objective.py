@@ -155,6 +155,13 @@ def _trial_child(conn: Any, config: dict[str, Any], spec: ScanSpec) -> None:
                     "affinity": [w.get("affinity") for w in result.workers],
                     "skipped": len(result.skipped),
                     "images": result.images,
+                    "extra": {
+                        "backend_setup": [
+                            {k: w["stats"].get(k) for k in ("backend", "setup_seconds", "cache_hit")}
+                            for w in result.workers
+                            if w["role"] == "consumer"
+                        ]
+                    },
                 },
             )
         )

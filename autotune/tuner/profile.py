@@ -53,6 +53,9 @@ class Profile:
     date: str = ""
     rechecks: list[float] = field(default_factory=list)
     guard: dict[str, Any] = field(default_factory=dict)
+    # One-off costs of the best trial (process spawn, model load, backend export/compile), apart from images/s.
+    startup_s: float | None = None
+    backend_setup: dict[str, Any] = field(default_factory=dict)
 
     @property
     def predicted_seconds_500k(self) -> float:

@@ -379,6 +379,8 @@ def run_study(options: StudyOptions, log: Callable[[str], None] | None = None) -
             device=space.device,
             versions=library_versions(),
             rechecks=values,
+            startup_s=best.user_attrs.get("startup_s"),
+            backend_setup={"replicas": (best.user_attrs.get("extra") or {}).get("backend_setup", [])},
         )
         path = save_profile(profile)
     states: dict[str, int] = {}
