@@ -29,6 +29,7 @@ def run_demo(out: Path = Path("demo-output"), trials: int = 4) -> None:
     from autotune import report
     from autotune.defaults import default_dataset
     from autotune.retrieval import retrieve, write_outputs
+    from autotune.tuner.space import builtin_space_path
     from autotune.tuner.study import StudyOptions, run_study
 
     con = report.console
@@ -43,6 +44,7 @@ def run_demo(out: Path = Path("demo-output"), trials: int = 4) -> None:
     outcome = run_study(
         StudyOptions(
             device="cpu",
+            space=str(builtin_space_path("cpu-quick")),  # quick set-up backends only: no torch.compile
             trials=trials,
             scan_size=192,
             warmup=32,
