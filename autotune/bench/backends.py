@@ -9,18 +9,18 @@ is the guard's: raw and centred cosines of each backend's embeddings against eag
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from autotune.bench.common import torch_threads
 from autotune.errors import ConfigError
 
 DEFAULT_MODEL = "synthetic:clip-vit-base-patch32"
@@ -41,17 +41,6 @@ ROW_KEYS = (
 )
 
 
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """Run a block with ``n`` torch intra-op threads (ONNX Runtime and OpenVINO follow torch's count)."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def bench_images(n: int, crop: int, seed: int = 11) -> np.ndarray:
@@ -128,7 +117,7 @@ def bench_backends(
     rows: dict[str, dict[str, Any]] = {}
     built: dict[str, Any] = {}
     inductor_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    with _threads(threads), tempfile.TemporaryDirectory(prefix="bench-backends-cache-") as tmp:
+    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="bench-backends-cache-") as tmp:
         for name in names:
             row: dict[str, Any] = {key: None for key in ROW_KEYS}
             row["backend"] = name

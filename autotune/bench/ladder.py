@@ -5,13 +5,13 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from autotune.bench.common import torch_threads
 from autotune.engine import EngineConfig, logical_cores, run_scan
 from autotune.engine.topk import select_topk
 
@@ -37,17 +37,6 @@ class Stage:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-@contextmanager
-def _threads(n: int):  # type: ignore[no-untyped-def]
-    """Run a block with ``n`` torch intra-op threads."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _top(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[list[int], list[float]]:
@@ -116,7 +105,7 @@ def run_ladder(
 
         # (1) Baseline: the model card's loop, one image at a time, all cores for torch.
         say("stage 1/6: baseline (model-card loop, one image at a time)")
-        with _threads(cores), torch.inference_mode():
+        with torch_threads(cores), torch.inference_mode():
             t0 = time.perf_counter()
             scores = []
             for b in blobs:
@@ -136,7 +125,7 @@ def run_ladder(
 
         # (2) Batched model-card code.
         say(f"stage 2/6: batched (batch {batch})")
-        with _threads(cores), torch.inference_mode():
+        with torch_threads(cores), torch.inference_mode():
             t0 = time.perf_counter()
             out = []
             for i in range(0, len(blobs), batch):
@@ -154,7 +143,7 @@ def run_ladder(
 
         # Brute-force references: reference preprocessing (stages 1-2) and fast preprocessing (engine).
         say("references: brute-force top-k for both preprocessing paths")
-        with _threads(cores), torch.inference_mode():
+        with torch_threads(cores), torch.inference_mode():
             ref_px = np.concatenate(
                 [
                     proc(images=[pil(b) for b in blobs[i : i + batch]], return_tensors="np")["pixel_values"]
@@ -176,7 +165,7 @@ def run_ladder(
 
         # Bare forward: the model alone on in-memory batches, the ceiling for the engine's throughput.
         threads = cores
-        with _threads(threads), torch.inference_mode():
+        with torch_threads(threads), torch.inference_mode():
             x = normalize(torch.from_numpy(fast_u8[:batch]), spec)
             tower(x)
             t0 = time.perf_counter()
@@ -240,7 +229,7 @@ def run_ladder(
                 # its difference from fp32 is what the accuracy guard measures.
                 from autotune.models.backends import BackendSpec, build_backend
 
-                with _threads(cfg.cpu_threads):
+                with torch_threads(cfg.cpu_threads):
                     be = build_backend(BackendSpec(model_id=model, backend=cfg.cpu_backend, batch=cfg.cpu_batch))
                     emb = np.concatenate(
                         [be.embed(fast_u8[i : i + cfg.cpu_batch]) for i in range(0, len(fast_u8), cfg.cpu_batch)]

@@ -6,8 +6,7 @@ import io
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from autotune.bench.common import torch_threads
 from autotune.errors import BadImageError, ConfigError, DataError
 from autotune.preprocess import (
     PreprocessSpec,
@@ -31,15 +31,6 @@ COSINE_MAX_IMAGES = 64
 _EMBED_BATCH = 32
 
 
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run a block with ``n`` torch intra-op threads, restoring the previous count."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 class _Bar:
@@ -160,7 +151,7 @@ def bench_preprocess(
         loaded = load_clip(model)
         processor = loaded.processor
         spec = PreprocessSpec.from_processor(processor)
-        with _torch_threads(1):
+        with torch_threads(1):
             good, fidelity = _fidelity_pass(datas, spec, processor, bar)
             if not good:
                 raise DataError(f"none of the {len(datas)} images could be decoded by both paths")
@@ -291,7 +282,7 @@ def _cosine_pass(
     advance = bar.task("embedding (both paths)", m)
     ref_emb: list[torch.Tensor] = []
     fast_emb: list[torch.Tensor] = []
-    with _torch_threads(os.cpu_count() or 1), torch.inference_mode():
+    with torch_threads(os.cpu_count() or 1), torch.inference_mode():
         for start in range(0, m, _EMBED_BATCH):
             stop = min(m, start + _EMBED_BATCH)
             ref_emb.append(tower(torch.from_numpy(np.stack(refs[start:stop]))).float())
