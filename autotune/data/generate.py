@@ -212,6 +212,7 @@ class _Progress:
         """Start the bar and return the advance callable."""
         if not self._enabled:
             return lambda k: None
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -227,6 +228,7 @@ class _Progress:
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            console=Console(stderr=True),  # stdout stays clean for tables and --json
         )
         self._progress.start()
         task = self._progress.add_task("images", total=self._total)
