@@ -94,9 +94,10 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40]
 
 
-def default_study_name(machine_id: str, device: str, model: str, dataset_fp: str) -> str:
-    """Derived from machine id, device mix, model and dataset, so the same command resumes the same study."""
-    return f"{machine_id}.{device}.{_slug(model)}.{dataset_fp[:8]}"
+def default_study_name(machine_id: str, space: str, model: str, dataset_fp: str) -> str:
+    """Derived from machine id, space (the device mix for built-in spaces), model and dataset, so the same
+    command resumes the same study."""
+    return f"{machine_id}.{_slug(space)}.{_slug(model)}.{dataset_fp[:8]}"
 
 
 def _storage(url: str) -> Any:
@@ -179,7 +180,9 @@ def run_study(options: StudyOptions, log: Callable[[str], None] | None = None) -
         image_column=options.image_column,
     )
     url = options.storage or default_storage()
-    name = options.study_name or default_study_name(machine.machine_id, space.device, model, source.fingerprint())
+    # The space's name stands in for the device mix (it is the device for the built-in spaces), so a study
+    # resumed with another space's parameters never mixes two sets of distributions.
+    name = options.study_name or default_study_name(machine.machine_id, space.name, model, source.fingerprint())
     # Our own log lines report every trial; Optuna's would repeat failures with full tracebacks.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(
@@ -325,6 +328,12 @@ def run_study(options: StudyOptions, log: Callable[[str], None] | None = None) -
     except KeyboardInterrupt:
         say("interrupted: the study is saved; run the same command again to resume")
         raise
+    except ValueError as exc:
+        if "different distribution" not in str(exc):
+            raise
+        raise ConfigError(
+            f"study {name} was created with another search space; pass --study-name to start a new one"
+        ) from None
     if diagnosis and not counted["any_success"] and counted["failures_before_success"] >= FAIL_FAST:
         raise AutotuneError(f"the first {FAIL_FAST} trials all failed; the last reason: {diagnosis[-1]}")
 
