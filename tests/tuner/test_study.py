@@ -165,3 +165,21 @@ def test_infeasible_proposals_are_recorded_never_run(tmp_path: Path, small_datas
         assert "images_per_s" not in t.user_attrs and "config" not in t.user_attrs  # never measured
     ran = [t for t in trials if not t.user_attrs.get("infeasible")]
     assert ran and all(t.params["cpu_batch"] == 8 for t in ran)
+
+
+def test_resuming_a_study_with_another_space_is_one_line(small_dataset, tmp_path, monkeypatch) -> None:
+    """Same study name, different parameter distributions: a clear error instead of Optuna's traceback."""
+    from autotune.errors import ConfigError
+    from autotune.tuner.study import StudyOptions, run_study
+
+    monkeypatch.setenv("AUTOTUNE_STUDIES", str(tmp_path / "studies"))
+    head = "device: cpu\nfixed: {gpu_models: 0, cpu_models: 1, cpu_threads: 1, producers: 1}\nparams:\n"
+    ranged = tmp_path / "a.yaml"
+    ranged.write_text(head + "  cpu_batch: {type: int, low: 2, high: 4}\n")
+    listed = tmp_path / "b.yaml"
+    listed.write_text(head + "  cpu_batch: {type: categorical, choices: [2, 4]}\n")
+    common = dict(trials=1, scan_size=16, warmup=4, shards=2, model="fake:32", dataset=str(small_dataset),
+                  repeats=0, save=False, study_name="same-name")
+    run_study(StudyOptions(space=str(ranged), **common))
+    with pytest.raises(ConfigError, match="another search space"):
+        run_study(StudyOptions(space=str(listed), **common))
