@@ -422,14 +422,14 @@ def verify_cmd(
     from autotune.defaults import default_dataset
     from autotune.errors import ConfigError
     from autotune.tuner.guard import verify_profile
-    from autotune.tuner.profile import find_profile, profiles_dir, save_profile
+    from autotune.tuner.profile import find_profile, save_profile
 
     prof = find_profile(profile, warn=False)
     if prof is None:
         raise ConfigError("no profile for this machine yet: run `autotune study` first")
     mid = model or prof.model
     result = verify_profile(prof, mid, dataset or prof.dataset or str(default_dataset()), threshold=threshold)
-    path = save_profile(prof, Path(profile).parent if profile not in ("auto",) else profiles_dir())
+    path = save_profile(prof, path=None if profile == "auto" else Path(profile))
     data = result.to_dict()
     data["profile"] = str(path)
     _out(data, "verify", as_json)

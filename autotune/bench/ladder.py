@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,8 +36,6 @@ class Stage:
     def images_per_s(self) -> float:
         """Whole-run throughput, start-up included (as the paper timed it)."""
         return self.images / self.seconds if self.seconds > 0 else 0.0
-
-
 
 
 def _top(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[list[int], list[float]]:
@@ -174,33 +173,25 @@ def run_ladder(
                 tower(x)
             bare = reps * len(x) / (time.perf_counter() - t0)
 
+        # Several replicas sharing the cores; the static stage differs only in its scheduling.
+        replicas = max(2, cores // 2)
+        multi = EngineConfig(
+            producers=max(1, cores // 2),
+            cpu_models=replicas,
+            cpu_threads=max(1, cores // replicas),
+            cpu_batch=batch,
+            scheduling="dynamic",
+        )
         engine_stages: list[tuple[str, EngineConfig, str]] = [
             (
                 "parallel preprocessing",
                 EngineConfig(producers=max(1, cores // 2), cpu_models=1, cpu_threads=cores, cpu_batch=batch),
                 "producers + 1 model",
             ),
-            (
-                "multi-model dynamic",
-                EngineConfig(
-                    producers=max(1, cores // 2),
-                    cpu_models=max(2, cores // 2),
-                    cpu_threads=max(1, cores // max(2, cores // 2)),
-                    cpu_batch=batch,
-                    scheduling="dynamic",
-                ),
-                "dynamic scheduling",
-            ),
+            ("multi-model dynamic", multi, "dynamic scheduling"),
             (
                 "multi-model static",
-                EngineConfig(
-                    producers=max(1, cores // 2),
-                    cpu_models=max(2, cores // 2),
-                    cpu_threads=max(1, cores // max(2, cores // 2)),
-                    cpu_batch=batch,
-                    scheduling="static",
-                    probe_batches=1,
-                ),
+                dataclasses.replace(multi, scheduling="static", probe_batches=1),
                 "static scheduling",
             ),
         ]

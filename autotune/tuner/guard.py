@@ -504,27 +504,38 @@ def verify_profile(
         >>> result.passed, prof.guard["min_cosine"]  # doctest: +SKIP
         (True, 0.9998)
     """
-    parts = _profile_parts(profile)
     reference = build_reference(dataset, model_id, sample=sample, image_column=image_column)
-    if not parts:
-        result = check_backend(reference, model_id, "eager", "fp32", threshold=threshold)
-        checked = [result]
-    else:
-        checked = []
-        for kind, backend, precision in parts:
-            device = "cpu" if kind == "cpu" else "cuda:0"
-            checked.append(check_backend(reference, model_id, backend, precision, device, threshold))
-        failed = [r for r in checked if not r.passed]
-        result = failed[0] if failed else min(checked, key=lambda r: r.min_cosine)
-    record = result.profile_guard()
+    checked = check_config(reference, model_id, profile.config, threshold)
+    if not checked:
+        checked = [check_backend(reference, model_id, "eager", "fp32", threshold=threshold)]
+    failed = [r for r in checked if not r.passed]
+    result = failed[0] if failed else min(checked, key=lambda r: r.min_cosine)
+    profile.guard = guard_record(checked)
+    return result
+
+
+def check_config(
+    reference: GuardReference, model_id: str, config: Any, threshold: float = DEFAULT_THRESHOLD
+) -> list[GuardResult]:
+    """Guard results for every non-reference part of an engine config (empty for fp32 eager)."""
+    out = []
+    for kind, backend, precision in non_reference_parts(config):
+        device = "cpu" if kind == "cpu" else "cuda:0"
+        out.append(check_backend(reference, model_id, backend, precision, device, threshold))
+    return out
+
+
+def guard_record(checked: Sequence[GuardResult]) -> dict[str, Any]:
+    """The ``guard`` dict a profile keeps (what :func:`guard_ok_for` reads) for a set of checks."""
+    failed = [r for r in checked if not r.passed]
+    record = (failed[0] if failed else min(checked, key=lambda r: r.min_cosine)).profile_guard()
     cpu = next((r for r in checked if r.device == "cpu"), None)
     if cpu is not None:  # the top-level backend is the CPU one when the profile runs both
         record["backend"], record["precision"] = cpu.backend, cpu.precision
     record["passed"] = all(r.passed for r in checked)
     record["min_cosine"] = round(min(r.min_cosine for r in checked), 6)
     record["checked"] = [r.profile_guard() for r in checked]
-    profile.guard = record
-    return result
+    return record
 
 
 def guard_ok_for(profile: Any, weights_hash: str) -> bool:

@@ -91,12 +91,11 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def save_profile(profile: Profile, folder: Path | None = None) -> Path:
-    """Write ``<folder>/<machine-id>.json`` atomically and return its path."""
-    folder = folder or profiles_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+def save_profile(profile: Profile, folder: Path | None = None, *, path: Path | None = None) -> Path:
+    """Write ``<folder>/<machine-id>.json`` (or ``path``) atomically and return its path."""
+    path = path or (folder or profiles_dir()) / f"{profile.machine_id}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     profile.date = profile.date or dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    path = folder / f"{profile.machine_id}.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(profile.to_dict(), indent=2) + "\n")
     os.replace(tmp, path)

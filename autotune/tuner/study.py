@@ -223,23 +223,14 @@ def run_study(options: StudyOptions, log: Callable[[str], None] | None = None) -
         """Accuracy-guard results for the config's non-reference backends (cached per backend)."""
         from autotune.tuner import guard
 
-        parts = guard.non_reference_parts(config)
-        if not parts:
+        if not guard.non_reference_parts(config):
             return []
         if guard_state["reference"] is None:
             say("accuracy guard: computing fp32 reference embeddings of the validation sample (once)")
             guard_state["reference"] = guard.build_reference(
                 dataset, model, sample=options.guard_sample, image_column=options.image_column
             )
-        out = []
-        for kind, backend, precision in parts:
-            device = "cpu" if kind == "cpu" else "cuda:0"
-            out.append(
-                guard.check_backend(
-                    guard_state["reference"], model, backend, precision, device, options.guard_threshold
-                )
-            )
-        return out
+        return guard.check_config(guard_state["reference"], model, config, options.guard_threshold)
 
     diagnosis: list[str] = []
 
@@ -391,6 +382,11 @@ def run_study(options: StudyOptions, log: Callable[[str], None] | None = None) -
             startup_s=best.user_attrs.get("startup_s"),
             backend_setup={"replicas": (best.user_attrs.get("extra") or {}).get("backend_setup", [])},
         )
+        checks = guard_checks(config)
+        if checks:  # checked on this very model (cached from the trials): retrieve accepts the profile
+            from autotune.tuner.guard import guard_record
+
+            profile.guard = guard_record(checks)
         path = save_profile(profile)
     states: dict[str, int] = {}
     for t in study.trials:

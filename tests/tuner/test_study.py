@@ -183,3 +183,23 @@ def test_resuming_a_study_with_another_space_is_one_line(small_dataset, tmp_path
     run_study(StudyOptions(space=str(ranged), **common))
     with pytest.raises(ConfigError, match="another search space"):
         run_study(StudyOptions(space=str(listed), **common))
+
+
+def test_profile_with_a_guarded_backend_records_its_guard(small_dataset, tmp_path, monkeypatch) -> None:
+    """A study that picks a non-reference backend saves the guard it checked, so retrieve accepts the profile
+    on the model it was tuned with."""
+    from autotune.models.loading import resolve_model, weights_hash
+    from autotune.tuner.guard import guard_ok_for
+    from autotune.tuner.study import StudyOptions, run_study
+
+    monkeypatch.setenv("AUTOTUNE_STUDIES", str(tmp_path / "studies"))
+    space = tmp_path / "int8.yaml"
+    space.write_text(
+        "device: cpu\nfixed: {gpu_models: 0, cpu_models: 1, cpu_threads: 1, producers: 1, cpu_backend: onnx-int8}\n"
+        "params:\n  cpu_batch: {type: int, low: 2, high: 4}\n"
+    )
+    out = run_study(StudyOptions(space=str(space), trials=1, scan_size=16, warmup=4, shards=2,
+                                 model="synthetic:tiny", dataset=str(small_dataset), repeats=0, guard_sample=16))
+    assert out.profile is not None and out.profile.config.cpu_backend == "onnx-int8"
+    assert out.profile.guard["passed"] and out.profile.guard["backend"] == "onnx-int8"
+    assert guard_ok_for(out.profile, weights_hash(resolve_model("synthetic:tiny")[0]))
