@@ -75,6 +75,8 @@ class SearchSpace:
     defaults: Mapping[str, Any]
     facts: Mapping[str, Any]
     source: str
+    # The file as it was given (source is only its name): error messages name it so it can be found.
+    path: str = ""
 
     def distributions(self) -> dict[str, Any]:
         """Optuna distributions by parameter name."""
@@ -96,9 +98,9 @@ class SearchSpace:
         """The constraints a proposal breaks (empty when feasible)."""
         env = {**self.facts, **self.fixed, **params}
         bad = []
-        for expr in self.constraints:
-            tree = expressions.parse(expr, f"{self.source}: constraints")
-            if not expressions.evaluate(tree, env, f"{self.source}: constraints"):
+        for i, expr in enumerate(self.constraints):
+            where = f"{self.path or self.source}: constraints[{i}]"
+            if not expressions.evaluate(expressions.parse(expr, where), env, where):
                 bad.append(expr)
         return bad
 
@@ -138,6 +140,14 @@ def _resolve(value: Any, facts: Mapping[str, Any], where: str) -> Any:
     return value
 
 
+def _resolve_number(value: Any, facts: Mapping[str, Any], where: str) -> int | float:
+    """Like :func:`_resolve`, for a setting that must come out a finite number (not a bool, list or inf)."""
+    value = _resolve(value, facts, where)
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: must be a number or an expression, got {value!r}")
+    return expressions.check_number(value, "the value", where)
+
+
 def load_space(space: str | Path, *, machine_facts: Mapping[str, Any], device: str | None = None) -> SearchSpace:
     """Read and validate a space file (or a built-in name) and shape it to the machine.
 
@@ -151,32 +161,36 @@ def load_space(space: str | Path, *, machine_facts: Mapping[str, Any], device: s
     if not path.is_file():
         raise ConfigError(f"search space file not found: {path}")
     src = path.name
+    # Every message below starts with the file as the user named it (a built-in space: its installed path).
+    label = str(path)
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{src}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(f"{label}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(doc, dict):
-        raise ConfigError(f"{src}: expected a mapping with 'params', got {type(doc).__name__}")
+        raise ConfigError(f"{label}: expected a mapping with 'params', got {type(doc).__name__}")
     unknown = set(doc) - _TOP_KEYS
     if unknown:
-        raise ConfigError(f"{src}: unknown top-level key(s) {', '.join(sorted(unknown))}")
+        raise ConfigError(f"{label}: unknown top-level key(s) {', '.join(sorted(unknown))}")
     dev = str(doc.get("device", device or "cpu"))
     if dev not in DEVICES:
-        raise ConfigError(f"{src}: device must be one of {', '.join(DEVICES)}, got {dev!r}")
+        raise ConfigError(f"{label}: device must be one of {', '.join(DEVICES)}, got {dev!r}")
     if device is not None and device != dev:
-        raise ConfigError(f"{src}: this space is for device {dev!r}, but --device {device} was asked for")
+        raise ConfigError(f"{label}: this space is for device {dev!r}, but --device {device} was asked for")
     facts = dict(machine_facts)
     if "gpu" in dev and not facts.get("gpus"):
         raise ConfigError(f"--device {dev} needs a CUDA GPU, and none is visible on this machine")
     fields = {f.name: f for f in dataclasses.fields(EngineConfig)}
     raw_params = doc.get("params")
     if not isinstance(raw_params, dict) or not raw_params:
-        raise ConfigError(f"{src}: 'params' must be a non-empty mapping of parameter -> spec")
+        raise ConfigError(f"{label}: 'params' must be a non-empty mapping of parameter -> spec")
     params = []
+    # Why listed choices were dropped on this machine (a missing package...), for the defaults check below.
+    dropped: dict[str, dict[Any, str]] = {}
     for name, spec in raw_params.items():
-        where = f"{src}: params.{name}"
+        where = f"{label}: params.{name}"
         if name not in fields:
             raise ConfigError(f"{where}: not an engine setting (known: {', '.join(sorted(fields))})")
         if not isinstance(spec, dict):
@@ -191,18 +205,19 @@ def load_space(space: str | Path, *, machine_facts: Mapping[str, Any], device: s
             choices = spec.get("choices")
             if not isinstance(choices, list) or not choices:
                 raise ConfigError(f"{where}.choices: a categorical parameter needs a non-empty list")
+            # Optuna stores only these types; anything else would fail inside a trial, not here.
+            odd = [c for c in choices if c is not None and not isinstance(c, str | int | float)]
+            if odd:
+                raise ConfigError(f"{where}.choices: each choice must be a string, number or boolean, got {odd[0]!r}")
             if name == "cpu_backend":
-                choices = _usable_backends(choices, where)
+                choices, dropped[name] = _usable_backends(choices, where)
             params.append(Param(name, kind, choices=tuple(choices)))
             continue
         for key in ("low", "high"):
             if key not in spec:
                 raise ConfigError(f"{where}.{key}: missing (a range needs low and high)")
-        low = _resolve(spec["low"], facts, f"{where}.low")
-        high = _resolve(spec["high"], facts, f"{where}.high")
-        for key, val in (("low", low), ("high", high)):
-            if not isinstance(val, int | float) or isinstance(val, bool):
-                raise ConfigError(f"{where}.{key}: must be a number or an expression, got {val!r}")
+        low = _resolve_number(spec["low"], facts, f"{where}.low")
+        high = _resolve_number(spec["high"], facts, f"{where}.high")
         if kind == "int":
             low, high = int(low), int(high)
         log = bool(spec.get("log", False))
@@ -211,38 +226,45 @@ def load_space(space: str | Path, *, machine_facts: Mapping[str, Any], device: s
         if log and low <= 0:
             raise ConfigError(f"{where}.log: a log range needs low > 0, got {low}")
         step = spec.get("step")
-        if step is not None and (not isinstance(step, int | float) or step <= 0):
+        if step is not None and (not isinstance(step, int | float) or isinstance(step, bool) or step <= 0):
             raise ConfigError(f"{where}.step: must be a positive number, got {step!r}")
+        if step is not None:
+            expressions.check_number(step, "the step", f"{where}.step")  # .inf would reach Optuna otherwise
         if log and step not in (None, 1):
             raise ConfigError(f"{where}: log and step cannot be combined")
         params.append(Param(name, kind, low, high, step, log))
     fixed = doc.get("fixed") or {}
     if not isinstance(fixed, dict):
-        raise ConfigError(f"{src}: 'fixed' must be a mapping")
+        raise ConfigError(f"{label}: 'fixed' must be a mapping")
     for name in fixed:
         if name not in fields:
-            raise ConfigError(f"{src}: fixed.{name}: not an engine setting")
+            raise ConfigError(f"{label}: fixed.{name}: not an engine setting")
     # Strings are expressions only where the engine setting is numeric; elsewhere they are values.
     numeric = {n for n, f in fields.items() if isinstance(f.default, int | float) and not isinstance(f.default, bool)}
-    fixed = {k: _resolve(v, facts, f"{src}: fixed.{k}") if k in numeric else v for k, v in fixed.items()}
+    fixed = {k: _resolve(v, facts, f"{label}: fixed.{k}") if k in numeric else v for k, v in fixed.items()}
     constraints = doc.get("constraints") or []
     if not isinstance(constraints, list) or not all(isinstance(c, str) for c in constraints):
-        raise ConfigError(f"{src}: 'constraints' must be a list of expression strings")
+        raise ConfigError(f"{label}: 'constraints' must be a list of expression strings")
     known = set(facts) | {p.name for p in params} | set(fixed) | {"true", "false", "True", "False"}
     for i, expr in enumerate(constraints):
-        tree = expressions.parse(expr, f"{src}: constraints[{i}]")
+        tree = expressions.parse(expr, f"{label}: constraints[{i}]")
         missing = expressions.names(tree) - known
         if missing:
-            raise ConfigError(f"{src}: constraints[{i}]: unknown name(s) {', '.join(sorted(missing))}")
+            raise ConfigError(f"{label}: constraints[{i}]: unknown name(s) {', '.join(sorted(missing))}")
     defaults = doc.get("defaults") or {}
     if not isinstance(defaults, dict):
-        raise ConfigError(f"{src}: 'defaults' must be a mapping")
+        raise ConfigError(f"{label}: 'defaults' must be a mapping")
     pnames = {p.name for p in params}
     for k in defaults:
         if k not in pnames:
-            raise ConfigError(f"{src}: defaults.{k}: not a parameter of this space")
+            raise ConfigError(f"{label}: defaults.{k}: not a parameter of this space")
     ranged = {p.name for p in params if p.type != "categorical"}
-    defaults = {k: _resolve(v, facts, f"{src}: defaults.{k}") if k in ranged else v for k, v in defaults.items()}
+    defaults = {
+        k: _resolve_number(v, facts, f"{label}: defaults.{k}") if k in ranged and v is not None else v
+        for k, v in defaults.items()
+    }
+    for p in params:
+        _check_categorical_default(p, defaults.get(p.name), dropped.get(p.name, {}), f"{label}: defaults.{p.name}")
     space_obj = SearchSpace(
         name=str(doc.get("name", path.stem)),
         device=dev,
@@ -252,20 +274,37 @@ def load_space(space: str | Path, *, machine_facts: Mapping[str, Any], device: s
         defaults=defaults,
         facts=facts,
         source=src,
+        path=label,
     )
     bad_default = space_obj.violations(space_obj.default_params())
     if bad_default:
-        raise ConfigError(f"{src}: the defaults break constraint {bad_default[0]!r} on this machine")
+        i = constraints.index(bad_default[0])
+        raise ConfigError(
+            f"{label}: constraints[{i}]: the defaults break constraint {bad_default[0]!r} on this machine"
+        )
     return space_obj
 
 
-def _usable_backends(choices: list[Any], where: str) -> list[Any]:
-    """Backend choices minus those this machine cannot run (missing package or compiler); eager always stays."""
+def _check_categorical_default(param: Param, value: Any, dropped: Mapping[Any, str], where: str) -> None:
+    """Refuse a categorical default outside the (machine-filtered) choices: Optuna would fail trial 0 on it."""
+    if param.type != "categorical" or value is None or value in param.choices:
+        return
+    choices = ", ".join(map(str, param.choices))
+    # Compared one by one: a default may be unhashable (a YAML list), which a dict lookup would raise on.
+    why = next((reason for choice, reason in dropped.items() if choice == value), None)
+    if why is not None:
+        raise ConfigError(f"{where}: {value!r} is not usable on this machine ({why}); choices left: {choices}")
+    raise ConfigError(f"{where}: {value!r} is not one of the choices ({choices})")
+
+
+def _usable_backends(choices: list[Any], where: str) -> tuple[list[Any], dict[Any, str]]:
+    """Backend choices this machine can run (eager always stays), and why each dropped one cannot run."""
     from autotune.engine.config import CPU_BACKENDS
     from autotune.models.backends import backend_unavailable
 
     unknown = [c for c in choices if c not in CPU_BACKENDS]
     if unknown:
         raise ConfigError(f"{where}.choices: unknown backend(s) {', '.join(map(str, unknown))}")
-    usable = [c for c in choices if backend_unavailable(str(c), "cpu") is None]
-    return usable or ["eager"]
+    reasons = {c: backend_unavailable(str(c), "cpu") for c in choices}
+    usable = [c for c in choices if reasons[c] is None]
+    return usable or ["eager"], {c: why for c, why in reasons.items() if why is not None}

@@ -12,8 +12,7 @@ from autotune.errors import ConfigError
 from autotune.tuner.space import DEVICES, builtin_space_path, load_space
 
 SMALL_CPU = {"cores": 2, "logical_cores": 2, "physical_cores": 2, "memory_gb": 24.0, "gpus": 0, "gpu_memory_gb": 0.0}
-BIG_GPU = {"cores": 16, "logical_cores": 16, "physical_cores": 8, "memory_gb": 128.0, "gpus": 1,
-           "gpu_memory_gb": 80.0}
+BIG_GPU = {"cores": 16, "logical_cores": 16, "physical_cores": 8, "memory_gb": 128.0, "gpus": 1, "gpu_memory_gb": 80.0}
 
 
 def test_builtin_spaces_ship_as_package_data() -> None:
@@ -79,8 +78,14 @@ def test_bounds_follow_the_machine() -> None:
 
 def test_constraints_filter_proposals() -> None:
     space = load_space("cpu", machine_facts=SMALL_CPU)
-    ok = {"producers": 1, "cpu_models": 1, "cpu_threads": 2, "cpu_batch": 16, "scheduling": "dynamic",
-          "pin_cores": False}
+    ok = {
+        "producers": 1,
+        "cpu_models": 1,
+        "cpu_threads": 2,
+        "cpu_batch": 16,
+        "scheduling": "dynamic",
+        "pin_cores": False,
+    }
     assert space.violations(ok) == []
     too_many = {**ok, "cpu_models": 2, "cpu_threads": 2}
     assert space.violations(too_many) == ["cpu_models * cpu_threads <= cores"]
@@ -133,15 +138,23 @@ def _write(tmp_path: Path, text: str, name: str = "space.yaml") -> Path:
         ("params:\n  producers: {type: int, low: 1}\n", "params.producers.high"),
         ("params:\n  producers: {type: int, low: 4, high: 2}\n", "params.producers"),
         ("params:\n  cpu_batch: {type: int, low: 0, high: 64, log: true}\n", "params.cpu_batch.log"),
-        ("params:\n  producers: {type: int, low: 1, high: \"cores +\"}\n", "params.producers.high"),
-        ("params:\n  producers: {type: int, low: 1, high: \"nonsense_fact\"}\n", "nonsense_fact"),
+        ('params:\n  producers: {type: int, low: 1, high: "cores +"}\n', "params.producers.high"),
+        ('params:\n  producers: {type: int, low: 1, high: "nonsense_fact"}\n', "nonsense_fact"),
         ("params:\n  scheduling: {type: categorical, choices: []}\n", "params.scheduling.choices"),
-        (GOOD_PARAMS + "constraints:\n  - \"producers <=\"\n", "constraints[0]"),
-        (GOOD_PARAMS + "constraints:\n  - \"producers <= widgets\"\n", "widgets"),
+        (GOOD_PARAMS + 'constraints:\n  - "producers <="\n', "constraints[0]"),
+        (GOOD_PARAMS + 'constraints:\n  - "producers <= widgets"\n', "widgets"),
         (GOOD_PARAMS + "constraints:\n  - \"__import__('os').system('true')\"\n", "not allowed"),
-        (GOOD_PARAMS + "constraints:\n  - \"producers.real <= 2\"\n", "Attribute"),
-        (GOOD_PARAMS + "constraints:\n  - \"[producers][0] <= 2\"\n", "not allowed"),
-        (GOOD_PARAMS + "constraints:\n  - \"producers > 5\"\n", "defaults break constraint"),
+        (GOOD_PARAMS + 'constraints:\n  - "producers.real <= 2"\n', "Attribute"),
+        (GOOD_PARAMS + 'constraints:\n  - "[producers][0] <= 2"\n', "not allowed"),
+        (GOOD_PARAMS + 'constraints:\n  - "producers > 5"\n', "defaults break constraint"),
+        (GOOD_PARAMS + 'constraints:\n  - "producers > 5"\n', "constraints[0]"),
+        ("params:\n  scheduling: {type: categorical, choices: [{a: 1}]}\n", "params.scheduling.choices"),
+        (
+            "params:\n  scheduling: {type: categorical, choices: [dynamic]}\ndefaults:\n  scheduling: fifo\n",
+            "defaults.scheduling",
+        ),
+        ("params:\n  producers: {type: int, low: 1, high: 2, step: .inf}\n", "params.producers.step"),
+        ("params:\n  producers: {type: int, low: 1, high: 2}\ndefaults:\n  producers: [1]\n", "defaults.producers"),
         (GOOD_PARAMS + "fixed:\n  turbo: 1\n", "fixed.turbo"),
         (GOOD_PARAMS + "defaults:\n  cpu_batch: 8\n", "defaults.cpu_batch"),
         (GOOD_PARAMS + "device: tpu\n", "device"),
@@ -173,7 +186,9 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_custom_space_with_expressions(tmp_path: Path) -> None:
-    path = _write(tmp_path, """\
+    path = _write(
+        tmp_path,
+        """\
         name: custom
         device: cpu
         params:
@@ -186,7 +201,8 @@ def test_custom_space_with_expressions(tmp_path: Path) -> None:
           - "producers + cpu_models * cpu_threads <= cores + 1"
         defaults:
           cpu_threads: 1
-        """)
+        """,
+    )
     space = load_space(path, machine_facts=SMALL_CPU)
     assert space.name == "custom"
     assert {p.name: p.high for p in space.params if p.type == "int"} == {"producers": 1, "cpu_threads": 2}
