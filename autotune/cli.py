@@ -46,6 +46,14 @@ DatasetOpt = Annotated[
 ImageColumnOpt = Annotated[
     str | None, typer.Option("--image-column", help="Image column of a Hugging Face dataset (detected if omitted).")
 ]
+SplitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--split",
+        help="Splits of a Hugging Face dataset, in its syntax: `train+validation`, `train[:10%]` "
+        "(default: train if present, else the first split). Folders of images have no splits.",
+    ),
+]
 
 
 def _out(payload: dict[str, Any], title: str, as_json: bool) -> None:
@@ -303,20 +311,26 @@ def retrieve_cmd(
     index_dir: Annotated[
         Path | None, typer.Option("--index-dir", help="Index folder (default: under the cache).")
     ] = None,
+    rebuild_index: Annotated[
+        bool, typer.Option("--rebuild-index", help="Throw the stored index away and build it again.")
+    ] = False,
     index_dtype: Annotated[str, typer.Option("--index-dtype", help="float16 (default) or float32.")] = "float16",
     image_column: ImageColumnOpt = None,
+    split: SplitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Find the images that best match each query.
 
     The first run scans every image with the engine (this machine's tuned profile, or a safe default) and
-    builds an embedding index as it goes; an interrupted scan resumes where it stopped. Later queries answer
-    from the index in milliseconds. A changed dataset or model is detected and the index rebuilt.
+    builds an embedding index as it goes; an interrupted scan resumes where it stopped. Later runs embed only
+    images added or changed since (ids stay stable), drop removed ones, and answer from the index in
+    milliseconds. A change of model, backend or preprocessing rebuilds the index. --index-dir must be a new
+    or empty folder, or an index this tool made: nothing else is ever deleted.
     """
     from autotune import report
     from autotune.defaults import DEFAULT_MODEL, default_dataset
-    from autotune.errors import ConfigError
-    from autotune.retrieval import retrieve, safe_default_config, write_outputs
+    from autotune.errors import ConfigError, DataError
+    from autotune.retrieval import NoReadableImages, retrieve, safe_default_config, write_outputs, write_skipped
     from autotune.tuner.profile import find_profile
 
     texts = list(queries or [])
@@ -335,8 +349,12 @@ def retrieve_cmd(
     from autotune.data import open_source
     from autotune.models.loading import resolve_model
 
-    open_source(ds, image_column)
+    open_source(ds, image_column, split)
     resolve_model(model)
+    if index_dir is not None and not (rescan or no_index):
+        from autotune.index import EmbeddingIndex
+
+        EmbeddingIndex(index_dir).claim(create=False)
     if model.startswith("synthetic:"):
         say(
             "note: synthetic models have random weights: the ranking below is meaningless "
@@ -361,21 +379,26 @@ def retrieve_cmd(
             )
         config = prof.config
         say(f"profile {prof.machine_id}: {config.describe()} ({prof.images_per_s:.1f} images/s when tuned)")
-    result = retrieve(
-        texts,
-        dataset=ds,
-        model=model,
-        top_k=top_k,
-        config=config,
-        index_dir=index_dir,
-        use_index=not no_index,
-        rescan=rescan,
-        index_dtype=index_dtype,
-        image_column=image_column,
-        progress=not as_json,
-        say=say,
-    )
-    write_outputs(result, ds, out, image_column)
+    try:
+        result = retrieve(
+            texts,
+            dataset=ds,
+            model=model,
+            top_k=top_k,
+            config=config,
+            index_dir=index_dir,
+            use_index=not no_index,
+            rescan=rescan,
+            rebuild_index=rebuild_index,
+            index_dtype=index_dtype,
+            image_column=image_column,
+            split=split,
+            progress=not as_json,
+            say=say,
+        )
+    except NoReadableImages as exc:
+        raise DataError(f"{exc}; reasons in {write_skipped(out, exc.skipped)}") from None
+    write_outputs(result, ds, out, image_column, split)
     if as_json:
         report.emit_json(result.to_dict())
         return
@@ -393,6 +416,41 @@ def retrieve_cmd(
         f"scan {result.scan_seconds:.1f} s{rate}, query {result.query_ms:.1f} ms; config: {result.config}"
     )
     report.console.print(f"contact sheet: {result.outputs.get('contact_sheet_1')}  (results in {out}/)")
+
+
+index_app = typer.Typer(help="Embedding indexes kept by `autotune retrieve`.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("list")
+def index_list_cmd(as_json: JsonOpt = False) -> None:
+    """Every index under the cache folder: dataset, model, backend, images, disk space."""
+    import time
+
+    from autotune import report
+    from autotune.index import list_indexes
+
+    rows = [s.to_dict() for s in list_indexes()]
+    if as_json:
+        report.emit_json(rows)
+        return
+    for row in rows:
+        row.pop("path")
+        row["updated"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["updated"]))
+    report.print_rows(
+        "indexes", rows, ["name", "model", "recipe", "records", "embedded", "skipped", "complete", "size_mb", "updated"]
+    )
+
+
+@index_app.command("rm")
+def index_rm_cmd(
+    name: Annotated[str, typer.Argument(help="An index name from `autotune index list`, or an index folder.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete an index to free its space; only folders this tool made, and only the files it wrote."""
+    from autotune.index import remove_index
+
+    _out(remove_index(name), "index rm", as_json)
 
 
 @app.command("demo")
@@ -569,7 +627,7 @@ def bench_index_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Query latency from the embedding index: a generated N x DIM index (no scan), per-query milliseconds."""
-    from autotune.index import bench_index
+    from autotune.bench.index import bench_index
 
     _out(bench_index(n=n, dim=dim, queries=queries, dtype=dtype), "bench index", as_json)
 

@@ -49,8 +49,9 @@ __all__ = [
     "resize_output_size",
 ]
 
-# Bump whenever fast_preprocess's output for some input changes: indexes of embeddings key on it.
-PREPROCESS_VERSION = "1"
+# Bump whenever fast_preprocess's code changes its output for some input; indexes key on
+# PreprocessSpec.digest(), which folds this in with the spec itself and the decode options.
+PREPROCESS_VERSION = "2"
 
 # PIL's own default decompression-bomb limit (about 9459 x 9459): above it an image is "too-large".
 MAX_IMAGE_PIXELS = 89_478_485
@@ -125,6 +126,23 @@ class PreprocessSpec:
     mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     std: tuple[float, float, float] = OPENAI_CLIP_STD
     resample: int = 3
+
+    def digest(self) -> str:
+        """16 hex characters over everything that shapes the pixels a model sees: spec, decode, code version.
+
+        Example:
+            >>> PreprocessSpec().digest() == PreprocessSpec(crop=240).digest()
+            False
+        """
+        import hashlib
+        import json
+
+        recipe = {
+            "spec": [self.shortest_edge, self.crop, list(self.mean), list(self.std), self.resample],
+            "decode": {"draft": False, "max_pixels": MAX_IMAGE_PIXELS, "exif_transpose": False},
+            "code": PREPROCESS_VERSION,
+        }
+        return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
     def from_processor(cls, processor: Any) -> PreprocessSpec:

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import csv
-import json
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from autotune.atomic import atomic_write_json
+from autotune.data.sources import HFDatasetSource, ImageSource, Record
 from autotune.engine.config import EngineConfig, logical_cores
-from autotune.errors import ConfigError
+from autotune.engine.runner import ScanResult, preprocess_spec_for, run_scan
+from autotune.errors import ConfigError, DataError
+from autotune.index import (
+    EmbeddingIndex,
+    IndexKey,
+    IndexMeta,
+    commit_update,
+    default_index_dir,
+    plan_update,
+    skipped_rows,
+)
 
 
 def safe_default_config() -> EngineConfig:
@@ -25,13 +35,24 @@ def safe_default_config() -> EngineConfig:
 
 @dataclass
 class Hit:
-    """One retrieved image."""
+    """One retrieved image: its stable id, score, label, locator and a displayable path."""
 
     rank: int
     id: int
     score: float
     label: str | None
     path: str
+    locator: str = ""
+
+
+class NoReadableImages(DataError):
+    """Not one image of the database could be read; ``skipped`` says why for each."""
+
+    def __init__(self, where: str, skipped: list[dict[str, Any]]) -> None:
+        reasons = Counter(str(s.get("reason", "?")) for s in skipped)
+        why = ", ".join(f"{n} {r}" for r, n in reasons.most_common())
+        super().__init__(f"no image could be read in {where}: {len(skipped)} skipped ({why or 'none listed'})")
+        self.skipped = skipped
 
 
 @dataclass
@@ -40,7 +61,7 @@ class RetrievalResult:
 
     queries: list[str]
     hits: list[list[Hit]]
-    mode: str  # index | index-resumed | index-new | scan
+    mode: str  # index | index-new | index-updated | index-resumed | scan
     images: int
     skipped: list[dict[str, Any]]
     scan_seconds: float
@@ -50,6 +71,9 @@ class RetrievalResult:
     index_path: str | None
     notes: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+    splits: dict[str, int] = field(default_factory=dict)
+    changes: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -65,9 +89,29 @@ class RetrievalResult:
             "images_per_s": round(self.images_per_s, 2) if self.images_per_s else None,
             "config": self.config,
             "index": self.index_path,
+            "source": self.source,
+            "splits": self.splits,
+            "index_changes": self.changes,
             "notes": self.notes,
             "outputs": self.outputs,
         }
+
+
+def embedding_recipe(config: EngineConfig) -> str:
+    """The inference path embeddings come from, e.g. ``cpu:onnx-int8`` or ``cpu:eager+gpu:fp16``."""
+    parts = [f"cpu:{config.cpu_backend}"] if config.cpu_models else []
+    if config.gpu_models:
+        parts.append(f"gpu:{config.gpu_precision}")
+    return "+".join(parts)
+
+
+@dataclass
+class _Sync:
+    """What bringing the index up to date did."""
+
+    mode: str
+    scan: ScanResult | None = None
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 def retrieve(
@@ -80,8 +124,10 @@ def retrieve(
     index_dir: Path | None = None,
     use_index: bool = True,
     rescan: bool = False,
+    rebuild_index: bool = False,
     index_dtype: str = "float16",
     image_column: str | None = None,
+    split: str | None = None,
     progress: bool = False,
     shard_images: int = 1024,
     say: Callable[[str], None] | None = None,
@@ -89,18 +135,18 @@ def retrieve(
     """Answer text queries over an image database.
 
     With the index (default), the first call scans every image with the engine and commits embedding
-    shards as it goes (an interrupted scan resumes from them), and later calls answer from the index in
-    milliseconds. ``rescan`` or ``use_index=False`` runs the paper's full scan instead (no index).
+    shards as it goes (an interrupted scan resumes from them); later calls embed only images that are new or
+    changed since, drop removed ones, and answer from the index in milliseconds. ``rescan`` or
+    ``use_index=False`` runs the paper's full scan instead (no index); ``rebuild_index`` starts the index
+    over. Raises :class:`NoReadableImages` when no image could be read.
 
     Example:
         >>> res = retrieve(["a photo of Felis catus"], dataset="data/", model="synthetic:tiny")
-        >>> res.hits[0][0].id, res.hits[0][0].score
+        >>> res.hits[0][0].locator, res.hits[0][0].score
     """
     from autotune.data import open_source
-    from autotune.engine import embed_queries, run_scan
-    from autotune.index import EmbeddingIndex, IndexMeta, default_index_dir
+    from autotune.engine import embed_queries
     from autotune.models.loading import load_clip
-    from autotune.preprocess import PREPROCESS_VERSION
 
     log = say or (lambda _m: None)
     texts = [q.strip() for q in queries]
@@ -108,92 +154,137 @@ def retrieve(
         raise ConfigError("empty query: give at least one non-empty text")
     if top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {top_k}")
-    source = open_source(dataset, image_column)
+    source = open_source(dataset, image_column, split)
     records = source.records()
-    by_id = {r.id: r for r in records}
+    splits = source.split_counts() if isinstance(source, HFDatasetSource) else {}
+    if len(splits) > 1 or (splits and split):
+        log("scanning " + " + ".join(f"{k} ({v:,} images)" for k, v in splits.items()))
     cfg = (config or safe_default_config()).validate()
-    loaded = load_clip(model)
     q = embed_queries(model, texts)
     notes: list[str] = []
 
-    def hits_from(scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
-        out = []
-        for srow, irow in zip(scores, ids, strict=True):
-            row = []
-            for rank, (s, i) in enumerate(zip(srow, irow, strict=True), start=1):
-                rec = by_id[int(i)]
-                row.append(Hit(rank, int(i), float(s), rec.label, _record_path(source, rec)))
-            out.append(row)
-        return out
+    def finish(res: RetrievalResult) -> RetrievalResult:
+        res.source, res.splits = source.describe(), splits
+        return res
 
     if rescan or not use_index:
-        res = run_scan(source, model, cfg, queries=q, top_k=top_k, records=records, progress=progress)
-        return RetrievalResult(
-            texts,
-            hits_from(res.topk_scores, res.topk_ids),
-            "scan",
-            res.images,
-            res.skipped,
-            res.scan_seconds,
-            0.0,
-            res.images_per_s,
-            cfg.describe(),
-            None,
-            notes,
-        )
+        scan = run_scan(source, model, cfg, queries=q, top_k=top_k, records=records, progress=progress)
+        if scan.images == 0:
+            raise NoReadableImages(source.describe(), scan.skipped)
+        by_id = {r.id: r for r in records}
+        hits = [
+            [
+                _hit(source, rank, int(i), float(sc), by_id[int(i)])
+                for rank, (sc, i) in enumerate(zip(s, ids, strict=True), 1)
+            ]
+            for s, ids in zip(scan.topk_scores, scan.topk_ids, strict=True)
+        ]
+        res = RetrievalResult(
+            texts, hits, "scan", scan.images, scan.skipped, scan.scan_seconds, 0.0, scan.images_per_s,
+            cfg.describe(), None, notes,
+        )  # fmt: skip
+        return finish(res)
 
-    index = EmbeddingIndex(index_dir or default_index_dir(str(source.path), model))
-    meta = IndexMeta(
-        dataset=str(source.path),
-        dataset_fingerprint=source.fingerprint(),
-        model=model,
-        weights_hash=loaded.weights_hash,
-        preprocess_version=PREPROCESS_VERSION,
-        embed_dim=loaded.embed_dim,
-        dtype=index_dtype,
-        records=len(records),
+    loaded = load_clip(model)
+    recipe = embedding_recipe(cfg)
+    key = IndexKey(
+        model, loaded.weights_hash, recipe, preprocess_spec_for(model).digest(), loaded.embed_dim, index_dtype
     )
     del loaded
-    state, done = index.prepare(meta)
-    scan_s, rate, images, skipped = 0.0, None, 0, []
-    if state == "rebuild":
-        notes.append(f"index rebuilt: {getattr(index, 'rebuild_reason', 'it changed')} since it was built")
-        log(notes[-1])
-    if state != "complete":
-        todo = [r for r in records if r.id not in done]
-        if state == "resume":
-            notes.append(f"resuming an interrupted index: {len(done)} images already embedded, {len(todo)} to go")
-            log(notes[-1])
-        if todo:
-            res = run_scan(
-                source, model, cfg, queries=None, records=todo, sink_factory=index.sink(shard_images), progress=progress
-            )
-            scan_s, rate, images, skipped = res.scan_seconds, res.images_per_s, res.images, res.skipped
-        index.finalize(skipped)
-    stored = index.read_meta()
-    assert stored is not None
+    index = EmbeddingIndex(index_dir or default_index_dir(str(source.path), model, recipe, split))
+    index.claim()
+    sync = _sync_index(index, key, source, cfg, rebuild_index, progress, shard_images, notes, log)
     t0 = time.perf_counter()
     index.load()
     load_s = time.perf_counter() - t0
+    assert index.catalog is not None
+    if len(index) == 0:
+        raise NoReadableImages(source.describe(), skipped_rows(index.catalog))
     t0 = time.perf_counter()
     scores, ids = index.search(q, top_k)
     query_ms = 1000 * (time.perf_counter() - t0) / len(texts)
-    mode = {"complete": "index", "resume": "index-resumed"}.get(state, "index-new")
+    row = {int(i): n for n, i in enumerate(index.catalog["id"])}
+    cat = index.catalog
+    hits = []
+    for srow, irow in zip(scores, ids, strict=True):
+        found = []
+        for rank, (s, i) in enumerate(zip(srow, irow, strict=True), start=1):
+            n = row[int(i)]
+            found.append(_hit(source, rank, int(i), float(s), Record(int(i), cat["locator"][n], cat["label"][n])))
+        hits.append(found)
+    built = sync.scan
     result = RetrievalResult(
-        texts,
-        hits_from(scores, ids),
-        mode,
-        images,
-        stored.skipped,
-        scan_s,
-        query_ms,
-        rate,
-        cfg.describe(),
-        str(index.path),
-        notes,
-    )
+        texts, hits, sync.mode, built.images if built else 0, skipped_rows(cat), built.scan_seconds if built else 0.0,
+        query_ms, built.images_per_s if built else None, cfg.describe(), str(index.path), notes,
+    )  # fmt: skip
+    result.changes = sync.counts
     result.outputs["index_load_seconds"] = f"{load_s:.3f}"
-    return result
+    return finish(result)
+
+
+def _sync_index(
+    index: EmbeddingIndex,
+    key: IndexKey,
+    source: ImageSource,
+    cfg: EngineConfig,
+    rebuild: bool,
+    progress: bool,
+    shard_images: int,
+    notes: list[str],
+    log: Callable[[str], None],
+) -> _Sync:
+    """Bring the index up to date with the database: nothing, a build, an update or a resumed one.
+
+    A complete index of the same key and database is served without a lock; any write takes the writer
+    lock, so a second writer is refused with one line.
+    """
+    fingerprint = source.fingerprint()
+
+    def current(meta: IndexMeta | None) -> bool:
+        return bool(meta and meta.key == key and meta.complete and not meta.pending)
+
+    meta = index.read_meta()
+    if not rebuild and current(meta) and meta and meta.dataset_fingerprint == fingerprint:
+        return _Sync("index")
+    with index.writer():
+        meta = index.read_meta()
+        if rebuild or meta is None or meta.key != key:
+            if meta is not None and meta.key != key:
+                notes.append(f"index rebuilt: {meta.key.describe_difference(key)} since it was built")
+            elif rebuild:
+                notes.append("index rebuilt on request (--rebuild-index)")
+            index.clear()
+            meta = IndexMeta(key=key, dataset=str(source.path))
+            index.write_meta(meta)
+            for note in notes:
+                log(note)
+        elif current(meta) and meta.dataset_fingerprint == fingerprint:
+            return _Sync("index")  # another process finished it while we waited
+        was_complete = meta.complete
+        plan = plan_update(index, meta, source.records(), source.identities(), fingerprint)
+        if plan.resumed:
+            notes.append(f"resuming an interrupted index update: {plan.resumed:,} images already embedded")
+            log(notes[-1])
+        scan = None
+        skipped: list[dict[str, Any]] = []
+        if plan.todo:
+            log(f"embedding {len(plan.todo):,} images into {index.path}")
+            scan = run_scan(
+                source, key.model, cfg, records=plan.todo, sink_factory=index.sink(key.dtype, shard_images),
+                progress=progress,
+            )  # fmt: skip
+            skipped = scan.skipped
+        commit_update(index, meta, plan, skipped)
+        mode = "index-resumed" if plan.resumed else ("index-updated" if was_complete else "index-new")
+        if was_complete:
+            notes.append(f"index updated: {plan.describe()}")
+            log(notes[-1])
+        return _Sync(mode, scan, plan.counts)
+
+
+def _hit(source: ImageSource, rank: int, rid: int, score: float, record: Record) -> Hit:
+    """A Hit for one record."""
+    return Hit(rank, rid, score, record.label, _record_path(source, record), record.locator)
 
 
 def _record_path(source: Any, record: Any) -> str:
@@ -203,15 +294,30 @@ def _record_path(source: Any, record: Any) -> str:
     return f"{source.path}#{record.locator}"
 
 
+def write_skipped(out: Path, skipped: Sequence[dict[str, Any]]) -> Path:
+    """``skipped.csv``: one row per image that could not be read, with the reason."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "skipped.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "locator", "reason", "detail"])
+        for s in skipped:
+            w.writerow([s["id"], s["locator"], s["reason"], s.get("detail", "")])
+    return out / "skipped.csv"
+
+
 def write_outputs(
-    result: RetrievalResult, source_dataset: str, out: Path, image_column: str | None = None
+    result: RetrievalResult,
+    source_dataset: str,
+    out: Path,
+    image_column: str | None = None,
+    split: str | None = None,
 ) -> dict[str, str]:
     """Results folder: results.json / results.csv, skipped.csv, and a 3x3 contact sheet per query."""
     from autotune.data import open_source
 
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
-    (out / "results.json").write_text(json.dumps(result.to_dict(), indent=2))
+    atomic_write_json(out / "results.json", result.to_dict())
     files["json"] = str(out / "results.json")
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -220,17 +326,11 @@ def write_outputs(
             for h in hits:
                 w.writerow([qtext, h.rank, h.id, f"{h.score:.6f}", h.label or "", h.path])
     files["csv"] = str(out / "results.csv")
-    with open(out / "skipped.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["id", "locator", "reason", "detail"])
-        for s in result.skipped:
-            w.writerow([s["id"], s["locator"], s["reason"], s.get("detail", "")])
-    files["skipped"] = str(out / "skipped.csv")
-    source = open_source(source_dataset, image_column)
-    by_id = {r.id: r for r in source.records()}
+    files["skipped"] = str(write_skipped(out, result.skipped))
+    source = open_source(source_dataset, image_column, split)
     for qi, (qtext, hits) in enumerate(zip(result.queries, result.hits, strict=True)):
         name = "contact_sheet.png" if len(result.queries) == 1 else f"contact_sheet_{qi + 1}.png"
-        contact_sheet(source, [(by_id[h.id], h) for h in hits[:9]], qtext, out / name)
+        contact_sheet(source, [(Record(h.id, h.locator, h.label), h) for h in hits[:9]], qtext, out / name)
         files[f"contact_sheet_{qi + 1}"] = str(out / name)
     result.outputs.update(files)
     return files

@@ -25,9 +25,7 @@ from autotune.errors import DataError
 if TYPE_CHECKING:  # datasets takes a second to import: only handlers that need it pay for it
     import datasets
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-)
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 _SAVE_TO_DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _LABEL_COLUMNS = ("label", "labels")
@@ -77,13 +75,14 @@ class ImageSource(abc.ABC):
 
     kind: str = ""
     #: Attributes rebuilt lazily after unpickling, never sent to worker processes.
-    _TRANSIENT: tuple[str, ...] = ("_records", "_fingerprint", "_lock")
+    _TRANSIENT: tuple[str, ...] = ("_records", "_fingerprint", "_lock", "_identities")
 
     def __init__(self, path: Path) -> None:
         """Remember the location; nothing is read yet."""
         self.path = path
         self._records: list[Record] | None = None
         self._fingerprint: str | None = None
+        self._identities: list[str] | None = None
         self._lock: threading.RLock | None = threading.RLock()
 
     @abc.abstractmethod
@@ -131,6 +130,27 @@ class ImageSource(abc.ABC):
         self._ensure_scanned()
         assert self._fingerprint is not None
         return self._fingerprint
+
+    def identities(self) -> list[str]:
+        """Per record, in :meth:`records` order, a short string that changes when that image's content does.
+
+        The base implementation hashes each image's bytes (sources with no cheaper signal, such as Hugging
+        Face datasets); folders use size and modification time. Computed once, then cached.
+
+        Example:
+            >>> open_source("photos").identities()[:1]  # doctest: +SKIP
+            ['38211:1732780800000000000']
+        """
+        self._ensure_scanned()
+        if self._identities is None:
+            out = []
+            for rec in self.records():
+                try:
+                    out.append("b2:" + hashlib.blake2b(self.read_bytes(rec), digest_size=12).hexdigest())
+                except (OSError, ValueError):
+                    out.append("unreadable")  # tried again next time: it may have been fixed meanwhile
+            self._identities = out
+        return self._identities
 
     def labels(self) -> list[str]:
         """Sorted unique labels (images without one are ignored).
@@ -216,12 +236,9 @@ class FolderSource(ImageSource):
         if not files:
             exts = ", ".join(sorted(IMAGE_EXTENSIONS))
             raise DataError(f"no images in {self.path} (looked for {exts}; hidden files are skipped)")
-        records = [
-            Record(i, rel, rel.split("/", 1)[0] if "/" in rel else None) for i, (rel, _) in enumerate(files)
-        ]
-        fingerprint = _digest(
-            iter([self.kind, *(f"{rel}|{st.st_size}|{st.st_mtime_ns}" for rel, st in files)])
-        )
+        records = [Record(i, rel, rel.split("/", 1)[0] if "/" in rel else None) for i, (rel, _) in enumerate(files)]
+        self._identities = [f"{st.st_size}:{st.st_mtime_ns}" for _, st in files]
+        fingerprint = _digest(iter([self.kind, *(f"{rel}|{st.st_size}|{st.st_mtime_ns}" for rel, st in files)]))
         return records, fingerprint
 
     def read_bytes(self, record: Record) -> bytes:
@@ -299,6 +316,8 @@ class HFDatasetSource(ImageSource):
         self.hub_id: str | None = str(path) if mode == "hub" else None
         self.mode = mode
         self.split = split
+        #: (split name, first row, end row) of each scanned span; "index" for a dataset without splits.
+        self.parts: list[tuple[str, int, int]] = []
         self.image_column = image_column
         self.label_column: str | None = None
         self._dataset: datasets.Dataset | None = None
@@ -337,18 +356,60 @@ class HFDatasetSource(ImageSource):
                     ) from exc
                 raise DataError(f"cannot read dataset {self._name()}: {_one_line(exc)}") from exc
             if isinstance(loaded, ds_lib.DatasetDict):
-                splits = list(loaded)
-                if not splits:
-                    raise DataError(f"dataset {self._name()} has no splits")
-                if self.split is None:
-                    self.split = "train" if "train" in loaded else splits[0]
-                if self.split not in loaded:
-                    raise DataError(
-                        f"dataset {self._name()} has no split {self.split!r} (splits: {', '.join(splits)})"
-                    )
-                loaded = loaded[self.split]
+                loaded = self._select_splits(ds_lib, loaded)
+            else:
+                if self.split is not None:
+                    raise DataError(f"dataset {self._name()} has no splits, so --split {self.split!r} cannot apply")
+                self.parts = [("index", 0, len(loaded))]
         self._dataset = loaded
         return loaded
+
+    def _select_splits(self, ds_lib: Any, loaded: datasets.DatasetDict) -> datasets.Dataset:
+        """The rows ``split`` names, in Hugging Face's split syntax (``train+validation``, ``train[:10%]``).
+
+        The default is ``train`` if present, else the first split. Several splits are concatenated in the
+        order given; :attr:`parts` remembers which rows came from where, so locators name their split.
+        """
+        splits = list(loaded)
+        if not splits:
+            raise DataError(f"dataset {self._name()} has no splits")
+        if self.split is None:
+            self.split = "train" if "train" in loaded else splits[0]
+        sizes = {name: len(loaded[name]) for name in splits}
+        try:
+            spans = ds_lib.ReadInstruction.from_spec(self.split).to_absolute(sizes)
+        except (ValueError, KeyError, AssertionError) as exc:
+            raise DataError(
+                f"dataset {self._name()}: bad --split {self.split!r} ({_one_line(exc)}; splits: {', '.join(splits)})"
+            ) from exc
+        self.parts = [(s.splitname, s.from_, s.to) for s in spans]
+        pieces = [
+            loaded[name] if (start, stop) == (0, sizes[name]) else loaded[name].select(range(start, stop))
+            for name, start, stop in self.parts
+        ]
+        if len(pieces) == 1:
+            return pieces[0]
+        try:
+            return ds_lib.concatenate_datasets(pieces)
+        except ValueError as exc:
+            why = _one_line(exc)
+            raise DataError(f"dataset {self._name()}: splits {self.split!r} cannot be combined: {why}") from exc
+
+    def split_counts(self) -> dict[str, int]:
+        """Images per split scanned (``{"index": n}`` for a dataset without splits)."""
+        counts: dict[str, int] = {}
+        for name, start, stop in self.parts:
+            counts[name] = counts.get(name, 0) + stop - start
+        return counts
+
+    def _positions(self) -> dict[str, tuple[int, int]]:
+        """For each split, (row offset in the split, position of that row in the scanned table)."""
+        out: dict[str, tuple[int, int]] = {}
+        pos = 0
+        for name, start, stop in self.parts:
+            out.setdefault(name, (start, pos))
+            pos += stop - start
+        return out
 
     def _resolve(self, dataset: datasets.Dataset) -> None:
         """Pick and check the image and label columns."""
@@ -359,9 +420,7 @@ class HFDatasetSource(ImageSource):
         if self.image_column is None:
             found = [name for name, f in features.items() if isinstance(f, ds_lib.Image)]
             if not found:
-                raise DataError(
-                    f"no image column in dataset {self._name()} (columns: {columns}); pass --image-column"
-                )
+                raise DataError(f"no image column in dataset {self._name()} (columns: {columns}); pass --image-column")
             self.image_column = found[0]
         elif self.image_column not in features:
             raise DataError(f"no column {self.image_column!r} in dataset {self._name()} (columns: {columns})")
@@ -436,12 +495,15 @@ class HFDatasetSource(ImageSource):
                 labels = [names[v] if v is not None and 0 <= v < len(names) else None for v in values]
             else:
                 labels = [v if v else None for v in values]
-        records = [Record(i, f"index:{i}", label) for i, label in enumerate(labels)]
+        records: list[Record] = []
+        for name, start, stop in self.parts:
+            base = len(records)
+            records += [Record(base + j, f"{name}:{start + j}", labels[base + j]) for j in range(stop - start)]
         return records, self._compute_fingerprint(dataset)
 
     def _compute_fingerprint(self, dataset: datasets.Dataset) -> str:
         """Hash what identifies the data: source files for parquet/imagefolder, the arrow files otherwise."""
-        parts = [self.kind, self.mode, str(self.split), str(self.image_column), str(len(dataset))]
+        parts = [self.kind, self.mode, str(self.parts), str(self.image_column), str(len(dataset))]
         if self.mode == "parquet":
             files = [Path(f) for f in self._parquet_files()]
         elif self.mode == "imagefolder":
@@ -460,11 +522,12 @@ class HFDatasetSource(ImageSource):
 
     def read_bytes(self, record: Record) -> bytes:
         """The image's stored bytes (re-encoded losslessly as PNG only if nothing but pixels is available)."""
-        prefix, _, index = record.locator.partition(":")
-        if prefix != "index" or not index.isdigit():
-            raise ValueError(f"not a dataset record locator: {record.locator!r}")
+        prefix, _, index = record.locator.rpartition(":")
+        where = self._positions().get(prefix)
+        if where is None or not index.isdigit():
+            raise ValueError(f"not a record locator of {self._name()}: {record.locator!r}")
         assert self.image_column is not None
-        value = self._image_rows()[int(index)][self.image_column]
+        value = self._image_rows()[where[1] + int(index) - where[0]][self.image_column]
         if isinstance(value, bytes | bytearray | memoryview):
             return bytes(value)
         if isinstance(value, dict):
@@ -485,7 +548,12 @@ class HFDatasetSource(ImageSource):
 
     def describe(self) -> str:
         """E.g. ``hf dataset /data/ds (disk, split train, column 'image'): 48 images, 17 labels``."""
-        split = f", split {self.split}" if self.split else ""
+        counts = self.split_counts()
+        split = (
+            ", splits " + " + ".join(f"{k} ({v})" for k, v in counts.items())
+            if len(counts) > 1
+            else (f", split {self.split}" if self.split else "")
+        )
         return (
             f"hf dataset {self._name()} ({self.mode}{split}, column {self.image_column!r}): "
             f"{len(self)} images, {len(self.labels())} labels"
@@ -514,13 +582,15 @@ def _detect_mode(path: Path) -> str:
     raise DataError(f"no such file or directory: {path}")
 
 
-def open_source(path: str | Path, image_column: str | None = None) -> ImageSource:
+def open_source(path: str | Path, image_column: str | None = None, split: str | None = None) -> ImageSource:
     """Open an image database: a folder of images or a Hugging Face dataset, detected from ``path``.
 
     A folder with ``dataset_info.json``/``state.json``/``dataset_dict.json`` (``save_to_disk``) or parquet
     files is a :class:`HFDatasetSource`; any other folder is a :class:`FolderSource` (an imagefolder gives the
     same records that way), unless ``image_column`` is given, which opens it as a Hugging Face imagefolder.
     A path that does not exist but looks like ``owner/name`` is loaded from the hub (or its cache).
+    ``split`` selects Hugging Face splits in their syntax (``train+validation``; default ``train``, else the
+    first split); a folder of images has no splits.
     Every failure is a :class:`DataError` with a one-line message; the listing is taken now, so an empty
     folder fails here.
 
@@ -532,33 +602,33 @@ def open_source(path: str | Path, image_column: str | None = None) -> ImageSourc
     local = Path(path).expanduser()
     if not local.exists():
         if _HUB_ID.match(str(path)) and not str(path).startswith((".", "~", "/")):
-            return HFDatasetSource(str(path), image_column, mode="hub")
+            return HFDatasetSource(str(path), image_column, mode="hub", split=split)
         raise DataError(f"no such file or directory: {local}")
     if local.is_file():
         if local.suffix.lower() == ".parquet":
-            return HFDatasetSource(local, image_column, mode="parquet")
+            return HFDatasetSource(local, image_column, mode="parquet", split=split)
         raise DataError(f"{local} is a file: expected a folder of images or a dataset folder")
     mode = _detect_mode(local)
     if mode != "imagefolder":
-        return HFDatasetSource(local, image_column, mode=mode)
-    if image_column is not None:
-        return HFDatasetSource(local, image_column, mode="imagefolder")
+        return HFDatasetSource(local, image_column, mode=mode, split=split)
+    if image_column is not None or split is not None:
+        return HFDatasetSource(local, image_column, mode="imagefolder", split=split)
     source = FolderSource(local)
     try:
         source.records()
     except DataError:
         # No images at all, but parquet shards deeper down (e.g. a hub snapshot's <config>/<split>/ layout).
         if any(p for p in local.rglob("*.parquet") if not _hidden(p, local)):
-            return HFDatasetSource(local, image_column, mode="parquet")
+            return HFDatasetSource(local, image_column, mode="parquet", split=split)
         raise
     return source
 
 
-def dataset_fingerprint(path: str | Path, image_column: str | None = None) -> str:
+def dataset_fingerprint(path: str | Path, image_column: str | None = None, split: str | None = None) -> str:
     """Fingerprint of the database at ``path`` (see :meth:`ImageSource.fingerprint`).
 
     Example:
         >>> dataset_fingerprint("photos")  # doctest: +SKIP
         '3f1c0d9a2b7e4c55'
     """
-    return open_source(path, image_column).fingerprint()
+    return open_source(path, image_column, split).fingerprint()

@@ -185,6 +185,48 @@ def test_dataset_dict_split_choice(small_dataset: Path, tmp_path: Path) -> None:
     assert isinstance(src2, HFDatasetSource) and src2.split == "validation" and len(src2) == 4
 
 
+def test_split_syntax_scans_what_it_says(small_dataset: Path, tmp_path: Path) -> None:
+    """`train+validation` scans both splits, locators name their split, bytes come from the right rows."""
+    import datasets
+
+    files = sorted(small_dataset.rglob("*.jpg"))[:14]
+    train, val = _hf_dataset(files[:10]), _hf_dataset(files[10:])
+    datasets.DatasetDict({"train": train, "validation": val}).save_to_disk(str(tmp_path / "dd"))
+    default = open_source(tmp_path / "dd")
+    assert isinstance(default, HFDatasetSource) and len(default) == 10 and default.split_counts() == {"train": 10}
+    both = open_source(tmp_path / "dd", split="train+validation")
+    assert isinstance(both, HFDatasetSource) and both.split_counts() == {"train": 10, "validation": 4}
+    assert [r.locator for r in both.records()][9:11] == ["train:9", "validation:0"]
+    assert [both.read_bytes(r) for r in both.records()] == [f.read_bytes() for f in files]
+    assert "train (10) + validation (4)" in both.describe()
+    assert both.fingerprint() != default.fingerprint()
+    tail = open_source(tmp_path / "dd", split="validation[2:]")
+    assert [r.locator for r in tail.records()] == ["validation:2", "validation:3"]
+    assert [tail.read_bytes(r) for r in tail.records()] == [f.read_bytes() for f in files[12:]]
+    with pytest.raises(DataError, match="bad --split 'test'"):
+        open_source(tmp_path / "dd", split="test")
+
+
+def test_identities_follow_content(small_dataset: Path, tmp_path: Path) -> None:
+    """Folders identify an image by size and mtime; datasets by a content hash; both change with the bytes."""
+    import os
+    import shutil
+
+    folder = tmp_path / "f"
+    shutil.copytree(small_dataset, folder)
+    src = open_source(folder)
+    first = src.identities()
+    victim = folder / src.records()[0].locator
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    os.utime(victim, ns=(1, 1))
+    again = open_source(folder).identities()
+    assert again[0] != first[0] and again[1:] == first[1:]
+    files = sorted(small_dataset.rglob("*.jpg"))[:3]
+    _hf_dataset(files).save_to_disk(str(tmp_path / "disk"))
+    hf = open_source(tmp_path / "disk")
+    assert len(set(hf.identities())) == 3 and all(i.startswith("b2:") for i in hf.identities())
+
+
 def test_parquet_dataset(small_dataset: Path, tmp_path: Path, hf_cache: Path) -> None:
     """Parquet files (paths or embedded bytes) open as an HF source with the same bytes."""
     import datasets
