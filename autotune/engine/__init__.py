@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from autotune.engine.config import EngineConfig, gpu_count, logical_cores
 from autotune.engine.consumer import EmbeddingSink
-from autotune.engine.runner import ScanAborted, ScanProgress, ScanResult, embed_queries, run_scan
+from autotune.engine.runner import ScanAborted, ScanMismatch, ScanProgress, ScanResult, embed_queries, run_scan
 from autotune.engine.topk import RunningTopK, merge_topk, select_topk
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "EngineConfig",
     "RunningTopK",
     "ScanAborted",
+    "ScanMismatch",
     "ScanProgress",
     "ScanResult",
     "embed_queries",

@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import queue
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from autotune.engine.lifecycle import worker_start
+from autotune.engine.lifecycle import error_event, worker_start
 from autotune.engine.telemetry import CONSUMER_WAIT, StageTimer
 from autotune.engine.topk import RunningTopK
 from autotune.engine.transport import SlotLayout, SlotPool
@@ -121,15 +120,16 @@ def consumer_main(spec: ConsumerSpec, ready: Any, free_slots: Any, events: Any) 
             busy = time.perf_counter() - t0
             timer.count("images", len(ids))
             timer.count("batches")
-            events.put(("batch", spec.index, [b for _s, _n, b in items], len(ids), time.perf_counter(), busy))
+            # The ids travel with the event so the parent can check that no record is embedded twice.
+            events.put(("batch", spec.index, [b for _s, _n, b in items], len(ids), time.perf_counter(), busy, ids))
         if sink is not None:
             with timer.stage("score"):
                 sink.close()
         stats = timer.snapshot()
         stats.update(info)
         events.put(("done", "consumer", spec.index, stats, topk.result()))
-    except Exception:
-        events.put(("error", "consumer", spec.index, traceback.format_exc(limit=6), None))
+    except Exception as exc:
+        events.put(error_event("consumer", spec.index, exc))
     finally:
         if pool is not None:
             pool.close()

@@ -1,4 +1,4 @@
-"""Process lifetime helpers: workers never outlive the scan that started them."""
+"""Process lifetime helpers: workers never outlive the scan that started them, and report failures in one line."""
 
 from __future__ import annotations
 
@@ -40,3 +40,30 @@ def terminate_as_interrupt() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _raise)
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """The first non-blank line of ``text``, cut to ``limit`` characters: error messages stay one line."""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
+def error_summary(exc: BaseException) -> str:
+    """One line naming a worker's failure: a user-facing error's own message, else ``Type: message``.
+
+    Only the first line of a message is kept (a torch error's last line is often a hint about an unrelated
+    setting), so whatever the parent raises from it is one line too.
+    """
+    from autotune.errors import AutotuneError
+
+    message = one_line(str(exc))
+    if isinstance(exc, AutotuneError) and message:
+        return message
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def error_event(role: str, index: int, exc: BaseException) -> tuple[str, str, int, str, bool]:
+    """The event a failing worker sends: ("error", role, index, one-line summary, disk full?)."""
+    from autotune.atomic import DiskFullError
+
+    return ("error", role, index, error_summary(exc), isinstance(exc, DiskFullError))

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import traceback
 from dataclasses import dataclass
 from typing import Any
 
 from autotune.data.sources import ImageSource, Record
-from autotune.engine.lifecycle import worker_start
+from autotune.engine.lifecycle import error_event, worker_start
 from autotune.engine.telemetry import PRODUCER_WAIT, StageTimer
 from autotune.engine.transport import SlotLayout, SlotPool
 
@@ -81,8 +80,8 @@ def producer_main(spec: ProducerSpec, tasks: Any, free_slots: Any, ready: list[A
                 free_slots.put(slot)
             events.put(("produced", spec.index, batch_no, n, skipped))
         events.put(("done", "producer", spec.index, timer.snapshot(), None))
-    except Exception:
-        events.put(("error", "producer", spec.index, traceback.format_exc(limit=6), None))
+    except Exception as exc:
+        events.put(error_event("producer", spec.index, exc))
     finally:
         if pool is not None:
             pool.close()

@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from autotune.atomic import DiskFullError
 from autotune.data.sources import ImageSource, Record
 from autotune.engine.config import EngineConfig, gpu_count
 from autotune.engine.consumer import ConsumerSpec, EmbeddingSink, consumer_main
 from autotune.engine.producer import ProducerSpec, producer_main
 from autotune.engine.scheduler import make_batches, static_weights, weighted_order
+from autotune.engine.sink import ShardSinkFactory
 from autotune.engine.telemetry import bottleneck, steady_state
 from autotune.engine.topk import merge_topk
 from autotune.engine.transport import SlotPool
@@ -31,6 +33,34 @@ JOIN_S = 10.0  # grace period for workers to exit after their sentinel
 
 class ScanAborted(AutotuneError):
     """A worker died or failed; the scan was stopped and every worker cleaned up."""
+
+
+class ScanMismatch(AutotuneError):
+    """The scan's books do not balance: images embedded plus skipped differ from the records requested."""
+
+
+def check_accounting(requested: Sequence[int], embedded: Sequence[np.ndarray], skipped: Sequence[int]) -> None:
+    """Raise :class:`ScanMismatch` unless every requested id was embedded or skipped, and none embedded twice.
+
+    A record lost between producer and consumer, or one embedded twice (duplicate ids in the record list),
+    would otherwise silently skew the top-k, the index and the measured images/s.
+    """
+    done = np.concatenate(embedded).astype(np.int64, copy=False) if embedded else np.zeros(0, np.int64)
+    if len(done) + len(skipped) != len(requested):
+        raise ScanMismatch(
+            f"scan bookkeeping mismatch: {len(done)} images embedded + {len(skipped)} skipped "
+            f"!= {len(requested)} requested"
+        )
+    ids, counts = np.unique(done, return_counts=True)
+    twice = ids[counts > 1]
+    if len(twice):
+        raise ScanMismatch(
+            f"scan bookkeeping mismatch: record id {int(twice[0])} was embedded {int(counts[counts > 1][0])} "
+            f"times ({len(twice)} ids more than once); record ids must be unique"
+        )
+    accounted = np.sort(np.concatenate([done, np.asarray(skipped, np.int64)]))
+    if not np.array_equal(accounted, np.sort(np.asarray(requested, np.int64))):
+        raise ScanMismatch("scan bookkeeping mismatch: the ids embedded or skipped are not the ids requested")
 
 
 @dataclass
@@ -113,9 +143,9 @@ def _core_plan(config: EngineConfig) -> tuple[list[tuple[int, ...] | None], list
         return [None] * config.producers, [None] * config.cpu_models
 
     cores = sorted(os.sched_getaffinity(0))
-    prod = [(cores[i],) for i in range(config.producers)]
+    prod: list[tuple[int, ...] | None] = [(cores[i],) for i in range(config.producers)]
     start = config.producers
-    cons = []
+    cons: list[tuple[int, ...] | None] = []
     for c in range(config.cpu_models):
         cons.append(tuple(cores[start + c * config.cpu_threads : start + (c + 1) * config.cpu_threads]))
     return prod, cons
@@ -151,7 +181,9 @@ def run_scan(
     Producers preprocess into shared memory; each model replica embeds, scores against ``queries``
     (L2-normalised text embeddings, shape (queries, dim)) and keeps a top-k; the parent merges the exact
     global top-k. Corrupt images are skipped and reported. A dying worker stops the scan within about a
-    second (:class:`ScanAborted`); Ctrl-C stops it cleanly. No process or shared memory survives either.
+    second (:class:`ScanAborted`), a full disk under the sink too (:class:`DiskFullError`); Ctrl-C stops it
+    cleanly. No process or shared memory survives either. Every scan ends by checking that each requested
+    record was embedded or skipped, none twice (:class:`ScanMismatch`). Every error is one line.
 
     Example:
         >>> src = open_source("data/")
@@ -261,6 +293,7 @@ def run_scan(
         workers_info: dict[tuple[str, int], dict[str, Any]] = {}
         results: list[tuple[np.ndarray, np.ndarray]] = []
         skipped: list[dict[str, Any]] = []
+        embedded_ids: list[np.ndarray] = []
         batch_log: list[tuple[float, int, int]] = []
         images = 0
         sentinels_sent = False
@@ -278,8 +311,9 @@ def run_scan(
             if ev is not None:
                 kind = ev[0]
                 if kind == "batch":
-                    _, c, bnos, n, t_done, busy = ev
+                    _, c, bnos, n, t_done, busy, ids = ev
                     images += n
+                    embedded_ids.append(ids)
                     batch_log.append((t_done - start, n, c))
                     for b in bnos:
                         if b in probe_pending:
@@ -307,9 +341,11 @@ def run_scan(
                     if role == "consumer" and extra is not None:
                         results.append(extra)
                 elif kind == "error":
-                    _, role, idx, tb, _ = ev
-                    last = tb.strip().splitlines()[-1] if tb.strip() else "unknown error"
-                    raise ScanAborted(f"{role} {idx} failed: {last}")
+                    _, role, idx, summary, disk_full = ev
+                    # A full disk is the user's to fix, not a crash: its own line, as the writer worded it.
+                    if disk_full:
+                        raise DiskFullError(summary)
+                    raise ScanAborted(f"{role} {idx} failed: {summary}")
             if not tasks_closed and not probe_pending:
                 speeds = [b / n if n else 0.0 for b, n in probe_busy]
                 weights = static_weights(speeds)
@@ -337,6 +373,7 @@ def run_scan(
         seconds = time.perf_counter() - start
         if bar:
             bar.update(images + len(skipped), seconds, final=True)
+        check_accounting([r.id for r in recs], embedded_ids, [s["id"] for s in skipped])
         k_scores, k_ids = merge_topk(results, top_k) if len(q) else (np.zeros((0, 0)), np.zeros((0, 0), int))
         t_go = t_go if t_go is not None else start
         steady, _warm = steady_state(batch_log, n_cons)
@@ -370,6 +407,9 @@ def run_scan(
             bar.close()
         _shutdown(list(procs.values()), [tasks, free_slots, events, *ready], graceful=completed)
         pool.close()
+        if isinstance(sink_factory, ShardSinkFactory):
+            # A replica stopped by force mid-commit (another one filled the disk, Ctrl-C) leaves a temporary file.
+            sink_factory.remove_leftovers()
 
 
 def _shutdown(procs: list[Any], queues: list[Any], graceful: bool) -> None:

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
+from autotune.atomic import atomic_path, raise_if_disk_full, remove_leftovers
+
 
 @dataclass(frozen=True)
 class ShardSinkFactory:
     """Picklable factory: each replica writes its own shard files into ``folder``.
 
-    A shard is committed atomically (written to a temporary name, fsynced, renamed), so an interrupted
-    scan leaves only whole shards: whatever is on disk under the final name is complete.
+    A shard is committed atomically (:func:`autotune.atomic.atomic_path`: a temporary name, fsync, rename),
+    so an interrupted scan or a full disk leaves only whole shards under the final names.
     """
 
     folder: str
@@ -26,13 +28,21 @@ class ShardSinkFactory:
         """Open the sink inside the consumer process."""
         return ShardSink(Path(self.folder), consumer, self.shard_images, np.dtype(self.dtype), self.prefix)
 
+    def remove_leftovers(self) -> int:
+        """Delete temporary files of writers killed mid-commit (the scan's workers are all gone by then)."""
+        return remove_leftovers(Path(self.folder)) if Path(self.folder).is_dir() else 0
+
 
 class ShardSink:
     """Buffers embeddings and commits them in shards named ``<prefix>-c<consumer>-<pid>-<seq>.npz``."""
 
     def __init__(self, folder: Path, consumer: int, shard_images: int, dtype: np.dtype, prefix: str) -> None:
         self.folder = folder
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise_if_disk_full(exc, folder)
+            raise
         # The pid keeps names unique across resumed runs that reuse consumer numbers.
         self.stem = f"{prefix}-c{consumer}-{os.getpid()}"
         self.shard_images = shard_images
@@ -55,12 +65,11 @@ class ShardSink:
         if not self._count:
             return
         final = self.folder / f"{self.stem}-{self.seq:06d}.npz"
-        tmp = final.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
+        # A full disk becomes one DiskFullError line (the consumer reports it, the scan stops); atomic_path
+        # removes the partial temporary file, and the shards committed before stay whole.
+        # np.savez gets an open file: given a name without .npz it would write to another name.
+        with atomic_path(final) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, ids=np.concatenate(self._ids), embeddings=np.concatenate(self._embs))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
         self.seq += 1
         self._ids, self._embs, self._count = [], [], 0
 

@@ -1,11 +1,56 @@
-"""Preallocated shared-memory batch slots: producers write uint8 images, queues carry slot indices."""
+"""Preallocated shared-memory batch slots: producers write uint8 images, queues carry slot indices.
+
+Every segment is named ``autotune-<creator pid>-<random>``, so whoever outlives a creator killed with SIGKILL
+(the tuner's parent process) can find and remove exactly that creator's segments.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
 from dataclasses import dataclass
-from multiprocessing import shared_memory
+from multiprocessing import resource_tracker, shared_memory
+from pathlib import Path
 
 import numpy as np
+
+SHM_PREFIX = "autotune-"
+SHM_DIR = Path("/dev/shm")  # where Linux exposes POSIX shared memory by name
+_TRACKER_TYPE = "shared_memory"  # the resource tracker's name for these segments
+
+
+def segment_prefix(pid: int) -> str:
+    """Name prefix of every segment created by process ``pid`` (the trailing dash keeps 12 apart from 123)."""
+    return f"{SHM_PREFIX}{pid}-"
+
+
+def segment_names(pid: int) -> list[str]:
+    """Names of the segments process ``pid`` created that still exist (empty where /dev/shm is absent)."""
+    prefix = segment_prefix(pid)
+    try:
+        return sorted(e.name for e in os.scandir(SHM_DIR) if e.name.startswith(prefix))
+    except OSError:  # no /dev/shm (not Linux): nothing to find
+        return []
+
+
+def remove_segments(pid: int) -> int:
+    """Unlink every segment process ``pid`` created; return how many were removed.
+
+    Call it only once that process is dead. Its segments are registered with the resource tracker this
+    process shares with it (spawned children inherit it), so each is unregistered too: otherwise the
+    tracker would unlink it again at exit and print a "leaked shared_memory" warning plus an error.
+    """
+    removed = 0
+    for name in segment_names(pid):
+        try:
+            (SHM_DIR / name).unlink()
+        except FileNotFoundError:  # removed meanwhile by someone else, who also unregistered it
+            continue
+        removed += 1
+        with contextlib.suppress(OSError, ValueError):
+            resource_tracker.unregister(f"/{name}", _TRACKER_TYPE)
+    return removed
 
 
 @dataclass(frozen=True)
@@ -54,7 +99,8 @@ class SlotPool:
     def create(cls, slots: int, capacity: int, height: int = 224, width: int = 224) -> SlotPool:
         """Allocate a new segment for ``slots`` batches of ``capacity`` images."""
         probe = SlotLayout("", slots, capacity, height, width)
-        shm = shared_memory.SharedMemory(create=True, size=probe.total_bytes)
+        name = f"{segment_prefix(os.getpid())}{secrets.token_hex(6)}"
+        shm = shared_memory.SharedMemory(name=name, create=True, size=probe.total_bytes)
         layout = SlotLayout(shm.name, slots, capacity, height, width)
         return cls(layout, shm, owner=True)
 

@@ -12,8 +12,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from autotune.engine.config import EngineConfig
+from autotune.engine.transport import remove_segments
 from autotune.errors import AutotuneError
 
+# How long a trial told to stop may take to wind down before it is killed (read at each call, so tests can
+# shorten it).
 STOP_GRACE_S = 15.0
 
 
@@ -28,6 +31,7 @@ class ScanSpec:
     shards: int = 3
     timeout_s: float = 600.0
     image_column: str | None = None
+    fake_delay_s: float = 0.0  # seconds slept per image by ``fake:`` models (tests of slow trials); else unused
 
     @property
     def shard_size(self) -> int:
@@ -123,7 +127,7 @@ def _shard_tracker(spec: ScanSpec, send: Callable[[tuple[Any, ...]], None], conn
 
 def _trial_child(conn: Any, config: dict[str, Any], spec: ScanSpec) -> None:
     """Child process: run the engine once on the fixed workload and send back its figures."""
-    from autotune.engine.lifecycle import worker_start
+    from autotune.engine.lifecycle import one_line, worker_start
 
     worker_start(os.getppid())
     try:
@@ -133,7 +137,14 @@ def _trial_child(conn: Any, config: dict[str, Any], spec: ScanSpec) -> None:
         source = open_source(spec.dataset, spec.image_column)
         records = source.records()[: spec.warmup + spec.scan_size]
         cfg = EngineConfig.from_dict(config)
-        result = run_scan(source, spec.model, cfg, records=records, on_batch=_shard_tracker(spec, conn.send, conn))
+        result = run_scan(
+            source,
+            spec.model,
+            cfg,
+            records=records,
+            on_batch=_shard_tracker(spec, conn.send, conn),
+            fake_delay_s=spec.fake_delay_s,
+        )
         stages: dict[str, dict[str, float]] = {}
         for w in result.workers:
             agg = stages.setdefault(w["role"], {})
@@ -170,7 +181,7 @@ def _trial_child(conn: Any, config: dict[str, Any], spec: ScanSpec) -> None:
     except MemoryError:
         conn.send(("error", "out of memory"))
     except Exception as exc:  # the parent turns this into a FAIL trial with the reason
-        conn.send(("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
+        conn.send(("error", f"{type(exc).__name__}: {one_line(str(exc))}"))
     finally:
         conn.close()
 
@@ -194,6 +205,7 @@ def measure(
     deadline = time.monotonic() + spec.timeout_s
     stop_reason: str | None = None
     stop_sent_at: float | None = None
+    grace_spent = False
     try:
         while True:
             if parent_conn.poll(0.2):
@@ -229,6 +241,7 @@ def measure(
                     pass
                 stop_sent_at = now
             if stop_sent_at is not None and now - stop_sent_at > STOP_GRACE_S:
+                grace_spent = True
                 break
     except BaseException:
         # Ctrl-C or an error here: ask the scan to stop cleanly, then wait only briefly.
@@ -239,11 +252,16 @@ def measure(
             pass
         raise
     finally:
-        proc.join(timeout=STOP_GRACE_S if stop_reason is None else 5.0)
+        # A child that let its grace period pass without stopping gets no second one: it is killed now.
+        proc.join(timeout=0.0 if grace_spent else STOP_GRACE_S if stop_reason is None else 5.0)
         if proc.is_alive():
             proc.kill()
             proc.join(5.0)
         parent_conn.close()
+        if proc.exitcode is not None and proc.pid is not None:
+            # A child killed mid-scan never unlinked its shared memory, and the study goes on for hours:
+            # remove it now (its workers died with it, so nothing maps the segments any more).
+            remove_segments(proc.pid)
     if stop_reason == "pruned":
         raise TrialStopped(shards)
     if stop_reason == "interrupted":  # pragma: no cover - the KeyboardInterrupt is already propagating

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import psutil
 import pytest
 
+from autotune.atomic import TMP_MARK, DiskFullError, temporary_name
 from autotune.data import open_source
-from autotune.engine import EngineConfig, ScanAborted, ScanProgress, embed_queries, run_scan
+from autotune.engine import EngineConfig, ScanAborted, ScanMismatch, ScanProgress, embed_queries, run_scan
+from autotune.engine.runner import check_accounting
 from autotune.engine.sink import ShardSinkFactory, read_shards
+from autotune.engine.transport import segment_names
 from autotune.models.backends import FakeBackend
 from autotune.preprocess import PreprocessSpec, fast_preprocess
 
@@ -22,8 +28,9 @@ FAKE = "fake:32"
 QUERIES = ["a photo of Felis catus", "a photo of Coffea arabica"]
 
 
-def _shm_segments() -> set[str]:
-    return {p.name for p in Path("/dev/shm").iterdir()} if Path("/dev/shm").exists() else set()
+def _shm_segments() -> list[str]:
+    """This process's shared-memory segments: other processes on the machine may be scanning meanwhile."""
+    return segment_names(os.getpid())
 
 
 def _worker_children() -> list[psutil.Process]:
@@ -63,7 +70,6 @@ def source(small_dataset: Path):
     ids=["1p-1c", "2p-2c-dynamic", "2p-2c-static"],
 )
 def test_scan_is_exact_and_covers_every_record_once(source, cfg: EngineConfig, tmp_path: Path) -> None:
-    before = _shm_segments()
     res = run_scan(
         source,
         FAKE,
@@ -83,7 +89,7 @@ def test_scan_is_exact_and_covers_every_record_once(source, cfg: EngineConfig, t
     roles = sorted(w["role"] for w in res.workers)
     assert roles.count("consumer") == cfg.cpu_models and roles.count("producer") == cfg.producers
     assert not _worker_children()
-    assert _shm_segments() <= before
+    assert not _shm_segments()
 
 
 def test_static_schedule_gives_the_faster_replica_more_work(source) -> None:
@@ -115,7 +121,6 @@ def test_corrupt_images_are_skipped_and_reported(tmp_path: Path, small_dataset: 
 
 
 def test_killed_consumer_ends_scan_promptly_and_cleanly(source) -> None:
-    before = _shm_segments()
     killed: dict[str, float] = {}
 
     def kill_one(p: ScanProgress) -> None:
@@ -137,7 +142,7 @@ def test_killed_consumer_ends_scan_promptly_and_cleanly(source) -> None:
         )
     assert time.monotonic() - killed["at"] < 5.0
     assert not _worker_children()
-    assert _shm_segments() <= before
+    assert not _shm_segments()
 
 
 def test_killed_producer_is_named(source) -> None:
@@ -162,7 +167,6 @@ def test_killed_producer_is_named(source) -> None:
 
 
 def test_interrupt_shuts_down_cleanly(source) -> None:
-    before = _shm_segments()
 
     def interrupt(p: ScanProgress) -> None:
         raise KeyboardInterrupt
@@ -179,4 +183,100 @@ def test_interrupt_shuts_down_cleanly(source) -> None:
         )
     assert time.monotonic() - t0 < 30
     assert not _worker_children()
-    assert _shm_segments() <= before
+    assert not _shm_segments()
+
+
+class FailingSinkFactory:
+    """A sink factory whose sink cannot open: its error message spans two lines (picklable by reference)."""
+
+    def __call__(self, consumer: int) -> NoReturn:
+        """Fail the way some libraries do, with the useful part on the first line."""
+        raise ValueError("the sink cannot open\nsee the documentation for details")
+
+
+def test_duplicate_record_ids_fail_the_bookkeeping(source, tmp_path: Path) -> None:
+    recs = source.records()[:8]
+    with pytest.raises(ScanMismatch) as info:
+        run_scan(
+            source,
+            FAKE,
+            EngineConfig(producers=1, cpu_batch=4),
+            records=[*recs, recs[3]],
+            sink_factory=ShardSinkFactory(str(tmp_path / "sink"), shard_images=4),
+        )
+    msg = str(info.value)
+    assert "\n" not in msg and "/s" not in msg
+    assert msg == (
+        f"scan bookkeeping mismatch: record id {recs[3].id} was embedded 2 times (1 ids more than once); "
+        "record ids must be unique"
+    )
+    assert not _worker_children()
+    assert not _shm_segments()
+
+
+def test_bookkeeping_counts_every_record_once() -> None:
+    check_accounting([0, 1, 2, 3], [np.array([0, 2]), np.array([3])], [1])  # balanced: no error
+    lost = "^scan bookkeeping mismatch: 2 images embedded [+] 1 skipped != 4 requested$"
+    with pytest.raises(ScanMismatch, match=lost):
+        check_accounting([0, 1, 2, 3], [np.array([0, 2])], [1])  # record 3 lost between producer and consumer
+    with pytest.raises(ScanMismatch, match="not the ids requested"):
+        check_accounting([0, 1, 2], [np.array([0, 1, 7])], [])  # an id nobody asked for
+
+
+def test_a_worker_error_is_one_line_naming_its_first_line(source) -> None:
+    with pytest.raises(ScanAborted) as info:
+        run_scan(source, FAKE, EngineConfig(producers=1, cpu_batch=4), sink_factory=FailingSinkFactory())
+    assert str(info.value) == "consumer 0 failed: ValueError: the sink cannot open"
+    assert not _worker_children()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A 256 KiB tmpfs: a real full disk (needs root and mount rights; skipped otherwise)."""
+    folder = tmp_path / "tiny-disk"
+    folder.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tiny tmpfs needs root and the mount command")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield folder
+    finally:
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)  # busy: detach it anyway
+
+
+def test_a_full_disk_ends_the_scan_with_one_line_and_keeps_committed_shards(source, tiny_disk: Path) -> None:
+    sink = tiny_disk / "sink"
+    sink.mkdir()
+    leftover = temporary_name(sink / "shard-c9-1-000000.npz")  # as a writer killed mid-commit leaves it
+    leftover.write_bytes(b"partial")
+    seen: dict[str, float] = {}
+
+    def note(p: ScanProgress) -> None:
+        seen["last"] = time.monotonic()
+
+    # 16 KiB per image (fake:4096, float32): 4-image shards fill 256 KiB after a few commits, while a whole
+    # scan of 48 images at 0.05 s each would run on for seconds after that.
+    with pytest.raises(DiskFullError) as info:
+        run_scan(
+            source,
+            "fake:4096",
+            EngineConfig(producers=1, cpu_batch=4),
+            sink_factory=ShardSinkFactory(str(sink), shard_images=4, dtype="float32"),
+            fake_delay_s=0.05,
+            on_batch=note,
+        )
+    ended = time.monotonic()
+    msg = str(info.value)
+    assert msg.startswith("no space left on the device while writing ") and "\n" not in msg
+    assert ended - seen["last"] < 5.0  # promptly: the failing batch, then shutdown
+    ids, emb = read_shards(sink)
+    assert len(ids) >= 4 and len(ids) % 4 == 0 and emb.shape == (len(ids), 4096)  # whole shards only
+    assert len(set(ids.tolist())) == len(ids)
+    assert not [p.name for p in sink.iterdir() if TMP_MARK in p.name or not p.name.endswith(".npz")]
+    assert not _worker_children()
+    assert not _shm_segments()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -10,6 +13,8 @@ import psutil
 import pytest
 
 from autotune.engine.config import EngineConfig
+from autotune.engine.transport import SHM_DIR, SHM_PREFIX, segment_names, segment_prefix
+from autotune.tuner import objective
 from autotune.tuner.objective import ScanSpec, TrialFailed, TrialStopped, _shard_tracker, measure
 
 FAKE = "fake:32"
@@ -104,3 +109,66 @@ def test_timeout_fails_the_trial(small_dataset: Path) -> None:
     # Starting the child alone (spawn, imports) takes longer than the limit: the scan is told to stop.
     with pytest.raises(TrialFailed, match="timeout"):
         measure(CONFIG, _spec(small_dataset, timeout_s=0.3))
+
+
+class _Watcher(threading.Thread):
+    """Records, while a trial runs, every descendant process (pid -> parent pid) and project shm segment."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.parents: dict[int, int] = {}
+        self.segments: set[str] = set()
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        """Poll every 50 ms until told to stop."""
+        while not self._stop_event.wait(0.05):
+            for kid in _children():
+                try:
+                    self.parents.setdefault(kid.pid, kid.ppid())
+                except psutil.NoSuchProcess:
+                    continue
+            self.segments |= {p.name for p in SHM_DIR.iterdir() if p.name.startswith(SHM_PREFIX)}
+
+    def stop(self) -> None:
+        """End the polling."""
+        self._stop_event.set()
+        self.join()
+
+
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie waiting for init to reap it counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_trial_killed_for_overrunning_leaves_no_segment_and_no_worker(
+    small_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Batches of 8 images at 1 s each: the child is busy in its first batch, never reads "stop", and is
+    # killed once the short grace period is over.
+    monkeypatch.setattr(objective, "STOP_GRACE_S", 0.5)
+    watcher = _Watcher()
+    watcher.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(TrialFailed, match="timeout"):
+            measure(CONFIG, _spec(small_dataset, timeout_s=6.0, fake_delay_s=1.0))
+    finally:
+        watcher.stop()
+    assert time.monotonic() - t0 < 12
+    trials = [pid for pid, ppid in watcher.parents.items() if ppid == os.getpid()]
+    assert len(trials) == 1, watcher.parents
+    trial = trials[0]
+    # The child got as far as creating its slot pool and workers (else the test would prove nothing)...
+    assert any(name.startswith(segment_prefix(trial)) for name in watcher.segments), watcher.segments
+    workers = [pid for pid, ppid in watcher.parents.items() if ppid == trial]
+    assert len(workers) >= 2, watcher.parents
+    # ... and neither its segment nor its workers (killed with it through PR_SET_PDEATHSIG) outlive it.
+    assert segment_names(trial) == []
+    deadline = time.monotonic() + 5.0
+    while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [pid for pid in workers if not _gone(pid)] == []
