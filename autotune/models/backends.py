@@ -22,9 +22,10 @@ Artefacts live under ``cache_dir("backends")`` in files named by a key of the mo
 backend and the versions of the libraries that produce them. The ONNX export has a dynamic batch axis, so the
 batch size is not part of its key; compiled torch kernels are specialised to one batch size (smaller batches
 are zero-padded up to it) and live in inductor's own cache, pointed at ``cache_dir("backends", "inductor")``.
-Files are written to a temporary name and renamed into place; a process that finds another one building the
-same artefact (a ``.lock`` file next to it) waits for it, and builds its own temporary copy if the builder died
-or takes too long.
+Files are written through :func:`autotune.atomic.atomic_path` (temporary name, fsync, rename). One process
+builds an artefact while the others wait on a :class:`filelock.FileLock` (in ``.locks/`` beside the artefacts;
+the kernel releases it if the builder dies) and then load what it built. No artefact is unpickled: the int8
+model is cached as a state dict of tensors and read back with ``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ import logging
 import os
 import shutil
 import time
-import uuid
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -46,7 +46,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+from filelock import FileLock, Timeout
 
+from autotune.atomic import DiskFullError, atomic_path, atomic_write_json
 from autotune.errors import ConfigError
 
 FAKE_PREFIX = "fake:"
@@ -56,8 +58,11 @@ ARTEFACT_FORMAT = "1"
 ONNX_OPSET = 17
 # A consumer that finds another process building an artefact waits this long before building its own copy.
 BUILD_WAIT_S = 900.0
-# A lock file whose owner cannot be identified is considered abandoned after this many seconds.
-STALE_LOCK_S = 1800.0
+# Build locks live here, under the artefact folder: lock files stay after release (deleting one while another
+# process waits on it would let two builders in), and a folder of their own keeps them out of artefact listings.
+LOCKS_DIR = ".locks"
+# The int8 artefact's layout; part of its key, so caches of the old layout (a whole pickled module) are never read.
+INT8_LAYOUT = "state-dict"
 
 # backend -> (Python packages it imports, whether it needs a C++ compiler, one-line description)
 _CPU_BACKENDS: dict[str, tuple[tuple[str, ...], bool, str]] = {
@@ -290,86 +295,44 @@ def artefact_path(root: Path, weights_hash: str, artefact: str, suffix: str, **e
     return root / f"{artefact}-{weights_hash}-{artefact_key(weights_hash, artefact, **extra)}{suffix}"
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists (on this machine)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _lock_abandoned(lock: Path) -> bool:
-    """Whether a build lock's owner is gone (dead pid, or unreadable and old)."""
-    try:
-        text = lock.read_text().strip()
-        age = time.time() - lock.stat().st_mtime
-    except OSError:
-        return False  # gone already: the caller re-checks the artefact
-    try:
-        host, pid = text.rsplit(":", 1)
-        if host == os.uname().nodename:
-            return not _pid_alive(int(pid))
-    except ValueError:
-        pass
-    return age > STALE_LOCK_S
-
-
-def _take_lock(lock: Path) -> bool:
-    """Create the lock file exclusively; True when this process now owns the build."""
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as fh:
-        fh.write(f"{os.uname().nodename}:{os.getpid()}")
-    return True
+def lock_path(path: Path) -> Path:
+    """The build lock of the artefact at ``path``: ``<folder>/.locks/<name>.lock``."""
+    return path.parent / LOCKS_DIR / f"{path.name}.lock"
 
 
 def materialise(
-    path: Path, build: Callable[[Path], None], *, wait_s: float = BUILD_WAIT_S, poll_s: float = 0.2
+    path: Path, build: Callable[[Path], object], *, wait_s: float = BUILD_WAIT_S, poll_s: float = 0.05
 ) -> tuple[bool, float]:
     """Make sure the artefact at ``path`` exists; return ``(cache_hit, seconds_waited)``.
 
-    ``build(tmp)`` writes the artefact to a temporary path next to ``path``, which is then renamed into place
-    (readers see no file or a whole file). One process builds while others wait on its ``.lock`` file; a
-    waiter whose builder died, or who waited ``wait_s``, builds its own temporary copy and renames it too
-    (same content, so whichever rename wins is fine). A hit means this process built nothing.
+    ``build(tmp)`` writes the artefact to a temporary path next to ``path``, which is then fsynced and renamed
+    into place (readers see no file or a whole file). One process builds while the others wait on its file
+    lock, then find the artefact and build nothing (a hit). A builder that dies releases the lock with its
+    process. A waiter that has waited ``wait_s`` (a build hung, or far slower than any seen) logs a warning and
+    builds its own copy without the lock: both renames carry the same content, so whichever lands last is fine.
     """
     if path.exists():
         return True, 0.0
-    lock = path.with_name(path.name + ".lock")
-    owner = _take_lock(lock)
-    waited = 0.0
-    abandoned = False
-    if not owner:
-        start = time.monotonic()
-        while not path.exists():
-            abandoned = _lock_abandoned(lock)
-            if abandoned or time.monotonic() - start > wait_s:
-                log.warning("building %s without waiting any longer for another process", path.name)
-                break
-            time.sleep(poll_s)
-            if not lock.exists() and not path.exists():
-                owner = _take_lock(lock)  # the builder gave up: take over
-                if owner:
-                    break
-        waited = time.monotonic() - start
-        if path.exists():
-            return True, waited
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    file_lock = FileLock(str(lock))
+    start = time.monotonic()
     try:
-        build(tmp)
-        os.replace(tmp, path)
+        file_lock.acquire(timeout=wait_s, poll_interval=poll_s)
+        held = True
+    except Timeout:
+        log.warning("building %s after waiting %.0f s for another process to build it", path.name, wait_s)
+        held = False
+    waited = time.monotonic() - start
+    try:
+        if path.exists():  # built by the process we waited for
+            return True, waited
+        with atomic_path(path) as tmp:
+            build(tmp)
+        return False, waited
     finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if owner or (abandoned and _lock_abandoned(lock)):  # ours, or a dead builder's: clear it
-            with contextlib.suppress(OSError):
-                lock.unlink()
-    return False, waited
+        if held:
+            file_lock.release()
 
 
 def backends_cache(root: Path | None = None) -> Path:
@@ -421,6 +384,56 @@ def _quiet() -> Iterator[None]:
             yield
     finally:
         root.setLevel(level)
+
+
+def _vision_parts(model: Any) -> Any:
+    """The image half of a CLIPModel that the int8 backend quantises, as one ModuleDict (shared, not copied)."""
+    import torch
+
+    return torch.nn.ModuleDict({"vision_model": model.vision_model, "visual_projection": model.visual_projection})
+
+
+def _no_init_weights() -> contextlib.AbstractContextManager[Any]:
+    """transformers' switch that skips weight initialisation (it moved in v5); a no-op where neither exists."""
+    for module in ("transformers.initialization", "transformers.modeling_utils"):
+        with contextlib.suppress(ImportError, AttributeError):
+            return cast(contextlib.AbstractContextManager[Any], importlib.import_module(module).no_init_weights())
+    return contextlib.nullcontext()
+
+
+def _quantised_linears(module: Any) -> None:
+    """Swap every plain ``nn.Linear`` under ``module`` for a placeholder dynamic qint8 ``Linear``, in place.
+
+    These are the modules ``quantize_dynamic(m, {nn.Linear}, dtype=torch.qint8)`` puts there (it matches the
+    exact type, as here); the cached state brings their packed weights. Running ``quantize_dynamic`` on the
+    skeleton would quantise weights about to be replaced (4.3 s on ViT-B/32), and even an empty full-size
+    quantised Linear packs its zero weight (0.8 s in all): a 1x1 one packs nothing worth timing, and keeps the
+    real sizes only for its repr. A state that does not fit fails the strict load (names) or the first
+    forward (shapes), never silently.
+    """
+    import torch
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    for name, child in module.named_children():
+        if type(child) is torch.nn.Linear:
+            quantised = DynamicLinear(1, 1, bias_=child.bias is not None, dtype=torch.qint8)
+            quantised.in_features, quantised.out_features = child.in_features, child.out_features
+            setattr(module, name, quantised)
+        else:
+            _quantised_linears(child)
+
+
+def _int8_skeleton(model_dir: Path) -> Any:
+    """The int8 backend's module structure from a model folder's config, without initialising any weight."""
+    from transformers import CLIPConfig, CLIPModel
+
+    config = CLIPConfig.from_pretrained(str(model_dir))
+    # The whole CLIPModel, not its vision class: that class moved between transformers versions, and the text
+    # tower's never-touched empty tensors cost no memory.
+    with _no_init_weights(), _quiet():
+        parts = _vision_parts(CLIPModel(config))
+        _quantised_linears(parts)
+    return parts
 
 
 def _tower_forward(vision_model: Any, projection: Any, pixel_values: Any) -> Any:
@@ -586,8 +599,9 @@ class TorchBackend(_Timed, Backend):
             self._forward(self._to_device(dummy.numpy()))
         self._compiled_size = size
         if not self.cache_hit:
-            with contextlib.suppress(OSError):
-                marker.write_text(json.dumps({"pid": os.getpid(), "time": time.time()}))
+            # Only a hint for the next setup's cache_hit flag: a cache that cannot take it is no reason to fail.
+            with contextlib.suppress(OSError, DiskFullError):
+                atomic_write_json(marker, {"pid": os.getpid(), "time": time.time()})
         self.artefact = str(marker)
 
     def _to_device(self, batch: np.ndarray) -> Any:
@@ -645,9 +659,11 @@ class TorchBackend(_Timed, Backend):
 class TorchInt8Backend(_Timed, Backend):
     """PyTorch dynamic int8 quantisation (``quantize_dynamic`` on every ``nn.Linear``, qint8), CPU only.
 
-    The quantised vision model and projection are cached whole (``torch.save``) under the backends cache, so
-    a cache hit loads them without loading the fp32 model at all. The cache file is this program's own
-    output, unpickled with ``weights_only=False``.
+    The quantised vision model and projection are cached as their state dict (tensors, quantised tensors and
+    plain containers, nothing else) and read back with ``torch.load(..., weights_only=True)``, so a tampered
+    cache file cannot run code. Setup rebuilds the quantised structure from the model's config alone
+    (:func:`_int8_skeleton`: no fp32 weight initialised or loaded) and loads the cached state into it; a cold
+    setup quantises the fp32 model first and writes that state.
     """
 
     name = "int8"
@@ -661,22 +677,25 @@ class TorchInt8Backend(_Timed, Backend):
         facts = model_facts(spec.model_id)
         self.preprocess_spec = facts.preprocess
         self.embed_dim = facts.embed_dim
-        path = artefact_path(backends_cache(cache_root), facts.weights_hash, "int8", ".pt")
+        path = artefact_path(backends_cache(cache_root), facts.weights_hash, "int8", ".pt", layout=INT8_LAYOUT)
 
         def build(tmp: Path) -> None:
+            """Quantise the fp32 vision model and projection; save their state dict (tensors only) to ``tmp``."""
             from autotune.models.loading import load_clip
 
             loaded = load_clip(spec.model_id)
             with _quiet():
-                parts = torch.nn.ModuleDict(
-                    {"vision_model": loaded.model.vision_model, "visual_projection": loaded.model.visual_projection}
-                )
+                parts = _vision_parts(loaded.model)
                 quantised = torch.ao.quantization.quantize_dynamic(parts, {torch.nn.Linear}, dtype=torch.qint8)
-            torch.save(quantised, tmp)
+            torch.save(quantised.state_dict(), tmp)
 
         self.cache_hit, self.wait_seconds = materialise(path, build)
+        # Loaded from disk even right after a build: every setup runs the one path a cache hit takes.
+        parts = _int8_skeleton(facts.path)
         with _quiet():
-            parts = torch.load(path, weights_only=False)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            # strict: every cached tensor finds its module, and no layer is left fp32 or uninitialised.
+            parts.load_state_dict(state, strict=True)
         self.vision_model = parts["vision_model"].eval()
         self.projection = parts["visual_projection"].eval()
         self.artefact = str(path)

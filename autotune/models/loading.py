@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch.nn import functional as F
 
+from autotune.atomic import DiskFullError, atomic_write_json
 from autotune.cache import cache_dir
 from autotune.errors import ModelError
 from autotune.models.synthetic import (
@@ -229,11 +230,10 @@ def weights_hash(path: Path) -> str:
             return str(cached["sha256"])[:16]
     full = _hash_files(files)
     record = {"path": real, "files": key, "sha256": full}
-    # Atomic replace: a concurrent reader sees the old or the new record, never half of one.
-    tmp = sidecar.with_name(f"{sidecar.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(OSError):
-        tmp.write_text(json.dumps(record), encoding="utf-8")
-        os.replace(tmp, sidecar)
+    # Atomic: a concurrent reader sees the old or the new record, never half of one. The sidecar only saves
+    # time, so a cache that cannot take it (read-only, full) costs a re-hash next time, not the run.
+    with contextlib.suppress(OSError, DiskFullError):
+        atomic_write_json(sidecar, record, indent=None)
     return full[:16]
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from autotune.atomic import TMP_MARK, fsync_dir, fsync_tree, raise_if_disk_full
 from autotune.cache import cache_dir
 from autotune.errors import ModelError
 
@@ -251,18 +252,24 @@ def build_synthetic(name: str, seed: int = 0) -> Path:
         final = cache_dir("models") / f"synthetic-{name}-seed{seed}"
         if _is_complete(final):
             return final
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        # The TMP_MARK in the name lets remove_leftovers recognise the folder of a killed build.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{TMP_MARK}", dir=final.parent))
     except OSError as exc:  # read-only or missing cache root
         raise ModelError(f"cannot build {SYNTHETIC_PREFIX}{name}: cache folder not writable: {exc}") from exc
     try:
         try:
             _write(tmp, name, seed)
+            # Data on disk before the rename publishes it: after a power cut the folder is whole or absent.
+            fsync_tree(tmp)
         except ModelError:
             raise
         except Exception as exc:  # disk full, permissions...: one line for the user
+            if isinstance(exc, OSError):
+                raise_if_disk_full(exc, final)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise ModelError(f"cannot build {SYNTHETIC_PREFIX}{name}: {type(exc).__name__}: {first}") from exc
         _publish(tmp, final)
+        fsync_dir(final.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if not _is_complete(final):

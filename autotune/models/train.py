@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from autotune.atomic import atomic_dir
 from autotune.errors import BadImageError, DataError
 
 #: Caption templates; the first is the query form used at retrieval time and is drawn most often.
@@ -274,10 +274,9 @@ def _save(model: Any, out: Path, marker: dict[str, Any]) -> None:
     from autotune.models.synthetic import _image_processor, _relax_permissions, quiet_progress
     from autotune.models.tokenizer import build_offline_tokenizer
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
-    tmp.mkdir()
-    try:
+    # atomic_dir fsyncs every file before the rename: a crash leaves no model or a whole one, never a folder
+    # whose marker says "complete" over weights that never reached the disk.
+    with atomic_dir(out) as tmp:
         with quiet_progress():
             model.save_pretrained(tmp, safe_serialization=True)
         tokenizer = build_offline_tokenizer(tmp)
@@ -289,9 +288,6 @@ def _save(model: Any, out: Path, marker: dict[str, Any]) -> None:
         _check_out(out)
         if out.exists():
             out.rmdir()  # empty (checked): rename() would replace it anyway, this keeps the error clear
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fit(

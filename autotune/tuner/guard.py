@@ -19,14 +19,15 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from autotune.atomic import DiskFullError, atomic_path
 from autotune.errors import AutotuneError, ConfigError, DataError
 
 DEFAULT_SAMPLE = 256
@@ -45,6 +46,8 @@ GENERIC_PROBES = (
 _BATCH = 32
 # In-process memo of check results: {(reference key, backend, precision, device, threshold): GuardResult}.
 _MEMO: dict[tuple[str, str, str, str, float], GuardResult] = {}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -179,20 +182,22 @@ def _digest(record: dict[str, Any]) -> str:
 
 
 def _guard_dir() -> Path:
+    """The guard's cache folder: ``cache_dir("guard")``."""
     from autotune.cache import cache_dir
 
     return cache_dir("guard")
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """``write(tmp)`` then rename over ``path`` (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+def _cache_write(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` through ``atomic_path`` for a cache file the guard can do without: failures are logged.
+
+    The result is already in hand: a read-only cache folder or a full disk only costs a re-check next time.
+    """
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        with atomic_path(path) as tmp:
+            write(tmp)
+    except (OSError, DiskFullError) as exc:
+        log.warning("guard: could not cache %s (%s)", path.name, exc)
 
 
 def probe_texts_for(labels: Sequence[str]) -> list[str]:
@@ -318,6 +323,7 @@ def build_reference(
     if cache:
 
         def write(tmp: Path) -> None:
+            """The reference's arrays as one npz (no pickled objects: read back with allow_pickle=False)."""
             with open(tmp, "wb") as fh:
                 np.savez(
                     fh,
@@ -329,8 +335,7 @@ def build_reference(
                     meta=np.asarray(json.dumps({"probe_texts": texts, "model_id": model_id})),
                 )
 
-        with contextlib.suppress(OSError):
-            _atomic_write(path, write)
+        _cache_write(path, write)
     return ref
 
 
@@ -461,8 +466,7 @@ def check_backend(
     result.extra["setup_seconds"] = round(float(setup), 3)
     if cache:
         _MEMO[memo_key] = result
-        with contextlib.suppress(OSError):
-            _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(result.to_dict())))
+        _cache_write(path, lambda tmp: tmp.write_text(json.dumps(result.to_dict())))
     return result
 
 

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autotune.atomic import atomic_write_json
 from autotune.engine.config import EngineConfig
 from autotune.errors import ConfigError
 
@@ -94,12 +95,9 @@ def library_versions() -> dict[str, str]:
 def save_profile(profile: Profile, folder: Path | None = None, *, path: Path | None = None) -> Path:
     """Write ``<folder>/<machine-id>.json`` (or ``path``) atomically and return its path."""
     path = path or (folder or profiles_dir()) / f"{profile.machine_id}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     profile.date = profile.date or dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(profile.to_dict(), indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    # A unique temporary name: two processes saving the same profile no longer share (and tear) one ".tmp".
+    return atomic_write_json(path, profile.to_dict())
 
 
 def load_profile(path: Path) -> Profile:
@@ -117,6 +115,8 @@ def list_profiles(folder: Path | None = None) -> list[Profile]:
     folder = folder or profiles_dir()
     out = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if path.name.startswith("."):  # an atomic write's temporary file (in flight or left by a kill)
+            continue
         try:
             out.append(load_profile(path))
         except ConfigError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import multiprocessing as mp
 import os
 import subprocess
@@ -11,9 +12,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
 from autotune.engine.config import CPU_BACKENDS, EngineConfig
 from autotune.errors import ConfigError
@@ -25,6 +28,7 @@ from autotune.models.backends import (
     artefact_path,
     backend_unavailable,
     build_backend,
+    lock_path,
     materialise,
 )
 
@@ -103,6 +107,42 @@ def test_second_build_is_a_cache_hit(name: str, tiny_model: str, tmp_path: Path)
     assert not list(tmp_path.glob("*.lock")) and not list(tmp_path.glob(".*tmp*"))
 
 
+def _only_tensors(value: Any) -> bool:
+    """Whether ``value`` holds nothing but tensors, dtypes, numbers and None, in plain containers."""
+    import torch
+
+    if isinstance(value, tuple | list):
+        return all(_only_tensors(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _only_tensors(v) for k, v in value.items())
+    return value is None or isinstance(value, torch.Tensor | torch.dtype | int | float)
+
+
+def test_int8_cache_is_weights_only(pixels: np.ndarray, tiny_model: str, tmp_path: Path) -> None:
+    """The int8 artefact holds tensors only (loads with weights_only=True), an old pickled cache under the old
+    key is never read, and a cache hit embeds exactly like a fresh in-memory quantisation."""
+    import torch
+
+    from autotune.models.loading import load_clip
+    from autotune.preprocess import normalize
+
+    legacy = artefact_path(tmp_path, B.model_facts(tiny_model).weights_hash, "int8", ".pt")
+    legacy.write_bytes(b"a pickled module from an older version")
+    spec = BackendSpec(model_id=tiny_model, backend="int8")
+    assert build_backend(spec, cache_root=tmp_path).cache_hit is False
+    hit = build_backend(spec, cache_root=tmp_path)
+    assert hit.cache_hit and hit.artefact != str(legacy)
+    state = torch.load(str(hit.artefact), weights_only=True)
+    assert isinstance(state, dict) and _only_tensors(state)
+    assert any(isinstance(v, tuple) and v[0].dtype == torch.qint8 for v in state.values())  # packed int8 weights
+    loaded = load_clip(tiny_model)
+    fresh = torch.ao.quantization.quantize_dynamic(B._vision_parts(loaded.model), {torch.nn.Linear}, dtype=torch.qint8)
+    with torch.inference_mode():
+        x = normalize(torch.from_numpy(pixels), hit.preprocess_spec)  # type: ignore[attr-defined]
+        expected = B._tower_forward(fresh["vision_model"], fresh["visual_projection"], x).numpy()
+    np.testing.assert_allclose(hit.embed(pixels), expected, rtol=0, atol=1e-6)
+
+
 def test_openvino_shares_the_onnx_export(tiny_model: str, tmp_path: Path) -> None:
     """OpenVINO reads the same cached fp32 export as ONNX Runtime."""
     _skip_unavailable("openvino")
@@ -131,39 +171,69 @@ def test_key_includes_library_versions(monkeypatch: pytest.MonkeyPatch) -> None:
     assert artefact_key("a" * 16, "onnx-int8") != base
 
 
-def test_materialise_waits_for_a_live_builder(tmp_path: Path) -> None:
-    """A lock held by a live process: wait, then take its file as a hit without building."""
-    target = tmp_path / "thing.bin"
-    lock = target.with_name(target.name + ".lock")
-    lock.write_text(f"{os.uname().nodename}:{os.getpid()}")
+def _hold_lock(target: Path, seconds: float, then: bytes | None = None) -> threading.Thread:
+    """Hold ``target``'s build lock for ``seconds`` in a thread (writing ``then`` to it first); return it."""
+    held = threading.Event()
 
-    def finish() -> None:
-        time.sleep(0.5)
-        target.write_bytes(b"built elsewhere")
-        lock.unlink()
+    def run() -> None:
+        """Take the lock, signal, hold it, optionally publish the artefact, release."""
+        lock_file = lock_path(target)
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock_file)):
+            held.set()
+            time.sleep(seconds)
+            if then is not None:
+                target.write_bytes(then)
 
-    worker = threading.Thread(target=finish)
+    worker = threading.Thread(target=run)
     worker.start()
+    assert held.wait(10)
+    return worker
+
+
+def test_materialise_waits_for_a_live_builder(tmp_path: Path) -> None:
+    """Another holder of the lock: wait for it, then take its file as a hit without building."""
+    target = tmp_path / "thing.bin"
+    worker = _hold_lock(target, 0.5, then=b"built elsewhere")
     built = []
-    hit, waited = materialise(target, lambda tmp: built.append(tmp), poll_s=0.05)
+    hit, waited = materialise(target, lambda tmp: built.append(tmp), poll_s=0.02)
     worker.join()
     assert hit and waited >= 0.4 and not built and target.read_bytes() == b"built elsewhere"
 
 
-def test_materialise_takes_over_an_abandoned_lock(tmp_path: Path) -> None:
-    """A lock whose owner is dead: build our own temporary copy and rename it into place."""
+def test_materialise_does_not_wait_for_a_dead_builder(tmp_path: Path) -> None:
+    """A builder killed while holding the lock leaves its lock file, but the kernel released the lock."""
     target = tmp_path / "thing.bin"
-    proc = mp.get_context("spawn").Process(target=time.sleep, args=(0,))
-    proc.start()
-    proc.join()
-    target.with_name(target.name + ".lock").write_text(f"{os.uname().nodename}:{proc.pid}")
-    hit, _ = materialise(target, lambda tmp: tmp.write_bytes(b"mine"), poll_s=0.05)
-    assert not hit and target.read_bytes() == b"mine"
-    assert [p.name for p in tmp_path.iterdir()] == ["thing.bin"]  # the dead builder's lock is cleared too
+    lock_file = lock_path(target)
+    lock_file.parent.mkdir(parents=True)
+    holder = (
+        "import sys, time\nfrom filelock import FileLock\n"
+        "lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(lock_file)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert lock_file.exists()
+    hit, waited = materialise(target, lambda tmp: tmp.write_bytes(b"mine"), wait_s=30)
+    assert not hit and waited < 5 and target.read_bytes() == b"mine"
+
+
+def test_materialise_builds_anyway_after_waiting_too_long(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A build that outlasts ``wait_s``: the waiter logs a warning and builds its own copy."""
+    target = tmp_path / "thing.bin"
+    worker = _hold_lock(target, 1.5)
+    with caplog.at_level(logging.WARNING, logger=B.__name__):
+        hit, waited = materialise(target, lambda tmp: tmp.write_bytes(b"mine"), wait_s=0.3, poll_s=0.02)
+    worker.join()
+    assert not hit and 0.25 <= waited < 1.5 and target.read_bytes() == b"mine"
+    assert "waiting" in caplog.text and "thing.bin" in caplog.text
 
 
 def test_materialise_cleans_up_after_a_failed_build(tmp_path: Path) -> None:
-    """A build that raises leaves neither the artefact, its temp file nor the lock."""
+    """A build that raises leaves neither the artefact nor its temp file, and releases the lock."""
     target = tmp_path / "thing.bin"
 
     def broken(tmp: Path) -> None:
@@ -172,7 +242,47 @@ def test_materialise_cleans_up_after_a_failed_build(tmp_path: Path) -> None:
 
     with pytest.raises(RuntimeError):
         materialise(target, broken)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [B.LOCKS_DIR]
+    FileLock(str(lock_path(target))).acquire(timeout=0)  # released: free at once
+    hit, _ = materialise(target, lambda tmp: tmp.write_bytes(b"ok"))
+    assert not hit and target.read_bytes() == b"ok"
+
+
+def _materialise_in_child(target: str, calls: str, result: str, start: Any) -> None:
+    """Child process: wait for the others, materialise ``target`` with a slow build that logs each call."""
+
+    def build(tmp: Path) -> None:
+        """Log the call, take a while, write the artefact."""
+        with open(calls, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        time.sleep(0.5)  # the other processes arrive meanwhile and must wait, not build
+        tmp.write_bytes(b"artefact")
+
+    start.wait(30)
+    hit, waited = materialise(Path(target), build, poll_s=0.02)
+    Path(result).write_text(json.dumps({"hit": hit, "waited": waited}))
+
+
+def test_materialise_builds_once_across_processes(tmp_path: Path) -> None:
+    """Three processes asking for the same artefact at once: one build, two hits, one whole file."""
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("needs the fork start method (the build function is local to this test module)")
+    ctx = mp.get_context("fork")
+    target, calls = tmp_path / "cache" / "thing.bin", tmp_path / "calls.log"
+    start = ctx.Barrier(3)
+    results = [tmp_path / f"result-{i}.json" for i in range(3)]
+    procs = [
+        ctx.Process(target=_materialise_in_child, args=(str(target), str(calls), str(out), start)) for out in results
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    assert len(calls.read_text().splitlines()) == 1
+    assert sorted(json.loads(out.read_text())["hit"] for out in results) == [False, True, True]
+    assert target.read_bytes() == b"artefact"
+    assert sorted(p.name for p in target.parent.iterdir()) == [B.LOCKS_DIR, "thing.bin"]
 
 
 _CHILD = """

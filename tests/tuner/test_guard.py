@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from autotune import atomic
 from autotune.engine.config import EngineConfig
 from autotune.models import backends as B
 from autotune.models.backends import backend_unavailable
@@ -156,6 +159,28 @@ def test_real_backends_pass_and_are_cached(
     from_disk = check_backend(reference, tiny_model, name, "fp32")  # the json under cache_dir("guard")
     assert from_disk.to_dict() == first.to_dict()
     assert GuardResult.from_dict(first.to_dict()) == first
+
+
+def test_cache_that_cannot_be_written_does_not_fail_the_check(
+    reference: GuardReference, tiny_model: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk while caching a check result: the result still comes back, a warning says it was not
+    cached, and the guard folder keeps no half-written or temporary file."""
+    from autotune.cache import cache_dir
+
+    # An "onnx" that runs eager: passes, and needs no onnxruntime. Threshold 0.98: a check no other test caches.
+    monkeypatch.setattr(B, "build_backend", lambda spec, **_: _Permuted(spec).inner)
+
+    def full(_path: Path) -> None:
+        """The disk is full when the new file is flushed."""
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic, "fsync_file", full)
+    before = set(cache_dir("guard").iterdir())
+    with caplog.at_level(logging.WARNING, logger=G.__name__):
+        result = check_backend(reference, tiny_model, "onnx", "fp32", threshold=0.98)
+    assert result.passed and "could not cache" in caplog.text and "no space left" in caplog.text
+    assert set(cache_dir("guard").iterdir()) == before
 
 
 def test_guard_ok_for() -> None:

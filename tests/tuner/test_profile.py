@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from autotune import atomic
+from autotune.atomic import DiskFullError, temporary_name
 from autotune.engine.config import EngineConfig
 from autotune.errors import ConfigError
 from autotune.machine import detect_machine
@@ -46,7 +49,7 @@ def test_round_trip(_studies: Path) -> None:
     path = save_profile(prof)
     assert path == profiles_dir() / "test-machine-2c.json"
     assert path.parent == _studies / "profiles"
-    assert not list(path.parent.glob("*.tmp"))
+    assert [p.name for p in path.parent.iterdir()] == ["test-machine-2c.json"]  # no temporary left
     back = load_profile(path)
     assert back == prof
     assert back.config == prof.config and back.config.scheduling == "static"
@@ -68,6 +71,14 @@ def test_list_profiles_skips_unreadable(_studies: Path) -> None:
     (profiles_dir() / "broken.json").write_text("{not json")
     found = list_profiles()
     assert [p.machine_id for p in found] == ["machine-a", "machine-b"]
+
+
+def test_list_profiles_skips_temporary_files(_studies: Path) -> None:
+    """A whole profile still under its temporary name (a save in flight, or killed before the rename) is not
+    listed a second time."""
+    path = save_profile(_profile("machine-a"))
+    temporary_name(path).write_text(path.read_text())
+    assert [p.machine_id for p in list_profiles()] == ["machine-a"]
 
 
 def test_check_profile_warnings() -> None:
@@ -113,3 +124,19 @@ def test_malformed_profile_is_one_line(tmp_path: Path, text: str) -> None:
 def test_missing_profile_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_profile(tmp_path / "nope.json")
+
+
+def test_save_on_a_full_disk_keeps_the_old_profile(_studies: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills up while a new profile is flushed: one-line DiskFullError, the old profile intact."""
+    path = save_profile(_profile(images_per_s=100.0))
+
+    def full(_path: Path) -> None:
+        """The disk is full when the new file is flushed."""
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic, "fsync_file", full)
+    with pytest.raises(DiskFullError) as info:
+        save_profile(_profile(images_per_s=999.0))
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    assert load_profile(path).images_per_s == 100.0
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
