@@ -158,6 +158,7 @@ def study_cmd(
         str | None, typer.Option("--dataset", help="Images to scan (default: a generated corpus).")
     ] = None,
     image_column: ImageColumnOpt = None,
+    split: SplitOpt = None,
     repeats: Annotated[int, typer.Option("--repeats", min=0, help="Interleaved re-measurements of the best few.")] = 3,
     patience: Annotated[
         int | None, typer.Option("--patience", help="Stop after this many trials without improvement.")
@@ -195,6 +196,7 @@ def study_cmd(
         model=model,
         dataset=dataset,
         image_column=image_column,
+        split=split,
         repeats=repeats,
         patience=patience,
         trial_timeout_s=trial_timeout,
@@ -505,6 +507,7 @@ def bench_preprocess_cmd(
         Path | None, typer.Option("--dataset", help="Image folder/dataset (default: a generated corpus).")
     ] = None,
     model: ModelOpt = "synthetic:clip-vit-base-patch32",
+    split: SplitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Reference (CLIPImageProcessor) vs fast preprocessing: images/s per core, ratio, and fidelity.
@@ -514,7 +517,8 @@ def bench_preprocess_cmd(
     """
     from autotune.bench.preprocess import bench_preprocess
 
-    _out(bench_preprocess(n=n, dataset=dataset, model=model, progress=not as_json), "bench preprocess", as_json)
+    figures = bench_preprocess(n=n, dataset=dataset, model=model, progress=not as_json, split=split)
+    _out(figures, "bench preprocess", as_json)
 
 
 @bench_app.command("quality")
@@ -523,12 +527,14 @@ def bench_quality_cmd(
     dataset: Annotated[Path, typer.Option("--dataset", help="The corpus the model was trained on (for labels).")],
     n: Annotated[int, typer.Option("--n", min=17, help="Held-out images to generate (another seed).")] = 340,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out images.")] = 12345,
+    split: SplitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Zero-shot label accuracy and per-label precision@9 on held-out images (generated with another seed)."""
     from autotune.bench.quality import bench_quality
 
-    _out(bench_quality(model=model, dataset=dataset, n=n, seed=seed, progress=not as_json), "bench quality", as_json)
+    figures = bench_quality(model=model, dataset=dataset, n=n, seed=seed, progress=not as_json, split=split)
+    _out(figures, "bench quality", as_json)
 
 
 @bench_app.command("ladder")
@@ -546,6 +552,7 @@ def bench_ladder_cmd(
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write a bar chart PNG (like the paper's Fig. 10).")
     ] = None,
+    split: SplitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The paper's speed-up ladder on the same N images, in one run: baseline, batched, producers + one model,
@@ -562,7 +569,9 @@ def bench_ladder_cmd(
 
     prof = _load_profile_opt(profile, model)
     say = None if as_json else (lambda m: report.err_console.print(f"[dim]{m}[/dim]"))
-    result = run_ladder(n=n, dataset=dataset, model=model, query=query, batch=batch, profile=prof, plot=plot, log=say)
+    result = run_ladder(
+        n=n, dataset=dataset, model=model, query=query, batch=batch, profile=prof, plot=plot, log=say, split=split
+    )
     if as_json:
         report.emit_json(result)
         return
@@ -602,6 +611,7 @@ def bench_tuner_cmd(
     ] = None,
     scan_size: Annotated[int, typer.Option("--scan-size", min=4, help="Images timed per configuration.")] = 48,
     trials: Annotated[int, typer.Option("--trials", min=1, help="Study trials (the grid runs every point).")] = 8,
+    split: SplitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Tuner quality: an exhaustive grid of a small space vs the study on the same space, in one run.
@@ -612,7 +622,9 @@ def bench_tuner_cmd(
     from autotune.bench.tuner import bench_tuner
 
     _out(
-        bench_tuner(model=model, dataset=dataset, scan_size=scan_size, trials=trials, progress=not as_json),
+        bench_tuner(
+            model=model, dataset=dataset, scan_size=scan_size, trials=trials, progress=not as_json, split=split
+        ),
         "bench tuner",
         as_json,
     )
@@ -630,6 +642,47 @@ def bench_index_cmd(
     from autotune.bench.index import bench_index
 
     _out(bench_index(n=n, dim=dim, queries=queries, dtype=dtype), "bench index", as_json)
+
+
+@bench_app.command("index-update")
+def bench_index_update_cmd(
+    n: Annotated[int, typer.Option("--n", min=100, help="Images in the generated corpus (cached once made).")] = 20_000,
+    added: Annotated[float, typer.Option("--added", min=0.0001, max=1.0, help="Share of new images to add.")] = 0.01,
+    model: ModelOpt = "synthetic:clip-vit-base-patch32",
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            help='Engine settings as JSON, e.g. \'{"cpu_models": 2, "cpu_backend": "onnx-int8", "cpu_batch": 16}\' '
+            "(default: the safe default configuration).",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """An index update after adding new images, against a full rebuild of the same database: scan seconds of
+    each and their ratio (start-up stated apart), both through the real retrieval path."""
+    import json
+
+    from autotune import report
+    from autotune.bench.index import bench_index_update
+    from autotune.engine.config import EngineConfig
+    from autotune.errors import ConfigError
+
+    try:
+        cfg = EngineConfig.from_dict(json.loads(config)) if config else None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"--config must be a JSON object of engine settings: {exc}") from None
+    say = None if as_json else (lambda m: report.err_console.print(f"[dim]{m}[/dim]"))
+    result = bench_index_update(n=n, added=added, model=model, config=cfg, log=say)
+    if as_json:
+        report.emit_json(result)
+        return
+    rows = [
+        {"run": k, **v, "changes": ", ".join(f"{n} {what}" for what, n in v["changes"].items())}
+        for k, v in result["runs"].items()
+    ]
+    report.print_rows("index update vs full rebuild", rows)
+    report.print_figures("summary", {k: v for k, v in result.items() if k != "runs"})
 
 
 @bench_app.command("backends")

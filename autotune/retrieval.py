@@ -74,6 +74,7 @@ class RetrievalResult:
     source: str = ""
     splits: dict[str, int] = field(default_factory=dict)
     changes: dict[str, int] = field(default_factory=dict)
+    startup_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -85,6 +86,7 @@ class RetrievalResult:
             "images": self.images,
             "skipped": len(self.skipped),
             "scan_seconds": round(self.scan_seconds, 3),
+            "startup_s": round(self.startup_s, 3),
             "query_ms": round(self.query_ms, 2),
             "images_per_s": round(self.images_per_s, 2) if self.images_per_s else None,
             "config": self.config,
@@ -183,6 +185,7 @@ def retrieve(
             texts, hits, "scan", scan.images, scan.skipped, scan.scan_seconds, 0.0, scan.images_per_s,
             cfg.describe(), None, notes,
         )  # fmt: skip
+        res.startup_s = scan.startup_s
         return finish(res)
 
     loaded = load_clip(model)
@@ -218,6 +221,7 @@ def retrieve(
         query_ms, built.images_per_s if built else None, cfg.describe(), str(index.path), notes,
     )  # fmt: skip
     result.changes = sync.counts
+    result.startup_s = built.startup_s if built else 0.0
     result.outputs["index_load_seconds"] = f"{load_s:.3f}"
     return finish(result)
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from autotune.engine.config import EngineConfig
 from autotune.index import EmbeddingIndex, IndexKey, IndexMeta
+
+DEFAULT_ADDED_SEED = 20_001  # the added images are another seed's corpus: new content, not copies
 
 
 def build_synthetic_index(path: Path, n: int, dim: int, seed: int = 0, dtype: str = "float16") -> EmbeddingIndex:
@@ -79,4 +85,65 @@ def bench_index(
         "query_ms_p90": round(1000 * times[int(len(times) * 0.9) - 1], 2),
         "query_ms_max": round(1000 * times[-1], 2),
         "top_k_matches_bruteforce": bool(set(i[0].tolist()) == set(exact.tolist())),
+    }
+
+
+def bench_index_update(
+    n: int = 20_000,
+    added: float = 0.01,
+    model: str = "synthetic:clip-vit-base-patch32",
+    config: EngineConfig | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Scan time of an index update after adding ``added`` x ``n`` new images, against a full rebuild.
+
+    A generated corpus of ``n`` images (cached, hard-linked into a scratch folder) is indexed; new images are
+    added; the update runs (timed), then a full rebuild of the changed database into another index (timed).
+    Both go through :func:`autotune.retrieval.retrieve`, the real path. Start-up (spawn + model load) is
+    reported apart from the scan; the update's total wall time includes listing, planning and the commit.
+    """
+    from autotune.defaults import default_dataset
+    from autotune.retrieval import retrieve, safe_default_config
+
+    say = log or (lambda _m: None)
+    cfg = (config or safe_default_config()).validate()
+    extra = max(1, round(n * added))
+    base = default_dataset(n=n, progress=False)
+    fresh = default_dataset(n=extra, seed=DEFAULT_ADDED_SEED, progress=False)
+    with tempfile.TemporaryDirectory(prefix="autotune-update-") as tmp:
+        db = Path(tmp) / "db"
+        shutil.copytree(base, db, copy_function=os.link)
+        runs: dict[str, Any] = {}
+
+        def run(name: str, index: str, **kw: Any) -> None:
+            say(f"{name}: scanning into {index}")
+            t0 = time.perf_counter()
+            res = retrieve(["a photo of Felis catus"], dataset=str(db), model=model, config=cfg,
+                           index_dir=Path(tmp) / index, **kw)  # fmt: skip
+            runs[name] = {
+                "mode": res.mode,
+                "images": res.images,
+                "scan_seconds": round(res.scan_seconds, 3),
+                "startup_s": round(res.startup_s, 3),
+                "wall_seconds": round(time.perf_counter() - t0, 3),
+                "images_per_s": round(res.images_per_s or 0.0, 2),
+                "changes": res.changes,
+            }
+
+        run("initial_build", "idx")
+        for src in sorted(fresh.rglob("*.jpg")):
+            os.link(src, db / src.parent.name / f"new-{src.name}")
+        run("update", "idx")
+        run("full_rebuild", "rebuilt")
+    upd, full = runs["update"], runs["full_rebuild"]
+    return {
+        "n": n,
+        "added": extra,
+        "model": model,
+        "config": cfg.describe(),
+        "runs": runs,
+        "update_scan_s": upd["scan_seconds"],
+        "rebuild_scan_s": full["scan_seconds"],
+        "update_over_rebuild_scan": round(upd["scan_seconds"] / full["scan_seconds"], 4),
+        "update_over_rebuild_wall": round(upd["wall_seconds"] / full["wall_seconds"], 4),
     }

@@ -62,6 +62,7 @@ def run_ladder(
     plot: Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    split: str | None = None,
 ) -> dict[str, Any]:
     """Time the paper's stages on the same ``n`` images and return per-stage figures.
 
@@ -86,7 +87,7 @@ def run_ladder(
         dataset = Path(tmp.name) / "data"
         make_dataset(dataset, n=n, seed=0, progress=False)
     try:
-        source = open_source(dataset)
+        source = open_source(dataset, split=split)
         records = source.records()[:n]
         blobs = [source.read_bytes(r) for r in records]
         ids = np.array([r.id for r in records], dtype=np.int64)

@@ -106,6 +106,7 @@ def bench_preprocess(
     model: str = DEFAULT_MODEL,
     progress: bool = True,
     image_column: str | None = None,
+    split: str | None = None,
 ) -> dict[str, Any]:
     """Measure the reference and the fast preprocessing side by side on the same ``n`` images.
 
@@ -143,7 +144,7 @@ def bench_preprocess(
             source = open_source(Path(tmp) / "corpus")
             label = f"generated ({n} images, seed 0)"
         else:
-            source = open_source(dataset, image_column=image_column)
+            source = open_source(dataset, image_column=image_column, split=split)
             label = str(dataset)
         with _Bar(progress) as bar:
             datas, unreadable = _read_corpus(source, n, bar)

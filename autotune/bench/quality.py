@@ -81,7 +81,7 @@ def _embed_images(loaded: Any, source: Any, records: list[Any], progress: bool) 
 
 
 def bench_quality(
-    model: str, dataset: Path, n: int = 340, seed: int = 12345, progress: bool = True
+    model: str, dataset: Path, n: int = 340, seed: int = 12345, progress: bool = True, split: str | None = None
 ) -> dict[str, Any]:
     """Zero-shot accuracy and precision@9 of ``model`` on ``n`` held-out images generated with ``seed``.
 
@@ -104,7 +104,7 @@ def bench_quality(
     from autotune.data import make_dataset, open_source
     from autotune.models.loading import encode_texts, load_clip
 
-    labels = open_source(dataset).labels()
+    labels = open_source(dataset, split=split).labels()
     if not labels:
         raise DataError(f"{dataset} has no labelled images: bench quality needs the training corpus's labels")
     loaded = load_clip(model)

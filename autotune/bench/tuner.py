@@ -77,6 +77,7 @@ def bench_tuner(
     trial_timeout_s: float = 600.0,
     space_yaml: str = BENCH_SPACE,
     rechecks: int = RECHECKS,
+    split: str | None = None,
 ) -> dict[str, Any]:
     """Measure every feasible point of a small space, run the study on the same space, and compare.
 
@@ -102,7 +103,7 @@ def bench_tuner(
     data = str(dataset) if dataset else str(default_dataset(progress=progress))
     machine = detect_machine()
     spec = ScanSpec(dataset=data, model=model, scan_size=scan_size, warmup=warmup, shards=shards,
-                    timeout_s=trial_timeout_s)
+                    timeout_s=trial_timeout_s, split=split)
 
     def rate(config: EngineConfig) -> float:
         try:
@@ -119,7 +120,7 @@ def bench_tuner(
         if not grid:
             raise ConfigError("the bench space has no feasible point on this machine")
         _check_scan(space, scan_size, warmup, shards)
-        n_images = len(open_source(data))
+        n_images = len(open_source(data, split=split))
         if n_images < warmup + scan_size:
             raise ConfigError(f"the dataset has {n_images} images; the bench needs warm-up + scan size = "
                               f"{warmup + scan_size}")
@@ -142,7 +143,7 @@ def bench_tuner(
         outcome = run_study(
             StudyOptions(space=str(space_file), trials=trials, scan_size=scan_size, warmup=warmup, shards=shards,
                          model=model, dataset=data, storage=f"sqlite:///{tmp}/bench.db", repeats=1, save=False,
-                         trial_timeout_s=trial_timeout_s),
+                         trial_timeout_s=trial_timeout_s, split=split),
             log=(lambda m: say(f"study: {m}")) if progress else None,
         )
         study_seconds = time.perf_counter() - t_study

@@ -31,6 +31,7 @@ class ScanSpec:
     shards: int = 3
     timeout_s: float = 600.0
     image_column: str | None = None
+    split: str | None = None
     fake_delay_s: float = 0.0  # seconds slept per image by ``fake:`` models (tests of slow trials); else unused
 
     @property
@@ -134,7 +135,7 @@ def _trial_child(conn: Any, config: dict[str, Any], spec: ScanSpec) -> None:
         from autotune.data import open_source
         from autotune.engine.runner import run_scan
 
-        source = open_source(spec.dataset, spec.image_column)
+        source = open_source(spec.dataset, spec.image_column, spec.split)
         records = source.records()[: spec.warmup + spec.scan_size]
         cfg = EngineConfig.from_dict(config)
         result = run_scan(

@@ -36,6 +36,7 @@ class StudyOptions:
     model: str | None = None
     dataset: str | None = None
     image_column: str | None = None
+    split: str | None = None
     repeats: int = 3
     recheck_top: int = 3
     patience: int | None = None
@@ -165,7 +166,7 @@ def run_study(options: StudyOptions, log: Callable[[str], None] | None = None) -
     )
     model = options.model or DEFAULT_MODEL
     dataset = options.dataset or str(default_dataset())
-    source = open_source(dataset, options.image_column)
+    source = open_source(dataset, options.image_column, options.split)
     needed = options.warmup + options.scan_size
     if len(source) < needed:
         raise ConfigError(f"the dataset has {len(source)} images; a study needs warmup + scan size = {needed}")
@@ -178,6 +179,7 @@ def run_study(options: StudyOptions, log: Callable[[str], None] | None = None) -
         shards=options.shards,
         timeout_s=options.trial_timeout_s,
         image_column=options.image_column,
+        split=options.split,
     )
     url = options.storage or default_storage()
     # The space's name stands in for the device mix (it is the device for the built-in spaces), so a study
@@ -228,7 +230,7 @@ def run_study(options: StudyOptions, log: Callable[[str], None] | None = None) -
         if guard_state["reference"] is None:
             say("accuracy guard: computing fp32 reference embeddings of the validation sample (once)")
             guard_state["reference"] = guard.build_reference(
-                dataset, model, sample=options.guard_sample, image_column=options.image_column
+                source, model, sample=options.guard_sample, image_column=options.image_column
             )
         return guard.check_config(guard_state["reference"], model, config, options.guard_threshold)
 
