@@ -100,6 +100,7 @@ def make_model_cmd(
         float | None,
         typer.Option("--minutes", help="Wall-clock cap; stopping early on it makes the result machine-dependent."),
     ] = None,
+    split: SplitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a small CLIP contrastively on a generated corpus, so rankings mean something offline.
@@ -109,7 +110,8 @@ def make_model_cmd(
     """
     from autotune.models.train import train_model
 
-    _out(train_model(dataset, out, seed=seed, minutes=minutes, progress=not as_json), "make-model", as_json)
+    summary = train_model(dataset, out, seed=seed, minutes=minutes, progress=not as_json, split=split)
+    _out(summary, "make-model", as_json)
 
 
 # ------------------------------------------------------------------------------------------ machine
@@ -475,6 +477,7 @@ def verify_cmd(
     ] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Images for the validation sample.")] = None,
     threshold: Annotated[float, typer.Option("--threshold", help="Minimum embedding cosine against fp32.")] = 0.99,
+    split: SplitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Re-check a profile's accuracy guard on the model it will run (tuning on the random-weight stand-in
@@ -488,7 +491,10 @@ def verify_cmd(
     if prof is None:
         raise ConfigError("no profile for this machine yet: run `autotune study` first")
     mid = model or prof.model
-    result = verify_profile(prof, mid, dataset or prof.dataset or str(default_dataset()), threshold=threshold)
+    from autotune.data import open_source
+
+    sample = open_source(dataset or prof.dataset or str(default_dataset()), split=split)
+    result = verify_profile(prof, mid, sample, threshold=threshold)
     path = save_profile(prof, path=None if profile == "auto" else Path(profile))
     data = result.to_dict()
     data["profile"] = str(path)

@@ -371,6 +371,7 @@ def train_model(
     batch_size: int = BATCH_SIZE,
     max_images: int = MAX_IMAGES,
     threads: int | None = None,
+    split: str | None = None,
 ) -> dict[str, Any]:
     """Train a small CLIP contrastively on a labelled image corpus; save it as a CLIP checkpoint in ``out``.
 
@@ -421,7 +422,7 @@ def train_model(
     if minutes is not None and minutes <= 0:
         raise DataError(f"--minutes must be positive (got {minutes})")
     _check_out(out)
-    source = open_source(dataset)
+    source = open_source(dataset, split=split)
     records = _select_records(source.records(), seed, max_images)
     labels = sorted({r.label for r in records})
     if not labels:

@@ -398,7 +398,7 @@ def run_study(options: StudyOptions, log: Callable[[str], None] | None = None) -
         states[key] = states.get(key, 0) + 1
     default_value = None
     if default is not None:
-        default_value = statistics.median(rechecks.get(default.number, []) + [float(default.value)])
+        default_value = statistics.median(rechecks.get(default.number, []) + [float(default.value or 0.0)])
     return StudyOutcome(
         study_name=name,
         storage=url,
