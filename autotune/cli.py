@@ -140,10 +140,17 @@ def study_cmd(
     ] = 20,
     timeout: Annotated[float | None, typer.Option("--timeout", help="Stop searching after this many seconds.")] = None,
     scan_size: Annotated[
-        int, typer.Option("--scan-size", min=4, help="Images timed per trial (the same every trial).")
-    ] = 192,
-    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Images scanned before timing starts.")] = 32,
-    shards: Annotated[int, typer.Option("--shards", min=1, help="Timed shards per trial (median = objective).")] = 3,
+        int | None,
+        typer.Option(
+            "--scan-size",
+            min=1,
+            help="Cap on the images of one trial (default: what each configuration needs). Too small for part "
+            "of the space: refused before any trial runs, naming the minimum.",
+        ),
+    ] = None,
+    rounds: Annotated[
+        int, typer.Option("--rounds", min=2, help="Timed batch rounds (every replica one batch) per trial.")
+    ] = 4,
     space: Annotated[
         str | None, typer.Option("--space", help="Search-space YAML file (default: the device's built-in).")
     ] = None,
@@ -161,7 +168,19 @@ def study_cmd(
     ] = None,
     image_column: ImageColumnOpt = None,
     split: SplitOpt = None,
-    repeats: Annotated[int, typer.Option("--repeats", min=0, help="Interleaved re-measurements of the best few.")] = 3,
+    validate_repeats: Annotated[
+        int,
+        typer.Option(
+            "--validate-repeats",
+            min=0,
+            help="Interleaved validation runs of the pick, the default and the profile in use (0: none).",
+        ),
+    ] = 3,
+    save_profile: Annotated[
+        bool,
+        typer.Option("--save-profile", help="Put the pick in use even if it validates slower than the profile in use."),
+    ] = False,
+    sampler: Annotated[str, typer.Option("--sampler", help="Optuna sampler: tpe, gp or random.")] = "tpe",
     patience: Annotated[
         int | None, typer.Option("--patience", help="Stop after this many trials without improvement.")
     ] = None,
@@ -173,10 +192,13 @@ def study_cmd(
 ) -> None:
     """Tune the scan engine for this machine with Optuna and save the best configuration as its profile.
 
-    Each trial runs the engine in a fresh process on the same fixed scan and reports images/s per shard
-    (clearly worse trials are pruned). Trial 0 is the default configuration. The best few are re-measured,
-    interleaved, and the pick (by median) is saved to studies/profiles/<machine-id>.json. Running the same
-    command again resumes the study. Inspect it with `autotune dashboard` or `autotune report`.
+    Each trial runs the engine in a fresh process and times its steady state over --rounds batch rounds of
+    every replica, as a full run runs (start-up, warm-up and drain recorded apart); clearly worse trials are
+    pruned round by round. Trial 0 is the space's default. The pick is then validated against the default
+    and the profile in use, on a longer scan of images the trials did not use, interleaved; the profile keeps
+    both figures and becomes the one in use only if it validates faster (or with --save-profile). Every pick
+    is kept under studies/profiles/<machine-id>/ (see `autotune profile list`). Running the same command
+    again resumes the study. Inspect it with `autotune dashboard` or `autotune report`.
     """
     from autotune import report
     from autotune.tuner.study import StudyOptions, run_study
@@ -190,8 +212,7 @@ def study_cmd(
         trials=trials,
         timeout_s=timeout,
         scan_size=scan_size,
-        warmup=warmup,
-        shards=shards,
+        rounds=rounds,
         space=space,
         storage=storage,
         study_name=study_name,
@@ -199,7 +220,9 @@ def study_cmd(
         dataset=dataset,
         image_column=image_column,
         split=split,
-        repeats=repeats,
+        validate_repeats=validate_repeats,
+        save_profile=save_profile,
+        sampler=sampler,
         patience=patience,
         trial_timeout_s=trial_timeout,
         seed=seed,
@@ -214,44 +237,127 @@ app.add_typer(profile_app, name="profile")
 
 
 @profile_app.command("list")
-def profile_list_cmd(as_json: JsonOpt = False) -> None:
-    """Every saved profile: machine, configuration, measured images/s, predicted 500,000-image time."""
-    from autotune import report
-    from autotune.tuner.profile import list_profiles
+def profile_list_cmd(
+    all_machines: Annotated[
+        bool, typer.Option("--all", help="Every machine's profiles, not only this machine's.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """This machine's saved profiles, newest first; the one in use for each model architecture is marked.
 
-    rows = [
-        {
-            "machine_id": p.machine_id,
-            "config": p.config.describe(),
-            "images_per_s": round(p.images_per_s, 2),
-            "spread": round(p.spread, 3),
-            "predicted_seconds_500k": round(p.predicted_seconds_500k, 1),
-            "model": p.model,
-            "date": p.date,
-        }
-        for p in list_profiles()
-    ]
+    Columns: id (for `autotune profile use`), mark (* in use, ! unstable, L legacy file), architecture,
+    configuration, validated images/s, trial/validated ratio (above 1: the trials were optimistic), date.
+    --json keeps every field.
+    """
+    from autotune import report
+    from autotune.machine import detect_machine
+    from autotune.tuner.profile import history
+
+    entries = history(None if all_machines else detect_machine().machine_id)
     if as_json:
-        report.emit_json(rows)
-    else:
-        report.print_rows("profiles", rows)
+        report.emit_json(
+            [{**p.to_dict(), "in_use": in_use, "legacy": p.legacy, "arch_key": p.arch_key} for p, in_use in entries]
+        )
+        return
+    if not entries:
+        report.console.print("[dim]profiles: none saved yet (run `autotune study`)[/dim]")
+    for machine_id in dict.fromkeys(p.machine_id for p, _ in entries):
+        _print_profile_table(machine_id, [(p, u) for p, u in entries if p.machine_id == machine_id])
+
+
+def _print_profile_table(machine_id: str, entries: list[tuple[Any, bool]]) -> None:
+    """One machine's profiles as a borderless table that fits 80 columns."""
+    from rich.table import Table
+
+    from autotune import report
+    from autotune.tuner.profile import arch_short, short_config
+
+    table = Table(
+        title=f"profiles on {machine_id}",
+        caption="* in use for its architecture, ! unstable, L legacy (format 1)",
+        box=None,
+        padding=(0, 1, 0, 0),  # one space between columns: the table fits 80 columns with legacy ids
+        pad_edge=False,
+        header_style="bold",
+    )
+    for name in ("id", "", "arch", "config", "img/s", "t/v", "date"):
+        # Only the configuration may fold: ids must stay whole for `profile use`.
+        table.add_column(name, no_wrap=name != "config", justify="right" if name in ("img/s", "t/v") else "left")
+    for prof, in_use in entries:
+        mark = ("*" if in_use else "") + ("!" if prof.unstable else "") + ("L" if prof.legacy else "")
+        rate = prof.validated_images_per_s
+        ratio = prof.validation_ratio
+        table.add_row(
+            prof.id,
+            mark,
+            arch_short(prof.model_arch),
+            short_config(prof.config),
+            "-" if rate is None else (f"{rate:.0f}" if rate >= 100 else f"{rate:.1f}"),
+            "-" if ratio is None else f"{ratio:.2f}",
+            prof.date[:10],
+        )
+    report.console.print(table)
+
+
+@profile_app.command("use")
+def profile_use_cmd(
+    profile_id: Annotated[str, typer.Argument(help="A profile id from `autotune profile list`.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a saved profile the one `autotune retrieve` uses for its model architecture on its machine."""
+    from autotune.tuner.profile import arch_short, use_profile
+
+    prof = use_profile(profile_id)
+    data = {
+        "id": prof.id,
+        "machine_id": prof.machine_id,
+        "model_arch": prof.model_arch,
+        "arch_key": prof.arch_key,
+        "config": prof.config.describe(),
+        "images_per_s": prof.images_per_s,
+        "validated_images_per_s": prof.validated_images_per_s,
+    }
+    _out(data, f"profile {prof.id} now in use for {arch_short(prof.model_arch)}", as_json)
 
 
 @profile_app.command("show")
 def profile_show_cmd(
-    profile: Annotated[str, typer.Argument(help="'auto' (this machine's) or a profile file.")] = "auto",
+    profile: Annotated[
+        str, typer.Argument(help="'auto' (this machine's profile in use), a profile id, or a profile file.")
+    ] = "auto",
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="With auto: the profile in use for this model's architecture (default: newest)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """One profile in full, with its provenance."""
     from autotune.errors import ConfigError
     from autotune.tuner.profile import find_profile
 
-    prof = find_profile(profile)
+    prof = find_profile(profile, model=model, say=_note_line)
     if prof is None:
-        raise ConfigError("no profile for this machine yet: run `autotune study` first")
+        where = "this machine" if model is None else f"{model}'s architecture on this machine"
+        raise ConfigError(f"no profile for {where} yet: run `autotune study` first")
     data = prof.to_dict()
     data["config"] = prof.config.describe()
-    _out(data, f"profile {prof.machine_id}", as_json)
+    _out(data, f"profile {prof.id or prof.machine_id}", as_json)
+
+
+def _note_line(message: str) -> None:
+    """One dim line on stderr, never folded (scripts grep it, terminals wrap it themselves)."""
+    from autotune import report
+
+    report.err_console.print(message, style="dim", soft_wrap=True, markup=False, highlight=False)
+
+
+def _profile_rate(prof: Any) -> str:
+    """How fast a profile runs, in words: the validated figure when there is one."""
+    if prof.validated_images_per_s is not None:
+        text = f"{prof.validated_images_per_s:.1f} images/s validated"
+    else:
+        text = f"{prof.images_per_s:.1f} images/s in its trials, not validated"
+    return text + (", unstable" if prof.unstable else "")
 
 
 @app.command("dashboard")
@@ -364,13 +470,16 @@ def retrieve_cmd(
             "note: synthetic models have random weights: the ranking below is meaningless "
             "(train one offline with `autotune make-model`)"
         )
-    prof = find_profile(profile, model=model)
+    prof = find_profile(profile, model=model, say=_note_line)
     if prof is None:
         config = safe_default_config()
         if profile == "auto":
-            say(
-                f"no profile for this machine: using a safe default ({config.describe()}); "
-                "run `autotune study` to tune one"
+            from autotune.tuner.profile import arch_short, model_arch
+
+            # Printed even with --json (on stderr): an untuned scan is what the user must hear about.
+            _note_line(
+                f"no profile for this model's architecture ({arch_short(model_arch(model))}) on this machine: "
+                f"using a safe default ({config.describe()}); run autotune study --model {model}"
             )
     else:
         from autotune.models.loading import weights_hash
@@ -382,7 +491,7 @@ def retrieve_cmd(
                 f"never checked on {model}: run `autotune verify --model {model}` first (or --profile none)"
             )
         config = prof.config
-        say(f"profile {prof.machine_id}: {config.describe()} ({prof.images_per_s:.1f} images/s when tuned)")
+        say(f"profile {prof.id or profile}: {config.describe()} ({_profile_rate(prof)})")
     try:
         result = retrieve(
             texts,
@@ -485,17 +594,21 @@ def verify_cmd(
     from autotune.defaults import default_dataset
     from autotune.errors import ConfigError
     from autotune.tuner.guard import verify_profile
-    from autotune.tuner.profile import find_profile, save_profile
+    from autotune.tuner.profile import find_profile, profile_path, save_profile
 
-    prof = find_profile(profile, warn=False)
+    # With --model, auto is the profile in use for that model's architecture.
+    prof = find_profile(profile, model=model, warn=False)
     if prof is None:
-        raise ConfigError("no profile for this machine yet: run `autotune study` first")
+        where = "this machine" if model is None else f"{model}'s architecture on this machine"
+        raise ConfigError(f"no profile for {where} yet: run `autotune study` first")
     mid = model or prof.model
     from autotune.data import open_source
 
     sample = open_source(dataset or prof.dataset or str(default_dataset()), split=split)
     result = verify_profile(prof, mid, sample, threshold=threshold)
-    path = save_profile(prof, path=None if profile == "auto" else Path(profile))
+    # The check is written back into the file it read (a history entry for auto or an id).
+    read_from = Path(profile)
+    path = save_profile(prof, path=read_from if profile != "auto" and read_from.is_file() else profile_path(prof))
     data = result.to_dict()
     data["profile"] = str(path)
     _out(data, "verify", as_json)
@@ -613,27 +726,49 @@ def _load_profile_opt(profile: str | None, model: str) -> Any:
 def bench_tuner_cmd(
     model: ModelOpt = "synthetic:clip-vit-base-patch32",
     dataset: Annotated[
-        str | None, typer.Option("--dataset", help="Images to scan (default: a generated corpus).")
+        str | None, typer.Option("--dataset", help="Images to scan (default: the generated 2,000-image corpus).")
     ] = None,
-    scan_size: Annotated[int, typer.Option("--scan-size", min=4, help="Images timed per configuration.")] = 48,
-    trials: Annotated[int, typer.Option("--trials", min=1, help="Study trials (the grid runs every point).")] = 8,
+    images: Annotated[int, typer.Option("--images", min=8, help="Images per full scan of the ground truth.")] = 1000,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Interleaved full scans per configuration.")] = 3,
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Trials of the default study.")] = 30,
+    backend: Annotated[
+        list[str] | None,
+        typer.Option("--backend", help="Backend of the ground truth (repeatable; default: all that pass the guard)."),
+    ] = None,
+    grid_out: Annotated[
+        Path | None, typer.Option("--grid-out", help="Write the measured table here (for `bench samplers`).")
+    ] = None,
     split: SplitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Tuner quality: an exhaustive grid of a small space vs the study on the same space, in one run.
+    """Does the study's pick hold in the full run? About an hour on 2 cores.
 
-    Reports the grid's best images/s, the study's best, their ratio (goal >= 0.97), the trials each took and
-    the total time.
+    A ground truth of full scans (every guarded backend x replica/thread splits x batch 16/32 on the default CPU
+    space, each scanned --repeats times, interleaved), then a default study, then its pick and the ground
+    truth's best scanned again side by side. Reports pick / best (goal >= 0.95), the profile's validated
+    prediction / the pick's full run (goal 0.90-1.10), trials and minutes to the pick, infeasible trials, and
+    samplers replayed on the measured table.
     """
+    from autotune import report
     from autotune.bench.tuner import bench_tuner
 
-    _out(
-        bench_tuner(
-            model=model, dataset=dataset, scan_size=scan_size, trials=trials, progress=not as_json, split=split
-        ),
-        "bench tuner",
-        as_json,
-    )
+    result = bench_tuner(
+        model=model, dataset=dataset, images=images, repeats=repeats, trials=trials, progress=not as_json,
+        split=split, backends=backend, grid_out=grid_out,
+    )  # fmt: skip
+    if as_json:
+        report.emit_json(result)
+        return
+    report.print_rows("ground truth (full scans, median)", [
+        {"config": f"{r['cpu_models']}x{r['cpu_threads']} b{r['cpu_batch']} {r['cpu_backend']}",
+         "images_per_s": r["images_per_s"]} for r in result["ground_truth"]
+    ])  # fmt: skip
+    keep = {k: v for k, v in result.items() if k not in ("ground_truth", "samplers", "runs", "study_trial_states")}
+    report.print_figures("bench tuner", keep)
+    if result.get("samplers"):
+        report.print_figures("samplers (trials to 95% of the best, median)", {
+            name: r.get("trials_to_95_median") for name, r in result["samplers"]["results"]["samplers"].items()
+        } | {"recommended": result["samplers"]["recommended"]})  # fmt: skip
 
 
 @bench_app.command("index")
@@ -717,6 +852,46 @@ def bench_backends_cmd(
         return
     report.print_rows(f"backends ({model}, batch {batch})", result["rows"])
     report.print_figures("summary", {k: v for k, v in result.items() if k != "rows"})
+
+
+@bench_app.command("samplers")
+def bench_samplers_cmd(
+    grid: Annotated[
+        Path,
+        typer.Option(
+            "--grid",
+            help="Measured configurations (JSON): a list of rows (parameters + images_per_s; null = infeasible) or "
+            '{"rows": [...], "default": {...}}, as `bench tuner --grid-out` writes.',
+        ),
+    ],
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per sampler.")] = 100,
+    gp_seeds: Annotated[int, typer.Option("--gp-seeds", min=1, help="Seeds for GP (about 10x slower).")] = 10,
+    budget: Annotated[int, typer.Option("--budget", min=1, help="Trials per replayed study.")] = 30,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay the samplers (TPE, GP, random, hill climb) on a measured table, many seeds each, no scans: trials
+    to reach 95% / 99% of the table's best (median, quartiles, share of seeds within the budget), and which
+    sampler to use. Infeasible proposals count as trials spent."""
+    from autotune import report
+    from autotune.tuner.replay import load_grid_file, recommend, replay
+
+    rows, default = load_grid_file(grid)
+    say = None if as_json else (lambda m: report.err_console.print(f"[dim]{m}[/dim]"))
+    result = replay(rows, default, seeds=seeds, budget=budget, seeds_for={"gp": min(gp_seeds, seeds)}, log=say)
+    result["recommended"] = recommend(result)
+    if as_json:
+        report.emit_json(result)
+        return
+    figures = result["samplers"]
+    # One column per sampler: a dozen figures read better down the page than across it. A null count is a
+    # seed that never got there within the budget.
+    names = next(iter(figures.values())).keys()
+    report.print_rows(
+        f"samplers replayed ({budget} trials per study)",
+        [{"figure": k, **{s: f">{budget}" if f[k] is None else f[k] for s, f in figures.items()}} for k in names],
+    )
+    best = ", ".join(f"{k}={v}" for k, v in result["best_params"].items())
+    report.print_figures("grid", {k: v for k, v in result.items() if k != "samplers"} | {"best_params": best})
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -46,13 +46,10 @@ def run_demo(out: Path = Path("demo-output"), trials: int = 4) -> None:
             device="cpu",
             space=str(builtin_space_path("cpu-quick")),  # quick set-up backends only: no torch.compile
             trials=trials,
-            scan_size=192,
-            warmup=32,
-            shards=3,
             model=model,
             dataset=str(data),
-            repeats=1,
-            recheck_top=2,
+            validate_repeats=1,
+            validate_rounds=6,
         ),
         log=lambda m: report.err_console.print(f"[dim]{m}[/dim]"),
     )

@@ -1,58 +1,34 @@
-"""Tuner quality: an exhaustive grid of a small space against the Optuna study on the same space, in one run."""
+"""Tuner truth: a default study's pick against a ground truth of full scans, and samplers replayed on it.
+
+Ground truth: a full-factorial set of configurations of the real default CPU space (every backend that
+passes the accuracy guard x replica/thread splits x batch sizes), each measured by the full retrieval path
+(the engine scanning ``images`` images against a query, as `retrieve --rescan` does), ``repeats`` times,
+interleaved, median. Then a default study runs (its own storage, in a temporary folder) and its pick is
+measured the same way, interleaved with the ground truth's best. The table of measured configurations is
+written as JSON so that `autotune bench samplers --grid FILE` can replay samplers on it.
+"""
 
 from __future__ import annotations
 
+import itertools
+import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# A small CPU space: 6 feasible points on 2 cores (8 on 4 or more), so a grid is affordable. Batch sizes stay
-# small so that a 48-image scan still times whole rounds of batches on every replica (see _check_scan).
-BENCH_SPACE = """\
-name: bench-small
-description: A small CPU space for comparing the study with an exhaustive grid.
-device: cpu
-params:
-  producers:   {type: int, low: 1, high: 1}
-  cpu_models:  {type: int, low: 1, high: "min(2, cores)"}
-  cpu_threads: {type: int, low: 1, high: "min(2, cores)"}
-  cpu_batch:   {type: categorical, choices: [4, 8]}
-  scheduling:  {type: categorical, choices: [dynamic]}
-fixed:
-  gpu_models: 0
-  queue_depth: 2
-constraints:
-  - "cpu_models * cpu_threads <= cores"
-defaults:
-  producers: 1
-  cpu_models: 1
-  cpu_threads: "min(2, cores)"
-  cpu_batch: 8
-  scheduling: dynamic
-"""
+from autotune.engine.config import EngineConfig
+from autotune.errors import ConfigError
 
-RECHECKS = 2  # interleaved re-measurements of the grid's best and the study's pick
-
-
-def _check_scan(space: Any, scan_size: int, warmup: int, shards: int) -> None:
-    """Refuse a scan too short to time every grid point: a shard must hold a whole round of batches.
-
-    Throughput is timed between batch completions; with several replicas finishing batches side by side, a
-    shard shorter than one batch per replica would time two batches that ran in parallel as if one followed
-    the other (absurd images/s).
-    """
-    from autotune.errors import ConfigError
-
-    need = max(cfg.unit_batch() * max(cfg.cpu_models, 1) for cfg in (space.to_config(p) for p in space.grid()))
-    shard = max(1, scan_size // shards)
-    if shard < need or warmup < need:
-        raise ConfigError(
-            f"scan too short for this space: shards of {shard} images and a warm-up of {warmup} must each hold "
-            f"{need} images (one batch per replica); use --scan-size {need * shards} or more"
-        )
+# The knobs varied on top of the space's defaults: every pair of (replicas, threads) that fits 2 cores and the
+# two batch sizes people pick first. Producers, scheduling and pinning stay at the space's defaults.
+SPLITS = ((1, 1), (1, 2), (2, 1))
+BATCHES = (16, 32)
+GOAL_PICK_OVER_BEST = 0.95
+GOAL_PREDICTION = (0.90, 1.10)
 
 
 def _logger(progress: bool) -> Callable[[str], None]:
@@ -65,36 +41,101 @@ def _logger(progress: bool) -> Callable[[str], None]:
     return lambda m: console.print(f"[dim]{m}[/dim]")
 
 
+@contextmanager
+def _scratch_studies() -> Iterator[Path]:
+    """Point AUTOTUNE_STUDIES at a temporary folder: the bench never touches the user's profiles."""
+    old = os.environ.get("AUTOTUNE_STUDIES")
+    with tempfile.TemporaryDirectory(prefix="autotune-bench-tuner-") as tmp:
+        os.environ["AUTOTUNE_STUDIES"] = tmp
+        try:
+            yield Path(tmp)
+        finally:
+            if old is None:
+                os.environ.pop("AUTOTUNE_STUDIES", None)
+            else:
+                os.environ["AUTOTUNE_STUDIES"] = old
+
+
+def ground_truth_configs(space: Any, backends: list[str], splits: Any = SPLITS, batches: Any = BATCHES) -> list[dict]:
+    """Parameter sets of the ground truth: backends x (replicas, threads) x batch, on the space's defaults."""
+    base = space.default_params()
+    rows = []
+    for backend, (models, threads), batch in itertools.product(backends, splits, batches):
+        params = {**base, "cpu_backend": backend, "cpu_models": models, "cpu_threads": threads, "cpu_batch": batch}
+        if not space.violations(params):
+            rows.append(params)
+    return rows
+
+
+class FullScan:
+    """Measures configurations through the retrieval path: the engine over ``images`` images and a query."""
+
+    def __init__(self, dataset: str, model: str, images: int, split: str | None, say: Callable[[str], None]):
+        from autotune.data import open_source
+        from autotune.engine import embed_queries
+
+        self.source = open_source(dataset, split=split)
+        self.records = self.source.records()[:images]
+        if len(self.records) < images:
+            raise ConfigError(f"the dataset has {len(self.records)} images; the bench needs {images}")
+        self.model = model
+        self.query = embed_queries(model, ["a photo of Felis catus"])
+        self.say = say
+
+    def __call__(self, config: EngineConfig) -> float:
+        """Scan images/s (start-up excluded, as retrieve reports it); 0 when the run fails."""
+        from autotune.engine import run_scan
+        from autotune.errors import AutotuneError
+
+        try:
+            res = run_scan(self.source, self.model, config, queries=self.query, records=self.records)
+        except AutotuneError as exc:
+            self.say(f"  full scan failed: {exc}")
+            return 0.0
+        return res.images_per_s
+
+
+def _interleaved(measure: Callable[[EngineConfig], float], configs: list[EngineConfig], repeats: int,
+                 say: Callable[[str], None], label: str) -> list[list[float]]:  # fmt: skip
+    """``repeats`` passes over every config in turn; runs per config."""
+    runs: list[list[float]] = [[] for _ in configs]
+    for r in range(repeats):
+        for i, cfg in enumerate(configs):
+            runs[i].append(measure(cfg))
+            rate = runs[i][-1]
+            say(f"{label} pass {r + 1}/{repeats}, {i + 1}/{len(configs)}: {rate:.1f} images/s  [{cfg.describe()}]")
+    return runs
+
+
 def bench_tuner(
     model: str = "synthetic:clip-vit-base-patch32",
     dataset: str | None = None,
-    scan_size: int = 48,
-    trials: int = 8,
+    images: int = 1000,
+    repeats: int = 3,
+    trials: int = 30,
     progress: bool = True,
     *,
-    warmup: int = 16,
-    shards: int = 3,
-    trial_timeout_s: float = 600.0,
-    space_yaml: str = BENCH_SPACE,
-    rechecks: int = RECHECKS,
     split: str | None = None,
+    space: str = "cpu",
+    backends: list[str] | None = None,
+    splits: Any = SPLITS,
+    batches: Any = BATCHES,
+    study_options: dict[str, Any] | None = None,
+    grid_out: Path | None = None,
+    replay_seeds: int = 100,
 ) -> dict[str, Any]:
-    """Measure every feasible point of a small space, run the study on the same space, and compare.
+    """Ground truth by full scans, then a default study; the pick's share of the best and the prediction's truth.
 
-    The grid's best configuration and the study's pick are then re-measured, interleaved, ``rechecks`` times
-    each, and compared by median (``ratio`` = study / grid; the goal is >= 0.97). When the study picks the
-    grid's best configuration itself, the ratio is 1.0 by definition (both medians are then pooled).
+    Returns plainly named figures: ``pick_over_best`` (goal >= 0.95), ``predicted_over_full_run`` (goal within
+    0.90-1.10), ``trials_to_pick``, ``minutes_to_pick``, ``infeasible_share``, ``infeasible_by_scan_size``
+    (goal 0), the ground-truth table and the sampler replay on it.
 
     Example:
-        >>> figures = bench_tuner(model="fake:32", scan_size=16, trials=3, progress=False)  # doctest: +SKIP
-        >>> figures["ratio"], figures["grid_points"], figures["study_trials"]
+        >>> figures = bench_tuner(model="fake:32", images=64, repeats=1, trials=3, progress=False)  # doctest: +SKIP
+        >>> figures["pick_over_best"]
     """
-    from autotune.data import open_source
     from autotune.defaults import default_dataset
-    from autotune.engine.config import EngineConfig
-    from autotune.errors import ConfigError
     from autotune.machine import detect_machine
-    from autotune.tuner.objective import ScanSpec, TrialFailed, measure
     from autotune.tuner.space import load_space
     from autotune.tuner.study import StudyOptions, run_study
 
@@ -102,92 +143,123 @@ def bench_tuner(
     t0 = time.perf_counter()
     data = str(dataset) if dataset else str(default_dataset(progress=progress))
     machine = detect_machine()
-    spec = ScanSpec(dataset=data, model=model, scan_size=scan_size, warmup=warmup, shards=shards,
-                    timeout_s=trial_timeout_s, split=split)
-
-    def rate(config: EngineConfig) -> float:
-        try:
-            return measure(config, spec).images_per_s
-        except TrialFailed as exc:
-            say(f"  measurement failed: {exc}")
-            return 0.0
-
-    with tempfile.TemporaryDirectory(prefix="autotune-bench-tuner-") as tmp:
-        space_file = Path(tmp) / "bench-small.yaml"
-        space_file.write_text(space_yaml)
-        space = load_space(space_file, machine_facts=machine.facts())
-        grid = space.grid()
-        if not grid:
-            raise ConfigError("the bench space has no feasible point on this machine")
-        _check_scan(space, scan_size, warmup, shards)
-        n_images = len(open_source(data, split=split))
-        if n_images < warmup + scan_size:
-            raise ConfigError(f"the dataset has {n_images} images; the bench needs warm-up + scan size = "
-                              f"{warmup + scan_size}")
-
-        # (1) The exhaustive grid: every feasible point, measured once.
-        say(f"grid: {len(grid)} feasible points on {machine.summary()}")
-        t_grid = time.perf_counter()
-        grid_rows: list[dict[str, Any]] = []
-        for i, params in enumerate(grid):
-            cfg = space.to_config(params)
-            value = rate(cfg)
-            grid_rows.append({"config": cfg.describe(), "images_per_s": round(value, 3), "params": params})
-            say(f"grid {i + 1}/{len(grid)}: {value:.2f} images/s  [{cfg.describe()}]")
-        grid_seconds = time.perf_counter() - t_grid
-        best_row = max(grid_rows, key=lambda r: r["images_per_s"])
-        grid_best = space.to_config(best_row["params"])
-
-        # (2) The study on the same space and the same fixed scan.
+    sp = load_space(space, machine_facts=machine.facts(), device=space if space in ("cpu", "gpu", "cpu+gpu") else None)
+    with _scratch_studies():
+        names = backends or _guarded_backends(sp, data, model, split, say)
+        rows = ground_truth_configs(sp, names, splits, batches)
+        if not rows:
+            raise ConfigError("no configuration of the ground truth is feasible on this machine")
+        scan = FullScan(data, model, images, split, say)
+        configs = [sp.to_config(p) for p in rows]
+        say(f"ground truth: {len(configs)} configurations x {repeats} full scans of {images} images")
+        t_truth = time.perf_counter()
+        runs = _interleaved(scan, configs, repeats, say, "ground truth")
+        truth_s = time.perf_counter() - t_truth
+        table = [
+            {**p, "images_per_s": round(statistics.median(r), 3), "runs": [round(v, 3) for v in r]}
+            for p, r in zip(rows, runs, strict=True)
+        ]
+        best_i = max(range(len(table)), key=lambda i: table[i]["images_per_s"])
+        say(f"study: {trials} trials on the default space")
         t_study = time.perf_counter()
-        outcome = run_study(
-            StudyOptions(space=str(space_file), trials=trials, scan_size=scan_size, warmup=warmup, shards=shards,
-                         model=model, dataset=data, storage=f"sqlite:///{tmp}/bench.db", repeats=1, save=False,
-                         trial_timeout_s=trial_timeout_s, split=split),
-            log=(lambda m: say(f"study: {m}")) if progress else None,
-        )
-        study_seconds = time.perf_counter() - t_study
-        study_pick = outcome.config
-
-    # (3) A fair comparison under noise: re-measure both, interleaved, and compare medians.
-    same = study_pick.to_dict() == grid_best.to_dict()
-    grid_values: list[float] = []
-    study_values: list[float] = []
-    for r in range(max(1, rechecks)):
-        grid_values.append(rate(grid_best))
-        say(f"re-measure {r + 1}/{rechecks}: grid best {grid_values[-1]:.2f} images/s")
-        study_values.append(rate(study_pick))
-        say(f"re-measure {r + 1}/{rechecks}: study pick {study_values[-1]:.2f} images/s")
-    if same:
-        grid_values = study_values = grid_values + study_values
-    grid_med = statistics.median(grid_values)
-    study_med = statistics.median(study_values)
-    ratio = 1.0 if same else (study_med / grid_med if grid_med > 0 else 0.0)
-    states = dict(outcome.trials)
-    infeasible = states.get("infeasible", 0)
-    runs = sum(v for k, v in states.items() if k != "infeasible")
-    return {
+        opts = StudyOptions(
+            device=sp.device, space=space if space not in ("cpu", "gpu", "cpu+gpu") else None, trials=trials,
+            model=model, dataset=data, split=split, **(study_options or {}),
+        )  # fmt: skip
+        outcome = run_study(opts, log=(lambda m: say(f"study: {m}")) if progress else None)
+        study_s = time.perf_counter() - t_study
+        pick, best = outcome.config, configs[best_i]
+        final = _interleaved(scan, [pick, best], repeats, say, "pick vs best")
+    pick_full, best_full = statistics.median(final[0]), statistics.median(final[1])
+    result = {
         "model": model,
         "dataset": data,
         "machine": machine.summary(),
-        "scan_size": scan_size,
-        "grid_points": len(grid),
-        "grid_best_images_per_s": round(grid_med, 3),
-        "grid_best_config": grid_best.describe(),
-        "grid_best_first_pass_images_per_s": best_row["images_per_s"],
-        "grid_seconds": round(grid_seconds, 1),
-        "study_best_images_per_s": round(study_med, 3),
-        "study_config": study_pick.describe(),
-        "study_reported_images_per_s": round(outcome.images_per_s, 3),
-        "study_trials": runs,
-        "study_infeasible": infeasible,
-        "study_trial_states": states,
-        "study_seconds": round(study_seconds, 1),
-        "same_config": same,
-        "ratio": round(ratio, 4),
-        "goal_met": ratio >= 0.97,
-        "rechecks": {"grid_best": [round(v, 3) for v in grid_values],
-                     "study_pick": [round(v, 3) for v in study_values]},
-        "grid": [{"config": r["config"], "images_per_s": r["images_per_s"]} for r in grid_rows],
+        "images_per_scan": images,
+        "repeats": repeats,
+        "backends": names,
+        "ground_truth_configs": len(table),
+        "ground_truth_best_config": best.describe(),
+        "ground_truth_best_images_per_s": table[best_i]["images_per_s"],
+        "pick_config": pick.describe(),
+        "pick_in_ground_truth": any(pick.to_dict() == c.to_dict() for c in configs),
+        "pick_full_run_images_per_s": round(pick_full, 3),
+        "best_full_run_images_per_s": round(best_full, 3),
+        "pick_over_best": round(pick_full / best_full, 4) if best_full else 0.0,
+        "predicted_images_per_s": round(outcome.images_per_s, 3),
+        "trial_images_per_s": round(outcome.trial_images_per_s, 3),
+        "predicted_over_full_run": round(outcome.images_per_s / pick_full, 4) if pick_full else 0.0,
+        **_study_figures(outcome),
+        "ground_truth_seconds": round(truth_s, 1),
+        "study_seconds": round(study_s, 1),
         "total_seconds": round(time.perf_counter() - t0, 1),
+        "runs": {"pick": [round(v, 3) for v in final[0]], "best": [round(v, 3) for v in final[1]]},
+        "ground_truth": table,
     }
+    result["goals_met"] = {
+        "pick_over_best": result["pick_over_best"] >= GOAL_PICK_OVER_BEST,
+        "predicted_over_full_run": GOAL_PREDICTION[0] <= result["predicted_over_full_run"] <= GOAL_PREDICTION[1],
+        "no_infeasible_by_scan_size": result["infeasible_by_scan_size"] == 0,
+    }
+    result["samplers"] = _replay(table, sp.default_params(), replay_seeds, trials, say)
+    if grid_out is not None:
+        from autotune.atomic import atomic_write_json
+
+        atomic_write_json(grid_out, {"rows": table, "default": sp.default_params(), "machine": machine.summary()})
+        result["grid_file"] = str(grid_out)
+    return result
+
+
+def _guarded_backends(space: Any, dataset: str, model: str, split: str | None, say: Callable[[str], None]) -> list:
+    """The space's backends that pass the accuracy guard on this model (fp32 eager always does)."""
+    from autotune.data import open_source
+    from autotune.tuner import guard
+
+    choices = next((list(p.choices) for p in space.params if p.name == "cpu_backend"), ["eager"])
+    reference = None
+    passed = []
+    for name in choices:
+        cfg = EngineConfig(cpu_backend=name)
+        if not guard.non_reference_parts(cfg):
+            passed.append(name)
+            continue
+        if reference is None:
+            reference = guard.build_reference(open_source(dataset, split=split), model, sample=64)
+        ok = all(r.passed for r in guard.check_config(reference, model, cfg, 0.99))
+        say(f"accuracy guard: {name} {'passed' if ok else 'failed: left out'}")
+        if ok:
+            passed.append(name)
+    return passed
+
+
+def _study_figures(outcome: Any) -> dict[str, Any]:
+    """Trials and minutes to the pick, and why trials were infeasible, read from the study's storage."""
+    import optuna
+
+    study = optuna.load_study(study_name=outcome.study_name, storage=outcome.storage)
+    trials = study.trials
+    infeasible = [t for t in trials if t.user_attrs.get("infeasible")]
+    by_size = [t for t in infeasible if any("--scan-size" in r for r in t.user_attrs["infeasible"])]
+    start = min((t.datetime_start for t in trials if t.datetime_start), default=None)
+    best = trials[outcome.best_trial]
+    minutes = (best.datetime_complete - start).total_seconds() / 60 if start and best.datetime_complete else None
+    return {
+        "study_trials": len(trials),
+        "trials_to_pick": outcome.best_trial + 1,
+        "minutes_to_pick": round(minutes, 2) if minutes is not None else None,
+        "infeasible_share": round(len(infeasible) / len(trials), 3) if trials else 0.0,
+        "infeasible_by_scan_size": len(by_size),
+        "study_trial_states": dict(outcome.trials),
+    }
+
+
+def _replay(table: list[dict], default: dict, seeds: int, budget: int, say: Callable[[str], None]) -> dict:
+    """Samplers replayed on the ground-truth table (trials to reach 95% / 99% of its best)."""
+    try:
+        from autotune.tuner.replay import recommend, replay
+    except ImportError:  # pragma: no cover - the replay module is part of the package
+        return {}
+    rows = [{k: v for k, v in r.items() if k != "runs"} for r in table]
+    say(f"replaying samplers on the {len(rows)}-point table, {seeds} seeds each")
+    results = replay(rows, default=default, seeds=seeds, budget=budget)
+    return {"results": results, "recommended": recommend(results)}

@@ -1,16 +1,16 @@
-"""One trial's measurement: a fixed timed scan in a fresh process, reported shard by shard."""
+"""One trial's measurement: the engine's steady state over timed batch rounds, in a fresh process."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
 import resource
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from autotune.data.sources import Record
 from autotune.engine.config import EngineConfig
 from autotune.engine.transport import remove_segments
 from autotune.errors import AutotuneError
@@ -22,43 +22,76 @@ STOP_GRACE_S = 15.0
 
 @dataclass(frozen=True)
 class ScanSpec:
-    """The fixed workload every trial measures: the same images, the same model, the same shards."""
+    """How every trial is measured: the model, the images, and the rounds of batches that are timed.
+
+    A *round* is one batch on every replica. A trial scans ``warmup_rounds + rounds + drain_rounds`` rounds
+    of the configuration's own batch sizes: the clock starts once every replica has finished its warm-up
+    batches (start-up and first-call costs are recorded apart), stops when ``rounds`` more rounds of images
+    are done, and the last round (the drain, when replicas finish one after another) is never timed. So any
+    configuration is measured as the full run runs it, with all replicas contributing. Images start at
+    ``offset`` (the study validates on images its trials did not use); where the database is shorter than a
+    trial needs, images are reused in a fixed order under new ids, and the measurement says so.
+    ``scan_size`` caps the images of one trial (None: what each configuration needs).
+    """
 
     dataset: str
     model: str
-    scan_size: int = 96
-    warmup: int = 16
-    shards: int = 3
+    rounds: int = 4
+    warmup_rounds: int = 1
+    drain_rounds: int = 1
+    scan_size: int | None = None
+    offset: int = 0
     timeout_s: float = 600.0
     image_column: str | None = None
     split: str | None = None
     fake_delay_s: float = 0.0  # seconds slept per image by ``fake:`` models (tests of slow trials); else unused
 
-    @property
-    def shard_size(self) -> int:
-        """Images per measured shard."""
-        return max(1, self.scan_size // self.shards)
+    @staticmethod
+    def round_images(config: EngineConfig) -> int:
+        """Images in one batch round of ``config`` (every CPU and GPU replica one batch)."""
+        gpu_replicas = config.consumers - config.cpu_models
+        return config.cpu_models * config.cpu_batch + gpu_replicas * config.gpu_batch
+
+    def images_for(self, config: EngineConfig) -> int:
+        """Images one trial of ``config`` scans (warm-up, timed and drain rounds)."""
+        return self.round_images(config) * (self.warmup_rounds + self.rounds + self.drain_rounds)
 
     def too_small_for(self, config: EngineConfig) -> str | None:
-        """Why this workload cannot time ``config`` fairly, or None.
-
-        A shard must span at least one batch on every replica; otherwise batches that ran in parallel are
-        timed as if they ran one after another.
-        """
-        need = config.unit_batch() * max(config.consumers, 1)
-        if self.shard_size < need:
-            return (f"a shard of {self.shard_size} images is smaller than one batch round "
-                    f"({config.unit_batch()} x {config.consumers} replicas): raise --scan-size to "
-                    f"{need * self.shards} or more")
+        """Why ``scan_size`` cannot time ``config`` fairly, or None."""
+        need = self.images_for(config)
+        if self.scan_size is not None and need > self.scan_size:
+            return (
+                f"--scan-size {self.scan_size} is smaller than the {need} images that {self.rounds} timed rounds "
+                f"of {self.round_images(config)} images (plus warm-up and drain) need"
+            )
         return None
+
+    def describe(self) -> dict[str, Any]:
+        """The measurement rule, for signatures and study notes."""
+        return {
+            "rounds": self.rounds,
+            "warmup_rounds": self.warmup_rounds,
+            "drain_rounds": self.drain_rounds,
+            "scan_size": self.scan_size,
+            "offset": self.offset,
+        }
 
 
 @dataclass
 class Measurement:
-    """What one measured scan gives a trial: per-shard images/s and the engine's telemetry."""
+    """What one measured scan gives a trial: the timed window's images/s and the engine's telemetry.
 
-    shard_images_per_s: list[float]
+    ``round_images_per_s[k]`` is the rate over the window from the end of warm-up to the end of timed round
+    ``k + 1`` (what the pruner sees); the objective is the last one, the whole window.
+    """
+
+    round_images_per_s: list[float]
     startup_s: float
+    warmup_s: float
+    window_s: float
+    drain_s: float
+    timed_images: int
+    reused_images: int
     steady_images_per_s: float
     bottleneck: str
     stage_seconds: dict[str, dict[str, float]]
@@ -71,8 +104,8 @@ class Measurement:
 
     @property
     def images_per_s(self) -> float:
-        """The objective: median of the shard throughputs."""
-        return statistics.median(self.shard_images_per_s) if self.shard_images_per_s else 0.0
+        """The objective: steady-state images/s of the whole engine over the timed window."""
+        return self.round_images_per_s[-1] if self.round_images_per_s else 0.0
 
     def attrs(self) -> dict[str, Any]:
         """Flat user attributes for the Optuna trial."""
@@ -86,44 +119,43 @@ class TrialFailed(AutotuneError):
 
 
 class TrialStopped(Exception):
-    """The trial was stopped on request (pruned) after reporting some shards."""
+    """The trial was stopped on request (pruned) after reporting some rounds."""
 
 
 class _Stop(Exception):
     """Raised inside the child's scan callback to end the scan cleanly."""
 
 
-def _shard_tracker(spec: ScanSpec, send: Callable[[tuple[Any, ...]], None], conn: Any) -> Callable[[Any], None]:
-    """An on_batch callback that turns completed batches into shard throughputs, and obeys 'stop'."""
-    state: dict[str, Any] = {"next": 0, "t_start": None, "n_start": 0}
-    bounds = [spec.warmup + (k + 1) * spec.shard_size for k in range(spec.shards)]
+class _RoundTracker:
+    """An on_batch callback that times the window of ``spec.rounds`` rounds after warm-up, and obeys 'stop'."""
 
-    def on_batch(progress: Any) -> None:
-        if conn.poll():
-            if conn.recv() == "stop":
-                raise _Stop
-        done = progress.images
-        now = progress.elapsed_s
-        if state["t_start"] is None and done >= spec.warmup:
-            state["t_start"], state["n_start"] = now, done
+    def __init__(self, spec: ScanSpec, config: EngineConfig, send: Callable[[tuple[Any, ...]], None], conn: Any):
+        self.spec, self.send, self.conn = spec, send, conn
+        self.round = ScanSpec.round_images(config)
+        self.consumers = config.consumers
+        self.batches: dict[int, int] = {}
+        self.t_a: float | None = None
+        self.n_a = 0
+        self.done_rounds = 0
+        self.window: tuple[float, float, int] | None = None  # (start, end, images) of the timed window
+
+    def __call__(self, progress: Any) -> None:
+        """Count one finished batch; start the clock after warm-up; report each timed round's rate."""
+        if self.conn.poll() and self.conn.recv() == "stop":
+            raise _Stop
+        t, _n, consumer = progress.batch_log[-1]
+        self.batches[consumer] = self.batches.get(consumer, 0) + 1
+        if self.t_a is None:
+            warm = len(self.batches) >= self.consumers
+            if warm and min(self.batches.values()) >= self.spec.warmup_rounds:
+                self.t_a, self.n_a = t, progress.images
             return
-        # One batch may close several shards (batch larger than a shard): they all get that window's rate.
-        crossed = 0
-        while (
-            state["t_start"] is not None
-            and state["next"] + crossed < spec.shards
-            and done >= bounds[state["next"] + crossed]
-        ):
-            crossed += 1
-        if crossed:
-            dt = now - state["t_start"]
-            rate = (done - state["n_start"]) / dt if dt > 0 else 0.0
-            for _ in range(crossed):
-                send(("shard", state["next"], rate))
-                state["next"] += 1
-            state["t_start"], state["n_start"] = now, done
-
-    return on_batch
+        done = progress.images - self.n_a
+        while self.done_rounds < self.spec.rounds and done >= (self.done_rounds + 1) * self.round:
+            self.done_rounds += 1
+            rate = done / (t - self.t_a) if t > self.t_a else 0.0
+            self.window = (self.t_a, t, done)
+            self.send(("round", self.done_rounds - 1, rate))
 
 
 def _trial_child(conn: Any, config: dict[str, Any], spec: ScanSpec) -> None:
@@ -136,16 +168,11 @@ def _trial_child(conn: Any, config: dict[str, Any], spec: ScanSpec) -> None:
         from autotune.engine.runner import run_scan
 
         source = open_source(spec.dataset, spec.image_column, spec.split)
-        records = source.records()[: spec.warmup + spec.scan_size]
         cfg = EngineConfig.from_dict(config)
-        result = run_scan(
-            source,
-            spec.model,
-            cfg,
-            records=records,
-            on_batch=_shard_tracker(spec, conn.send, conn),
-            fake_delay_s=spec.fake_delay_s,
-        )
+        records, reused = trial_records(source.records(), spec.offset, spec.images_for(cfg))
+        tracker = _RoundTracker(spec, cfg, conn.send, conn)
+        result = run_scan(source, spec.model, cfg, records=records, on_batch=tracker, fake_delay_s=spec.fake_delay_s)
+        t_a, t_b, timed = tracker.window or (result.startup_s, result.startup_s, 0)
         stages: dict[str, dict[str, float]] = {}
         for w in result.workers:
             agg = stages.setdefault(w["role"], {})
@@ -159,6 +186,12 @@ def _trial_child(conn: Any, config: dict[str, Any], spec: ScanSpec) -> None:
                 "result",
                 {
                     "startup_s": result.startup_s,
+                    # batch_log times count from the scan's start; warm-up and drain exclude start-up.
+                    "warmup_s": round(max(t_a - result.startup_s, 0.0), 4),
+                    "window_s": round(t_b - t_a, 4),
+                    "drain_s": round(max(result.seconds - t_b, 0.0), 4),
+                    "timed_images": timed,
+                    "reused_images": reused,
                     "steady_images_per_s": result.steady_images_per_s,
                     "bottleneck": result.bottleneck,
                     "stage_seconds": stages,
@@ -187,12 +220,24 @@ def _trial_child(conn: Any, config: dict[str, Any], spec: ScanSpec) -> None:
         conn.close()
 
 
+def trial_records(records: list[Record], offset: int, need: int) -> tuple[list[Record], int]:
+    """The ``need`` records a trial scans from ``offset`` on, reused in order under new ids if too few.
+
+    Returns (records, how many are reuses). An offset past the end starts again at the first image.
+    """
+    pool = records[offset:] or records
+    if len(pool) >= need:
+        return list(pool[:need]), 0
+    out = [Record(i, pool[i % len(pool)].locator, pool[i % len(pool)].label) for i in range(need)]
+    return out, need - len(pool)
+
+
 def measure(
     config: EngineConfig,
     spec: ScanSpec,
-    on_shard: Callable[[int, float], bool] | None = None,
+    on_round: Callable[[int, float], bool] | None = None,
 ) -> Measurement:
-    """Run one timed scan in a fresh process; ``on_shard(k, images_per_s)`` returning True stops it early.
+    """Run one timed scan in a fresh process; ``on_round(k, images_per_s)`` returning True stops it early.
 
     Raises :class:`TrialStopped` when stopped through ``on_shard``, :class:`TrialFailed` when the scan
     crashes, runs out of memory or exceeds ``spec.timeout_s``.
@@ -202,7 +247,7 @@ def measure(
     proc = ctx.Process(target=_trial_child, args=(child_conn, config.to_dict(), spec), name="trial", daemon=False)
     proc.start()
     child_conn.close()
-    shards: list[float] = []
+    rounds: list[float] = []
     deadline = time.monotonic() + spec.timeout_s
     stop_reason: str | None = None
     stop_sent_at: float | None = None
@@ -217,16 +262,16 @@ def measure(
                 if msg is None:
                     break
                 kind = msg[0]
-                if kind == "shard":
-                    shards.append(float(msg[2]))
-                    if on_shard is not None and stop_reason is None and on_shard(int(msg[1]), float(msg[2])):
+                if kind == "round":
+                    rounds.append(float(msg[2]))
+                    if on_round is not None and stop_reason is None and on_round(int(msg[1]), float(msg[2])):
                         stop_reason = "pruned"
                         parent_conn.send("stop")
                         stop_sent_at = time.monotonic()
                 elif kind == "result":
-                    if not shards:
-                        raise TrialFailed("no timed shard completed: the scan is too short for this configuration")
-                    return Measurement(shard_images_per_s=shards, **msg[1])
+                    if not rounds:
+                        raise TrialFailed("no timed round completed: the scan is too short for this configuration")
+                    return Measurement(round_images_per_s=rounds, **msg[1])
                 elif kind == "stopped":
                     break
                 elif kind == "error":
@@ -264,7 +309,7 @@ def measure(
             # remove it now (its workers died with it, so nothing maps the segments any more).
             remove_segments(proc.pid)
     if stop_reason == "pruned":
-        raise TrialStopped(shards)
+        raise TrialStopped(rounds)
     if stop_reason == "interrupted":  # pragma: no cover - the KeyboardInterrupt is already propagating
         raise TrialFailed("interrupted")
     if stop_reason == "timeout":

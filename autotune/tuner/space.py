@@ -120,6 +120,13 @@ class SearchSpace:
             out[p.name] = value
         return out
 
+    def largest(self, name: str, fallback: Any) -> Any:
+        """The largest value ``name`` can take in this space: its upper bound, largest choice or fixed value."""
+        for p in self.params:
+            if p.name == name:
+                return max(p.choices) if p.type == "categorical" else p.high
+        return self.fixed.get(name, fallback)
+
     def grid(self) -> list[dict[str, Any]]:
         """Every feasible proposal (for exhaustive comparisons on small spaces)."""
         names = [p.name for p in self.params]

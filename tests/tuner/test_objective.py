@@ -1,4 +1,4 @@
-"""One trial's measurement: shard rates from a fresh process, early stop, failures, and no leftover processes."""
+"""One trial's measurement: timed rounds from a fresh process, early stop, failures, and no leftover processes."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from autotune.engine.config import EngineConfig
 from autotune.engine.transport import SHM_DIR, SHM_PREFIX, segment_names, segment_prefix
 from autotune.tuner import objective
-from autotune.tuner.objective import ScanSpec, TrialFailed, TrialStopped, _shard_tracker, measure
+from autotune.tuner.objective import ScanSpec, TrialFailed, TrialStopped, _RoundTracker, measure, trial_records
 
 FAKE = "fake:32"
 CONFIG = EngineConfig(producers=1, cpu_models=1, cpu_threads=1, cpu_batch=8)
@@ -40,44 +40,70 @@ def _no_leftover_processes() -> Any:
 
 
 def _spec(dataset: Path, **kw: Any) -> ScanSpec:
-    base: dict[str, Any] = dict(dataset=str(dataset), model=FAKE, scan_size=16, warmup=8, shards=2, timeout_s=120)
+    base: dict[str, Any] = dict(dataset=str(dataset), model=FAKE, rounds=3, timeout_s=120)
     base.update(kw)
     return ScanSpec(**base)
 
 
-def test_measure_reports_every_shard(small_dataset: Path) -> None:
+def test_measure_times_every_round_after_warmup(small_dataset: Path) -> None:
     seen: list[tuple[int, float]] = []
-    m = measure(CONFIG, _spec(small_dataset), on_shard=lambda k, r: seen.append((k, r)) and False)
-    assert len(m.shard_images_per_s) == 2
-    assert [k for k, _ in seen] == [0, 1]
-    assert all(r > 0 for r in m.shard_images_per_s)
-    assert m.images_per_s > 0
-    assert m.images == 24
+    m = measure(CONFIG, _spec(small_dataset), on_round=lambda k, r: seen.append((k, r)) and False)
+    assert len(m.round_images_per_s) == 3 and [k for k, _ in seen] == [0, 1, 2]
+    assert all(r > 0 for r in m.round_images_per_s)
+    assert m.images_per_s == m.round_images_per_s[-1] > 0
+    assert m.images == 8 * (1 + 3 + 1)  # warm-up, timed and drain rounds of the config's own batch
+    assert m.timed_images >= 24 and m.window_s > 0 and m.reused_images == 0
     attrs = m.attrs()
-    for key in ("images_per_s", "shard_images_per_s", "startup_s", "steady_images_per_s", "bottleneck",
-                "stage_seconds", "peak_rss_mb", "threads", "affinity", "skipped", "images"):
+    for key in ("images_per_s", "round_images_per_s", "startup_s", "warmup_s", "window_s", "drain_s",
+                "timed_images", "reused_images", "steady_images_per_s", "bottleneck", "stage_seconds",
+                "peak_rss_mb", "threads", "affinity", "skipped", "images"):  # fmt: skip
         assert key in attrs, key
     assert attrs["images_per_s"] == m.images_per_s
 
 
-def test_batch_larger_than_a_shard_still_times_every_shard(small_dataset: Path) -> None:
-    cfg = EngineConfig(producers=1, cpu_models=1, cpu_threads=1, cpu_batch=32)
-    m = measure(cfg, _spec(small_dataset, scan_size=32, shards=2))
-    assert len(m.shard_images_per_s) == 2
-    assert all(r > 0 for r in m.shard_images_per_s), m.shard_images_per_s
+def test_two_replicas_with_big_batches_are_measurable_and_reuse_images(small_dataset: Path) -> None:
+    """A configuration whose rounds need more images than the database has: reused in order, and said so."""
+    cfg = EngineConfig(producers=1, cpu_models=2, cpu_threads=1, cpu_batch=16)
+    spec = _spec(small_dataset, rounds=2)
+    assert spec.images_for(cfg) == 32 * 4 > 48
+    m = measure(cfg, spec)
+    assert len(m.round_images_per_s) == 2 and m.images_per_s > 0
+    assert m.reused_images == 32 * 4 - 48 and m.images == 128
 
 
-def test_shard_tracker_spreads_a_long_batch_over_its_shards() -> None:
-    spec = ScanSpec(dataset="-", model=FAKE, scan_size=30, warmup=10, shards=3)
+def test_round_tracker_starts_after_every_replica_warmed_up() -> None:
+    spec = ScanSpec(dataset="-", model=FAKE, rounds=2)
+    cfg = EngineConfig(producers=1, cpu_models=2, cpu_threads=1, cpu_batch=10)
     sent: list[tuple[Any, ...]] = []
-    conn = SimpleNamespace(poll=lambda: False)
-    track = _shard_tracker(spec, sent.append, conn)
-    for done, t in ((10, 1.0), (20, 2.0), (40, 3.0)):  # the last batch closes shards 1 and 2 at once
-        track(SimpleNamespace(images=done, elapsed_s=t))
-    assert sent == [("shard", 0, 10.0), ("shard", 1, 20.0), ("shard", 2, 20.0)]
+    track = _RoundTracker(spec, cfg, sent.append, SimpleNamespace(poll=lambda: False))
+    log: list[tuple[float, int, int]] = []
+    done = 0
+    # Replica 0 finishes two batches before replica 1 finishes its first: the clock starts at t=3.
+    for t, c in ((1.0, 0), (2.0, 0), (3.0, 1), (4.0, 0), (5.0, 1), (6.0, 0), (7.0, 1)):
+        log.append((t, 10, c))
+        done += 10
+        track(SimpleNamespace(images=done, elapsed_s=t, batch_log=log))
+    assert track.t_a == 3.0 and track.n_a == 30
+    assert sent == [("round", 0, 20 / 2.0), ("round", 1, 40 / 4.0)]
 
 
-def test_on_shard_true_stops_the_trial(small_dataset: Path) -> None:
+def test_trial_records_reuse_in_order_under_new_ids() -> None:
+    from autotune.data.sources import Record
+
+    recs = [Record(i, f"f{i}.jpg", None) for i in range(5)]
+    out, reused = trial_records(recs, offset=3, need=5)
+    assert [r.locator for r in out] == ["f3.jpg", "f4.jpg", "f3.jpg", "f4.jpg", "f3.jpg"] and reused == 3
+    assert [r.id for r in out] == list(range(5))
+    assert trial_records(recs, offset=0, need=4) == (recs[:4], 0)
+
+
+def test_scan_size_too_small_names_the_minimum() -> None:
+    spec = ScanSpec(dataset="-", model=FAKE, rounds=4, scan_size=100)
+    msg = spec.too_small_for(EngineConfig(cpu_models=2, cpu_batch=16, cpu_threads=1))
+    assert msg is not None and "192 images" in msg
+
+
+def test_on_round_true_stops_the_trial(small_dataset: Path) -> None:
     cfg = EngineConfig(producers=1, cpu_models=1, cpu_threads=1, cpu_batch=4)
     calls: list[int] = []
 
@@ -86,9 +112,9 @@ def test_on_shard_true_stops_the_trial(small_dataset: Path) -> None:
         return True
 
     with pytest.raises(TrialStopped) as info:
-        measure(cfg, _spec(small_dataset, scan_size=40, shards=10), on_shard=stop)
+        measure(cfg, _spec(small_dataset, rounds=6), on_round=stop)
     assert calls[0] == 0
-    assert info.value.args[0] and info.value.args[0][0] > 0  # the shards seen before the stop
+    assert info.value.args[0] and info.value.args[0][0] > 0  # the rounds seen before the stop
 
 
 def test_a_model_that_cannot_load_fails_the_trial(small_dataset: Path) -> None:

@@ -64,8 +64,8 @@ def _studies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _options(tmp_path: Path, dataset: Path, text: str = SMALL_SPACE, **kw: Any) -> StudyOptions:
     space = tmp_path / "space.yaml"
     space.write_text(text)
-    base: dict[str, Any] = dict(space=str(space), trials=3, scan_size=16, warmup=8, shards=2, model=FAKE,
-                                dataset=str(dataset), repeats=1, recheck_top=2, trial_timeout_s=120)
+    base: dict[str, Any] = dict(space=str(space), trials=3, rounds=2, model=FAKE, dataset=str(dataset),
+                                validate_repeats=1, validate_rounds=2, trial_timeout_s=120)
     base.update(kw)
     return StudyOptions(**base)
 
@@ -91,22 +91,32 @@ def test_study_default_first_profile_and_resume(tmp_path: Path, small_dataset: P
     assert study.metric_names == ["images_per_s"]
     assert out.default_images_per_s and out.default_images_per_s > 0
 
-    # The profile: this machine's file, with its provenance.
-    path = _studies / "profiles" / f"{machine.machine_id}.json"
-    assert out.profile_path == path and path.is_file()
-    data = json.loads(path.read_text())
+    # Validated on unseen images: the profile keeps both figures and predicts from the validated one.
+    names = [c["name"] for c in out.validation["candidates"]]
+    assert names[:2] == ["pick", "default"] and out.validation["rule"]["offset"] == out.trial_images
+    assert out.images_per_s == pytest.approx(out.validation["candidates"][0]["images_per_s"], abs=1e-3)
+    assert out.trial_images_per_s == pytest.approx(study.trials[out.best_trial].value)
+    assert out.made_current  # no profile was in use yet
+    assert out.profile_path is not None and out.profile_path.is_file()
+    assert out.profile_path.parent == _studies / "profiles" / machine.machine_id
+    data = json.loads(out.profile_path.read_text())
     for key in ("machine_id", "machine", "config", "images_per_s", "spread", "study", "storage", "trial",
-                "scan_size", "model", "model_arch", "dataset", "dataset_fingerprint", "device", "versions", "date",
-                "rechecks", "predicted_seconds_500k"):
+                "model", "model_arch", "dataset", "dataset_fingerprint", "device", "versions", "date",
+                "trial_images_per_s", "validated_images_per_s", "validation", "predicted_seconds_500k"):
         assert key in data, key
-    assert data["study"] == out.study_name and data["model"] == FAKE and data["scan_size"] == 16
+    assert data["study"] == out.study_name and data["model"] == FAKE
+    assert data["validated_images_per_s"] == pytest.approx(out.images_per_s)
+    assert data["predicted_seconds_500k"] == pytest.approx(500_000 / out.images_per_s, rel=1e-3)
     assert data["versions"].get("optuna") == optuna.__version__
 
-    # The same options again resume the same study.
+    # The same options again resume the same study; the profile in use is validated beside the new pick.
     n_before = len(study.trials)
-    again = run_study(_options(tmp_path, small_dataset, trials=1, repeats=0))
+    again = run_study(_options(tmp_path, small_dataset, trials=1))
     assert again.study_name == out.study_name
     assert len(optuna.load_study(study_name=out.study_name, storage=out.storage).trials) > n_before
+    assert again.current_images_per_s is not None and "current" in [c["name"] for c in again.validation["candidates"]]
+    assert again.made_current == (again.images_per_s > again.current_images_per_s and not again.unstable)
+    assert again.profile_path != out.profile_path and out.profile_path.is_file()  # every pick is kept
 
 
 def test_orphaned_running_trial_is_failed_and_requeued(
@@ -120,7 +130,7 @@ def test_orphaned_running_trial_is_failed_and_requeued(
         return st
 
     monkeypatch.setattr(study_mod, "_storage", quick_storage)
-    opts = _options(tmp_path, small_dataset, trials=1, repeats=0)
+    opts = _options(tmp_path, small_dataset, trials=1, validate_repeats=0)
     out = run_study(opts)
 
     # A run killed mid-trial: a RUNNING trial with a heartbeat that stops.
@@ -143,7 +153,7 @@ def test_orphaned_running_trial_is_failed_and_requeued(
 
 def test_a_setup_that_always_fails_is_diagnosed(tmp_path: Path, small_dataset: Path) -> None:
     # fake:bad passes the parent's checks but every replica refuses it: each trial fails in its child.
-    opts = _options(tmp_path, small_dataset, model="fake:bad", trials=5, repeats=0)
+    opts = _options(tmp_path, small_dataset, model="fake:bad", trials=5, validate_repeats=0)
     with pytest.raises(AutotuneError, match="first 3 trials all failed") as info:
         run_study(opts)
     assert "\n" not in str(info.value)
@@ -151,7 +161,7 @@ def test_a_setup_that_always_fails_is_diagnosed(tmp_path: Path, small_dataset: P
 
 
 def test_infeasible_proposals_are_recorded_never_run(tmp_path: Path, small_dataset: Path) -> None:
-    opts = _options(tmp_path, small_dataset, text=NARROW_SPACE, trials=2, repeats=0)
+    opts = _options(tmp_path, small_dataset, text=NARROW_SPACE, trials=2, validate_repeats=0)
     out = run_study(opts)
     assert out.trials.get("infeasible", 0) >= 1
     assert out.config.cpu_batch == 8
@@ -178,8 +188,8 @@ def test_resuming_a_study_with_another_space_is_one_line(small_dataset, tmp_path
     ranged.write_text(head + "  cpu_batch: {type: int, low: 2, high: 4}\n")
     listed = tmp_path / "b.yaml"
     listed.write_text(head + "  cpu_batch: {type: categorical, choices: [2, 4]}\n")
-    common = dict(trials=1, scan_size=16, warmup=4, shards=2, model="fake:32", dataset=str(small_dataset),
-                  repeats=0, save=False, study_name="same-name")
+    common = dict(trials=1, rounds=2, model="fake:32", dataset=str(small_dataset),
+                  validate_repeats=0, save=False, study_name="same-name")
     run_study(StudyOptions(space=str(ranged), **common))
     with pytest.raises(ConfigError, match="another search space"):
         run_study(StudyOptions(space=str(listed), **common))
@@ -198,8 +208,36 @@ def test_profile_with_a_guarded_backend_records_its_guard(small_dataset, tmp_pat
         "device: cpu\nfixed: {gpu_models: 0, cpu_models: 1, cpu_threads: 1, producers: 1, cpu_backend: onnx-int8}\n"
         "params:\n  cpu_batch: {type: int, low: 2, high: 4}\n"
     )
-    out = run_study(StudyOptions(space=str(space), trials=1, scan_size=16, warmup=4, shards=2,
-                                 model="synthetic:tiny", dataset=str(small_dataset), repeats=0, guard_sample=16))
+    out = run_study(StudyOptions(space=str(space), trials=1, rounds=2, model="synthetic:tiny",
+                                 dataset=str(small_dataset), validate_repeats=0, guard_sample=16))
     assert out.profile is not None and out.profile.config.cpu_backend == "onnx-int8"
     assert out.profile.guard["passed"] and out.profile.guard["backend"] == "onnx-int8"
     assert guard_ok_for(out.profile, weights_hash(resolve_model("synthetic:tiny")[0]))
+
+
+def test_a_scan_size_too_small_for_part_of_the_space_refuses_before_any_trial(
+    tmp_path: Path, small_dataset: Path, _studies: Path
+) -> None:
+    """Two replicas of batch 8 need 16 images a round: --scan-size below what that needs is one line, no trial."""
+    from autotune.errors import ConfigError
+
+    two = SMALL_SPACE.replace("  cpu_models: 1\n", "")
+    two = two.replace("params:\n", "params:\n  cpu_models: {type: int, low: 1, high: 2}\n")
+    opts = _options(tmp_path, small_dataset, text=two, scan_size=50, storage=f"sqlite:///{tmp_path}/s.db")
+    with pytest.raises(ConfigError) as info:
+        run_study(opts)
+    msg = str(info.value)
+    assert "\n" not in msg and "--scan-size 64" in msg  # 2 x 8 images x (1 warm-up + 2 timed + 1 drain)
+    assert optuna.study.get_all_study_summaries(storage=f"sqlite:///{tmp_path}/s.db") == []
+
+
+def test_a_study_measured_differently_is_never_resumed(tmp_path: Path, small_dataset: Path, _studies: Path) -> None:
+    """Same --study-name, another measurement rule: refused in one line; the default name differs instead."""
+    from autotune.errors import ConfigError
+
+    first = run_study(_options(tmp_path, small_dataset, trials=1, validate_repeats=0, save=False))
+    other = run_study(_options(tmp_path, small_dataset, trials=1, validate_repeats=0, save=False, rounds=3))
+    assert other.study_name != first.study_name
+    with pytest.raises(ConfigError, match="measured differently \\(rounds changed\\)"):
+        run_study(_options(tmp_path, small_dataset, trials=1, validate_repeats=0, save=False, rounds=3,
+                           study_name=first.study_name))
