@@ -168,6 +168,7 @@ def bench_tuner(
         )  # fmt: skip
         outcome = run_study(opts, log=(lambda m: say(f"study: {m}")) if progress else None)
         study_s = time.perf_counter() - t_study
+        figures = _study_figures(outcome)  # read while its storage (in the scratch folder) still exists
         pick, best = outcome.config, configs[best_i]
         final = _interleaved(scan, [pick, best], repeats, say, "pick vs best")
     pick_full, best_full = statistics.median(final[0]), statistics.median(final[1])
@@ -189,7 +190,7 @@ def bench_tuner(
         "predicted_images_per_s": round(outcome.images_per_s, 3),
         "trial_images_per_s": round(outcome.trial_images_per_s, 3),
         "predicted_over_full_run": round(outcome.images_per_s / pick_full, 4) if pick_full else 0.0,
-        **_study_figures(outcome),
+        **figures,
         "ground_truth_seconds": round(truth_s, 1),
         "study_seconds": round(study_s, 1),
         "total_seconds": round(time.perf_counter() - t0, 1),

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,41 +10,32 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch.nn import functional as F
 
-from autotune.atomic import DiskFullError, atomic_write_json
-from autotune.cache import cache_dir
 from autotune.errors import ModelError
-from autotune.models.synthetic import (
-    MARKER_FILE,
-    SYNTHETIC_PREFIX,
-    build_synthetic,
-    is_synthetic,
-    quiet_progress,
-)
+
+# Where a model lives and what its weights are: re-exported here, their historical home.
+from autotune.models.facts import STAND_IN, weight_files, resolve_model, weights_hash
+from autotune.models.synthetic import quiet_progress
 
 if TYPE_CHECKING:
     from PIL.Image import Image
     from transformers import CLIPModel, CLIPProcessor
 
-STAND_IN = f"{SYNTHETIC_PREFIX}clip-vit-base-patch32"
+__all__ = [
+    "STAND_IN",
+    "ImageTower",
+    "LoadedClip",
+    "arch_summary",
+    "encode_images_reference",
+    "encode_texts",
+    "image_tower",
+    "load_clip",
+    "resolve_model",
+    "weights_hash",
+]
+
 TEXT_MAX_LENGTH = 77
 # Texts per forward pass in encode_texts: bounds activation memory for long query lists.
 _TEXT_BATCH = 256
-# Seconds to wait for the hub's first answer: a machine without network must fail in seconds, not minutes.
-_DEFAULT_HUB_TIMEOUT = 5.0
-
-_CONFIG_FILES = ["config.json", "preprocessor_config.json", "processor_config.json", MARKER_FILE]
-_TOKENIZER_FILES = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.json",
-    "merges.txt",
-    "special_tokens_map.json",
-    "added_tokens.json",
-]
-_SAFETENSORS_FILES = ["*.safetensors", "model.safetensors.index.json"]
-_BIN_FILES = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
-# A hub id: "name" or "owner/name" (letters, digits, -_.), the shape huggingface_hub accepts.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 @dataclass
@@ -73,168 +59,6 @@ class LoadedClip:
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
     arch: str
-
-
-def _env_flag(name: str) -> bool:
-    """Whether an environment flag is set the way huggingface_hub reads it (1/on/yes/true)."""
-    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def _hub_offline() -> bool:
-    """Whether the hub must not be contacted (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, now or at hub import)."""
-    if _env_flag("HF_HUB_OFFLINE") or _env_flag("TRANSFORMERS_OFFLINE"):
-        return True
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def _hub_timeout() -> float:
-    """Seconds to wait for hub metadata: $HF_HUB_ETAG_TIMEOUT if set, else a short default."""
-    try:
-        return float(os.environ["HF_HUB_ETAG_TIMEOUT"])
-    except (KeyError, ValueError):
-        return _DEFAULT_HUB_TIMEOUT
-
-
-def _weight_files(path: Path) -> list[Path]:
-    """The weight files ``from_pretrained`` reads: safetensors when present, else PyTorch ``.bin`` files."""
-    safetensors = sorted(path.glob("*.safetensors"))
-    if safetensors:
-        return safetensors
-    return sorted(p for p in path.glob("*.bin") if p.name.startswith("pytorch_model"))
-
-
-def _not_available(model_id: str) -> ModelError:
-    """The one-line error for a hub model that cannot be had on this machine."""
-    return ModelError(
-        f"model '{model_id}' is not cached and the hub cannot be reached; "
-        f"use a local directory or the offline stand-in --model {STAND_IN}"
-    )
-
-
-def _complete_snapshot(folder: Path) -> bool:
-    """Whether a downloaded snapshot has a config and weights (an interrupted download may lack them)."""
-    return (folder / "config.json").is_file() and bool(_weight_files(folder))
-
-
-def _from_hub(model_id: str) -> Path:
-    """Resolve a hub id to a local snapshot: the cache first, then (unless offline) a download."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    base = _CONFIG_FILES + _TOKENIZER_FILES
-    with contextlib.suppress(LocalEntryNotFoundError, HFValidationError, OSError, ValueError):
-        local = Path(
-            snapshot_download(model_id, local_files_only=True, allow_patterns=base + _SAFETENSORS_FILES)
-        )
-        if _complete_snapshot(local):
-            return local
-    if _hub_offline():
-        raise _not_available(model_id)
-    timeout = _hub_timeout()
-    try:
-        # Safetensors first (no pickle, faster to load); only a repo without them gets its .bin weights.
-        folder = Path(
-            snapshot_download(model_id, allow_patterns=base + _SAFETENSORS_FILES, etag_timeout=timeout)
-        )
-        if not _weight_files(folder):
-            folder = Path(snapshot_download(model_id, allow_patterns=base + _BIN_FILES, etag_timeout=timeout))
-    except GatedRepoError as exc:
-        raise ModelError(
-            f"model '{model_id}' is gated on the hub: accept its terms and log in first"
-        ) from exc
-    except RepositoryNotFoundError as exc:
-        raise ModelError(f"model '{model_id}' was not found on the hub (wrong id, or private)") from exc
-    except RevisionNotFoundError as exc:
-        raise ModelError(f"model '{model_id}': revision not found on the hub") from exc
-    except HFValidationError as exc:
-        raise ModelError(f"'{model_id}' is neither a local directory nor a valid hub model id") from exc
-    except Exception as exc:  # offline mode, DNS failure, timeouts, proxies: all mean "cannot be had here"
-        raise _not_available(model_id) from exc
-    if not _complete_snapshot(folder):
-        raise ModelError(f"model '{model_id}' on the hub has no config.json or no weight files")
-    return folder
-
-
-def resolve_model(model_id: str) -> tuple[Path, bool]:
-    """Turn a model id into a local folder and whether it is a random-weight stand-in.
-
-    ``synthetic:<variant>`` builds (once) an offline stand-in, an existing directory is used as is, anything
-    else is a hub id looked up in the local cache, then downloaded unless ``HF_HUB_OFFLINE`` is set.
-
-    Example:
-        >>> path, synthetic = resolve_model("synthetic:tiny")
-        >>> (path / "config.json").is_file(), synthetic
-        (True, True)
-    """
-    model_id = str(model_id).strip()
-    if not model_id:
-        raise ModelError("empty model id; try --model openai/clip-vit-base-patch32 or --model " + STAND_IN)
-    if model_id.startswith(SYNTHETIC_PREFIX):
-        return build_synthetic(model_id[len(SYNTHETIC_PREFIX) :]), True
-    local = Path(model_id).expanduser()
-    if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise ModelError(f"model directory {local} has no config.json (not a transformers CLIP model)")
-        return local.resolve(), is_synthetic(local)
-    if local.exists():
-        raise ModelError(f"model path {local} is a file; expected a model directory or a hub id")
-    if model_id.startswith((".", "/", "~")):
-        raise ModelError(f"model directory {model_id} does not exist")
-    if not _HUB_ID.match(model_id):
-        raise ModelError(f"model '{model_id}' is neither an existing directory nor a valid hub model id")
-    folder = _from_hub(model_id)
-    return folder, is_synthetic(folder)
-
-
-def _hash_files(files: Sequence[Path]) -> str:
-    """Return the sha256 hex digest of the files' bytes, concatenated in the given order."""
-    digest = hashlib.sha256()
-    for file in files:
-        with open(file, "rb") as fh:
-            while chunk := fh.read(8 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def weights_hash(path: Path) -> str:
-    """Return 16 hex chars of the sha256 of a model folder's weight files, cached by file size and mtime.
-
-    The digest is kept in a sidecar json under the cache (model folders may be read-only hub snapshots), so a
-    600 MB checkpoint is read once; any change of size or mtime of a weight file invalidates it.
-
-    Example:
-        >>> path, _ = resolve_model("synthetic:tiny")
-        >>> len(weights_hash(path))
-        16
-    """
-    files = _weight_files(path)
-    if not files:
-        raise ModelError(f"model directory {path} has no weight files (*.safetensors or pytorch_model*.bin)")
-    key = []
-    for file in files:
-        st = file.stat()  # follows hub-cache symlinks to the blob: its size/mtime are what matter
-        key.append([file.name, st.st_size, st.st_mtime_ns])
-    real = str(path.resolve())
-    sidecar = cache_dir("hashes") / f"{hashlib.sha1(real.encode()).hexdigest()[:20]}.json"
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        cached = json.loads(sidecar.read_text(encoding="utf-8"))
-        if cached["path"] == real and cached["files"] == key:
-            return str(cached["sha256"])[:16]
-    full = _hash_files(files)
-    record = {"path": real, "files": key, "sha256": full}
-    # Atomic: a concurrent reader sees the old or the new record, never half of one. The sidecar only saves
-    # time, so a cache that cannot take it (read-only, full) costs a re-hash next time, not the run.
-    with contextlib.suppress(OSError, DiskFullError):
-        atomic_write_json(sidecar, record, indent=None)
-    return full[:16]
 
 
 def arch_summary(config: Any) -> str:
@@ -286,7 +110,7 @@ def load_clip(model_id: str, *, device: str = "cpu", dtype: torch.dtype = torch.
     from transformers import CLIPModel, CLIPProcessor
 
     path, synthetic = resolve_model(model_id)
-    files = _weight_files(path)
+    files = weight_files(path)
     use_safetensors = True if files and files[0].suffix == ".safetensors" else None
     try:
         with quiet_progress():
