@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from autotune.errors import ModelError
 
 # Where a model lives and what its weights are: re-exported here, their historical home.
-from autotune.models.facts import STAND_IN, weight_files, resolve_model, weights_hash
+from autotune.models.facts import STAND_IN, resolve_model, weight_files, weights_hash
 from autotune.models.synthetic import quiet_progress
 
 if TYPE_CHECKING:
@@ -118,9 +118,7 @@ def load_clip(model_id: str, *, device: str = "cpu", dtype: torch.dtype = torch.
             processor = CLIPProcessor.from_pretrained(path)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ModelError(
-            f"cannot load model '{model_id}' from {path}: {type(exc).__name__}: {first}"
-        ) from exc
+        raise ModelError(f"cannot load model '{model_id}' from {path}: {type(exc).__name__}: {first}") from exc
     try:
         # transformers wraps .to() with a signature mypy misreads; the call itself is plain nn.Module.to.
         model = cast(Any, model).to(device)
