@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import time
@@ -49,7 +50,9 @@ def _set_threads(threads: int, need_torch: bool = True) -> dict[str, Any]:
     """Fix the intra-op thread count before torch does any work; return what is in effect."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
-    if not need_torch:  # the fake backend never imports torch: its workers start in a fraction of a second
+    # The fake backend, ONNX Runtime and OpenVINO never import torch: importing it only to set its threads would
+    # cost their workers 2-3 s of start-up (the runtimes take the thread count from the backend spec).
+    if not need_torch:
         return {"torch_threads": None, "omp_num_threads": threads}
     import torch
 
@@ -69,14 +72,17 @@ def consumer_main(spec: ConsumerSpec, ready: Any, free_slots: Any, events: Any) 
     try:
         if spec.cores:
             os.sched_setaffinity(0, spec.cores)
-        info = _set_threads(spec.threads, need_torch=not spec.backend.is_fake)
+        info = _set_threads(spec.threads, need_torch=spec.backend.needs_torch)
         info["affinity"] = sorted(os.sched_getaffinity(0))
         timer = StageTimer()
         with timer.stage("load"):
             from autotune.models.backends import build_backend
 
-            backend = build_backend(spec.backend)
+            backend = build_backend(dataclasses.replace(spec.backend, threads=spec.threads))
             info.update(backend.info())  # setup seconds and artefact cache hits, apart from throughput
+            if info["torch_threads"] is None and "intra_op_threads" in info:
+                # The tuner records torch_threads as the replica's thread count: without torch, the runtime's.
+                info["torch_threads"] = info["intra_op_threads"]
             pool = SlotPool.attach(spec.layout)
             sink = spec.sink_factory(spec.index) if spec.sink_factory else None
         topk = RunningTopK(len(spec.queries), spec.top_k)

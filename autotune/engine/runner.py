@@ -113,17 +113,17 @@ class ScanResult:
 
 
 def preprocess_spec_for(model_id: str) -> Any:
-    """The fast path's settings for a model, read from its processor config (no weights loaded)."""
+    """The fast path's settings for a model, from its cached facts (no weights loaded, no transformers import).
+
+    Also fills the facts and weights-hash sidecars before any worker starts, so replicas only read them.
+    """
     from autotune.preprocess import PreprocessSpec
 
     if model_id.startswith("fake:"):
         return PreprocessSpec()
-    from transformers import CLIPImageProcessor
+    from autotune.models.facts import model_facts
 
-    from autotune.models.loading import resolve_model
-
-    path, _ = resolve_model(model_id)
-    return PreprocessSpec.from_processor(CLIPImageProcessor.from_pretrained(str(path)))
+    return model_facts(model_id).preprocess
 
 
 def embed_queries(model_id: str, texts: Sequence[str]) -> np.ndarray:

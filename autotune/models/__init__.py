@@ -16,6 +16,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from autotune.models.facts import ModelFacts, model_facts, resolve_model, weights_hash
     from autotune.models.loading import (
         ImageTower,
         LoadedClip,
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
         encode_texts,
         image_tower,
         load_clip,
-        resolve_model,
-        weights_hash,
     )
     from autotune.models.synthetic import (
         SYNTHETIC_PREFIX,
@@ -35,9 +34,16 @@ if TYPE_CHECKING:
         variants,
     )
     from autotune.models.tokenizer import build_offline_tokenizer
+    from autotune.models.tower import ClipImageTower, load_tower
 
-# Public name -> defining submodule.
+# Public name -> defining submodule (facts: no torch, no transformers; tower: torch only).
 _EXPORTS = {
+    "ModelFacts": "facts",
+    "model_facts": "facts",
+    "resolve_model": "facts",
+    "weights_hash": "facts",
+    "ClipImageTower": "tower",
+    "load_tower": "tower",
     "ImageTower": "loading",
     "LoadedClip": "loading",
     "arch_summary": "loading",
@@ -45,8 +51,6 @@ _EXPORTS = {
     "encode_texts": "loading",
     "image_tower": "loading",
     "load_clip": "loading",
-    "resolve_model": "loading",
-    "weights_hash": "loading",
     "SYNTHETIC_PREFIX": "synthetic",
     "build_synthetic": "synthetic",
     "is_synthetic": "synthetic",
@@ -57,8 +61,10 @@ _EXPORTS = {
 
 __all__ = [
     "SYNTHETIC_PREFIX",
+    "ClipImageTower",
     "ImageTower",
     "LoadedClip",
+    "ModelFacts",
     "arch_summary",
     "build_offline_tokenizer",
     "build_synthetic",
@@ -67,6 +73,8 @@ __all__ = [
     "image_tower",
     "is_synthetic",
     "load_clip",
+    "load_tower",
+    "model_facts",
     "resolve_model",
     "synthetic_config",
     "variants",

@@ -327,6 +327,12 @@ def _read_facts(path: Path) -> dict[str, Any]:
     }
 
 
+def facts_sidecar(path: Path) -> Path:
+    """Where the facts of the model folder ``path`` are kept: ``cache_dir("facts")/<sha1 of its real path>.json``."""
+    real = str(path.resolve())
+    return cache_dir("facts") / f"{hashlib.sha1(real.encode()).hexdigest()[:20]}.json"
+
+
 def model_facts(model_id: str) -> ModelFacts:
     """Folder, weights hash, embedding width, preprocessing and tower shape of a model; no weights loaded.
 
@@ -341,7 +347,7 @@ def model_facts(model_id: str) -> ModelFacts:
     path, synthetic = resolve_model(model_id)
     real = str(path.resolve())
     key = {"format": FACTS_FORMAT, "path": real, "files": _facts_key(path), "transformers": _transformers_version()}
-    sidecar = cache_dir("facts") / f"{hashlib.sha1(real.encode()).hexdigest()[:20]}.json"
+    sidecar = facts_sidecar(path)
     record: dict[str, Any] | None = None
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         cached = json.loads(sidecar.read_text(encoding="utf-8"))

@@ -120,8 +120,9 @@ def _only_tensors(value: Any) -> bool:
 
 def test_int8_cache_is_weights_only(pixels: np.ndarray, tiny_model: str, tmp_path: Path) -> None:
     """The int8 artefact holds tensors only (loads with weights_only=True), an old pickled cache under the old
-    key is never read, and a cache hit embeds exactly like a fresh in-memory quantisation."""
+    key is never read, and a cache hit embeds exactly like transformers' CLIP quantised in memory."""
     import torch
+    import torch.nn.functional as F
 
     from autotune.models.loading import load_clip
     from autotune.preprocess import normalize
@@ -135,21 +136,47 @@ def test_int8_cache_is_weights_only(pixels: np.ndarray, tiny_model: str, tmp_pat
     state = torch.load(str(hit.artefact), weights_only=True)
     assert isinstance(state, dict) and _only_tensors(state)
     assert any(isinstance(v, tuple) and v[0].dtype == torch.qint8 for v in state.values())  # packed int8 weights
-    loaded = load_clip(tiny_model)
-    fresh = torch.ao.quantization.quantize_dynamic(B._vision_parts(loaded.model), {torch.nn.Linear}, dtype=torch.qint8)
+    # The reference is the pre-tower way: quantize_dynamic on transformers' own vision model and projection.
+    model = load_clip(tiny_model).model
+    parts = torch.nn.ModuleDict({"vision_model": model.vision_model, "visual_projection": model.visual_projection})
+    fresh = torch.ao.quantization.quantize_dynamic(parts, {torch.nn.Linear}, dtype=torch.qint8)
     with torch.inference_mode():
         x = normalize(torch.from_numpy(pixels), hit.preprocess_spec)  # type: ignore[attr-defined]
-        expected = B._tower_forward(fresh["vision_model"], fresh["visual_projection"], x).numpy()
+        pooled = fresh["vision_model"](pixel_values=x).pooler_output
+        expected = F.normalize(fresh["visual_projection"](pooled).float(), dim=-1).numpy()
     np.testing.assert_allclose(hit.embed(pixels), expected, rtol=0, atol=1e-6)
 
 
-def test_openvino_shares_the_onnx_export(tiny_model: str, tmp_path: Path) -> None:
-    """OpenVINO reads the same cached fp32 export as ONNX Runtime."""
+def test_openvino_shares_the_onnx_export(pixels: np.ndarray, tiny_model: str, tmp_path: Path) -> None:
+    """OpenVINO reads the same cached fp32 export as ONNX Runtime; its compiled model is cached apart, per
+    setting, and a setup that imports it embeds exactly like the one that compiled it."""
     _skip_unavailable("openvino")
     _skip_unavailable("onnx")
     onnx = build_backend(BackendSpec(model_id=tiny_model, backend="onnx"), cache_root=tmp_path)
-    ov = build_backend(BackendSpec(model_id=tiny_model, backend="openvino"), cache_root=tmp_path)
-    assert ov.cache_hit and ov.artefact == onnx.artefact
+    spec = BackendSpec(model_id=tiny_model, backend="openvino", threads=1)
+    first = build_backend(spec, cache_root=tmp_path)
+    assert first.artefact == onnx.artefact and first.cache_hit is False  # the export was there, the blob not
+    second = build_backend(spec, cache_root=tmp_path)
+    assert second.cache_hit and second.artefact == onnx.artefact
+    np.testing.assert_array_equal(second.embed(pixels[:3]), first.embed(pixels[:3]))
+    assert len(list((tmp_path / "openvino").iterdir())) == 1
+    build_backend(BackendSpec(model_id=tiny_model, backend="openvino", threads=2), cache_root=tmp_path)
+    assert len(list((tmp_path / "openvino").iterdir())) == 2  # another thread count, another compiled model
+
+
+@pytest.mark.parametrize("name", ["onnx", "openvino"])
+def test_exported_normalisation_is_torch_bit_for_bit(name: str, pixels: np.ndarray, tiny_model: str) -> None:
+    """The torch-free normalisation of ONNX Runtime / OpenVINO replicas gives the very bits torch's gives."""
+    _skip_unavailable(name)
+    import torch
+
+    from autotune.preprocess import normalize
+
+    backend: Any = build_backend(BackendSpec(model_id=tiny_model, backend=name))
+    expected = normalize(torch.from_numpy(pixels), backend.facts.preprocess).contiguous().numpy()
+    got = backend._pixels(pixels)
+    assert got.flags.c_contiguous and got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_artefact_key_changes_with_its_inputs(tmp_path: Path) -> None:
@@ -327,9 +354,7 @@ def test_unknown_backend_is_one_line() -> None:
 def test_missing_package_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """A backend whose package is not installed is refused by the config, naming the package."""
     real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a)
-    )
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
     with pytest.raises(ConfigError) as err:
         EngineConfig(cpu_backend="onnx").validate(cores=2, gpus=0)
     assert "onnxruntime" in str(err.value) and "\n" not in str(err.value)
