@@ -109,6 +109,7 @@ def test_database_with_no_readable_image_is_one_line(tmp_path: Path, capsys) -> 
 # ------------------------------------------------------------------------------------------- stale indexes
 
 
+@pytest.mark.slow
 def test_backend_change_rebuilds_and_default_folders_differ(
     small_dataset: Path, tiny_model: str, tmp_path: Path
 ) -> None:
@@ -158,7 +159,7 @@ def test_update_gives_the_same_topk_as_a_fresh_build(small_dataset: Path, tiny_m
 
 def test_killed_update_resumes_to_the_same_index(small_dataset: Path, tiny_model: str, tmp_path: Path) -> None:
     """SIGKILL during a build: committed shards are kept, the next run finishes with no duplicates."""
-    db = _copy(small_dataset, tmp_path / "db", 40)
+    db = _copy(small_dataset, tmp_path / "db", 24)
     idx = tmp_path / "idx"
     script = textwrap.dedent(f"""
         from pathlib import Path
@@ -176,13 +177,13 @@ def test_killed_update_resumes_to_the_same_index(small_dataset: Path, tiny_model
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(30)
     assert proc.returncode == -signal.SIGKILL, "the build ended before it could be killed"
-    resumed = _ask(db, tiny_model, idx, top_k=40)
-    assert resumed.mode == "index-resumed" and 0 < resumed.images < 40
-    fresh = _ask(db, tiny_model, tmp_path / "fresh", top_k=40)
+    resumed = _ask(db, tiny_model, idx, top_k=24)
+    assert resumed.mode == "index-resumed" and 0 < resumed.images < 24
+    fresh = _ask(db, tiny_model, tmp_path / "fresh", top_k=24)
     assert _by_locator(resumed) == _by_locator(fresh)
     index = EmbeddingIndex(idx)
     index.load()
-    assert index.ids is not None and sorted(index.ids.tolist()) == list(range(40))
+    assert index.ids is not None and sorted(index.ids.tolist()) == list(range(24))
 
 
 def test_second_writer_is_refused_naming_the_holder(small_dataset: Path, tiny_model: str, tmp_path: Path) -> None:
@@ -235,6 +236,7 @@ def test_commit_refuses_duplicate_embeddings(small_dataset: Path, tmp_path: Path
     assert index.read_meta() is not None and not index.read_meta().complete  # type: ignore[union-attr]
 
 
+@pytest.mark.slow
 def test_split_option_scans_both_splits(small_dataset: Path, tiny_model: str, tmp_path: Path) -> None:
     """A DatasetDict with train and validation: --split says what is scanned, and the result says so too."""
     import datasets

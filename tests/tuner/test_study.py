@@ -119,6 +119,7 @@ def test_study_default_first_profile_and_resume(tmp_path: Path, small_dataset: P
     assert again.profile_path != out.profile_path and out.profile_path.is_file()  # every pick is kept
 
 
+@pytest.mark.slow
 def test_orphaned_running_trial_is_failed_and_requeued(
     tmp_path: Path, small_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -151,6 +152,7 @@ def test_orphaned_running_trial_is_failed_and_requeued(
     assert retried[0].state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
+@pytest.mark.slow
 def test_a_setup_that_always_fails_is_diagnosed(tmp_path: Path, small_dataset: Path) -> None:
     # fake:bad passes the parent's checks but every replica refuses it: each trial fails in its child.
     opts = _options(tmp_path, small_dataset, model="fake:bad", trials=5, validate_repeats=0)
@@ -231,6 +233,7 @@ def test_a_scan_size_too_small_for_part_of_the_space_refuses_before_any_trial(
     assert optuna.study.get_all_study_summaries(storage=f"sqlite:///{tmp_path}/s.db") == []
 
 
+@pytest.mark.slow
 def test_a_study_measured_differently_is_never_resumed(tmp_path: Path, small_dataset: Path, _studies: Path) -> None:
     """Same --study-name, another measurement rule: refused in one line; the default name differs instead."""
     from autotune.errors import ConfigError
