@@ -148,7 +148,7 @@ def retrieve(
     """
     from autotune.data import open_source
     from autotune.engine import embed_queries
-    from autotune.models.loading import load_clip
+    from autotune.models.facts import model_facts
 
     log = say or (lambda _m: None)
     texts = [q.strip() for q in queries]
@@ -188,12 +188,11 @@ def retrieve(
         res.startup_s = scan.startup_s
         return finish(res)
 
-    loaded = load_clip(model)
+    facts = model_facts(model)  # weights hash and width from the cached sidecar: no second model load
     recipe = embedding_recipe(cfg)
     key = IndexKey(
-        model, loaded.weights_hash, recipe, preprocess_spec_for(model).digest(), loaded.embed_dim, index_dtype
+        model, facts.weights_hash, recipe, preprocess_spec_for(model).digest(), facts.embed_dim, index_dtype
     )
-    del loaded
     index = EmbeddingIndex(index_dir or default_index_dir(str(source.path), model, recipe, split))
     index.claim()
     sync = _sync_index(index, key, source, cfg, rebuild_index, progress, shard_images, notes, log)
