@@ -18,6 +18,7 @@ from autotune.bench.index import build_synthetic_index
 from autotune.cli import main
 from autotune.data import write_bad_images
 from autotune.engine import EngineConfig
+from autotune.engine.transport import segment_names
 from autotune.index import (
     MARKER,
     EmbeddingIndex,
@@ -184,6 +185,7 @@ def test_killed_update_resumes_to_the_same_index(small_dataset: Path, tiny_model
     index = EmbeddingIndex(idx)
     index.load()
     assert index.ids is not None and sorted(index.ids.tolist()) == list(range(24))
+    assert segment_names(proc.pid) == []  # the killed run's shared memory was swept by the next scan
 
 
 def test_second_writer_is_refused_naming_the_holder(small_dataset: Path, tiny_model: str, tmp_path: Path) -> None:

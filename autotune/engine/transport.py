@@ -53,6 +53,39 @@ def remove_segments(pid: int) -> int:
     return removed
 
 
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_orphan_segments() -> int:
+    """Unlink the project's segments whose creator is gone; return how many.
+
+    A run killed together with its resource tracker (``kill -9`` of a whole process group) leaves its segment
+    behind with nobody to unlink it; the next scan sweeps it. These were never registered with our tracker, so
+    nothing is unregistered (the tracker would print an error for a name it does not know).
+    """
+    try:
+        names = [p.name for p in SHM_DIR.iterdir() if p.name.startswith(SHM_PREFIX)]
+    except OSError:
+        return 0
+    removed = 0
+    for name in names:
+        pid = name[len(SHM_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            (SHM_DIR / name).unlink()
+            removed += 1
+    return removed
+
+
 @dataclass(frozen=True)
 class SlotLayout:
     """Shape of the slot pool; picklable, so workers can attach by name."""
@@ -98,6 +131,7 @@ class SlotPool:
     @classmethod
     def create(cls, slots: int, capacity: int, height: int = 224, width: int = 224) -> SlotPool:
         """Allocate a new segment for ``slots`` batches of ``capacity`` images."""
+        remove_orphan_segments()
         probe = SlotLayout("", slots, capacity, height, width)
         name = f"{segment_prefix(os.getpid())}{secrets.token_hex(6)}"
         shm = shared_memory.SharedMemory(name=name, create=True, size=probe.total_bytes)

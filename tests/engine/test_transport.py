@@ -66,3 +66,23 @@ def test_segments_of_a_killed_creator_are_removed_without_tracker_warnings(tmp_p
     # Without unregistering, the tracker would warn about a leaked segment and fail to unlink it again.
     assert "resource_tracker" not in done.stderr and "leaked" not in done.stderr, done.stderr
     assert done.stderr.strip() == ""
+
+
+def test_orphan_segments_of_dead_creators_are_swept() -> None:
+    """A segment whose creator died with its resource tracker is removed by the next sweep; live ones stay."""
+    import subprocess
+    import sys
+
+    from autotune.engine.transport import SHM_DIR, remove_orphan_segments, segment_prefix
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = SHM_DIR / f"{segment_prefix(int(dead.stdout))}feedbeef"
+    mine = SHM_DIR / f"{segment_prefix(os.getpid())}feedbeef"
+    orphan.write_bytes(b"\0" * 16)
+    mine.write_bytes(b"\0" * 16)
+    try:
+        assert remove_orphan_segments() >= 1
+        assert not orphan.exists() and mine.exists()
+    finally:
+        orphan.unlink(missing_ok=True)
+        mine.unlink(missing_ok=True)
