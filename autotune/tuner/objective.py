@@ -31,7 +31,9 @@ class ScanSpec:
     configuration is measured as the full run runs it, with all replicas contributing. Images start at
     ``offset`` (the study validates on images its trials did not use); where the database is shorter than a
     trial needs, images are reused in a fixed order under new ids, and the measurement says so.
-    ``scan_size`` caps the images of one trial (None: what each configuration needs).
+    ``scan_size`` caps the images of one trial (None: what each configuration needs). ``min_timed_images``
+    lengthens the timed part of small rounds (a 4-round window of 8-image batches lasts under a second, and
+    on a shared machine one second is mostly noise).
     """
 
     dataset: str
@@ -39,6 +41,7 @@ class ScanSpec:
     rounds: int = 4
     warmup_rounds: int = 1
     drain_rounds: int = 1
+    min_timed_images: int = 0
     scan_size: int | None = None
     offset: int = 0
     timeout_s: float = 600.0
@@ -52,17 +55,23 @@ class ScanSpec:
         gpu_replicas = config.consumers - config.cpu_models
         return config.cpu_models * config.cpu_batch + gpu_replicas * config.gpu_batch
 
+    def timed_rounds(self, config: EngineConfig) -> int:
+        """Timed rounds of ``config``: ``rounds``, or more when they hold fewer than ``min_timed_images``."""
+        size = self.round_images(config)
+        return max(self.rounds, -(-self.min_timed_images // size)) if size > 0 else self.rounds
+
     def images_for(self, config: EngineConfig) -> int:
         """Images one trial of ``config`` scans (warm-up, timed and drain rounds)."""
-        return self.round_images(config) * (self.warmup_rounds + self.rounds + self.drain_rounds)
+        return self.round_images(config) * (self.warmup_rounds + self.timed_rounds(config) + self.drain_rounds)
 
     def too_small_for(self, config: EngineConfig) -> str | None:
         """Why ``scan_size`` cannot time ``config`` fairly, or None."""
         need = self.images_for(config)
         if self.scan_size is not None and need > self.scan_size:
             return (
-                f"--scan-size {self.scan_size} is smaller than the {need} images that {self.rounds} timed rounds "
-                f"of {self.round_images(config)} images (plus warm-up and drain) need"
+                f"--scan-size {self.scan_size} is smaller than the {need} images that "
+                f"{self.timed_rounds(config)} timed rounds of {self.round_images(config)} images (plus warm-up and "
+                "drain) need"
             )
         return None
 
@@ -72,6 +81,7 @@ class ScanSpec:
             "rounds": self.rounds,
             "warmup_rounds": self.warmup_rounds,
             "drain_rounds": self.drain_rounds,
+            "min_timed_images": self.min_timed_images,
             "scan_size": self.scan_size,
             "offset": self.offset,
         }
@@ -107,10 +117,24 @@ class Measurement:
         """The objective: steady-state images/s of the whole engine over the timed window."""
         return self.round_images_per_s[-1] if self.round_images_per_s else 0.0
 
+    @property
+    def overhead_s(self) -> float:
+        """Seconds the scan took beyond its images at the steady rate: the warm-up and drain rounds' cost.
+
+        A run of ``n`` images then takes about ``n / images_per_s + overhead_s`` after start-up, which is what
+        a prediction for a database of a given size uses (at 500,000 images the overhead is noise; at 2,000
+        it is not).
+        """
+        rate = self.images_per_s
+        if rate <= 0:
+            return 0.0
+        return max(self.warmup_s + self.window_s + self.drain_s - self.images / rate, 0.0)
+
     def attrs(self) -> dict[str, Any]:
         """Flat user attributes for the Optuna trial."""
         data = asdict(self)
         data["images_per_s"] = self.images_per_s
+        data["overhead_s"] = round(self.overhead_s, 4)
         return data
 
 
@@ -127,11 +151,12 @@ class _Stop(Exception):
 
 
 class _RoundTracker:
-    """An on_batch callback that times the window of ``spec.rounds`` rounds after warm-up, and obeys 'stop'."""
+    """An on_batch callback that times the window of the timed rounds after warm-up, and obeys 'stop'."""
 
     def __init__(self, spec: ScanSpec, config: EngineConfig, send: Callable[[tuple[Any, ...]], None], conn: Any):
         self.spec, self.send, self.conn = spec, send, conn
         self.round = ScanSpec.round_images(config)
+        self.rounds = spec.timed_rounds(config)
         self.consumers = config.consumers
         self.batches: dict[int, int] = {}
         self.t_a: float | None = None
@@ -151,7 +176,7 @@ class _RoundTracker:
                 self.t_a, self.n_a = t, progress.images
             return
         done = progress.images - self.n_a
-        while self.done_rounds < self.spec.rounds and done >= (self.done_rounds + 1) * self.round:
+        while self.done_rounds < self.rounds and done >= (self.done_rounds + 1) * self.round:
             self.done_rounds += 1
             rate = done / (t - self.t_a) if t > self.t_a else 0.0
             self.window = (self.t_a, t, done)

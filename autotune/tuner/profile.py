@@ -113,6 +113,11 @@ def new_profile_id(now: dt.datetime | None = None) -> str:
     return f"{now:%Y%m%d-%H%M%S}-{now.microsecond >> 4:04x}"
 
 
+def predict_seconds(images: int, images_per_s: float, overhead_s: float = 0.0) -> float:
+    """Seconds a scan of ``images`` images takes after start-up: the steady rate plus warm-up and drain."""
+    return images / images_per_s + overhead_s if images_per_s > 0 else float("inf")
+
+
 @dataclass
 class Profile:
     """The tuned configuration for one machine and model architecture, and its provenance.
@@ -154,11 +159,17 @@ class Profile:
     validation: dict[str, Any] = field(default_factory=dict)
     unstable: bool = False
     saved_by: str = ""
+    # Seconds a scan takes beyond its images at the steady rate (warm-up and drain rounds), from validation.
+    overhead_s: float = 0.0
 
     @property
     def predicted_seconds_500k(self) -> float:
         """Predicted time of a 500,000-image scan at the measured steady-state rate."""
-        return REFERENCE_IMAGES / self.images_per_s if self.images_per_s > 0 else float("inf")
+        return predict_seconds(REFERENCE_IMAGES, self.images_per_s, self.overhead_s)
+
+    def predicted_images_per_s(self, images: int) -> float:
+        """Predicted images/s of a scan of ``images`` images (start-up excluded, as `retrieve` reports it)."""
+        return images / predict_seconds(images, self.images_per_s, self.overhead_s)
 
     @property
     def validation_ratio(self) -> float | None:

@@ -14,7 +14,14 @@ from typing import Any
 from autotune.engine.config import EngineConfig
 from autotune.errors import AutotuneError, ConfigError
 from autotune.tuner.objective import ScanSpec, TrialFailed, TrialStopped, measure
-from autotune.tuner.profile import REFERENCE_IMAGES, Profile, library_versions, model_arch, studies_dir
+from autotune.tuner.profile import (
+    REFERENCE_IMAGES,
+    Profile,
+    library_versions,
+    model_arch,
+    predict_seconds,
+    studies_dir,
+)
 from autotune.tuner.space import SearchSpace, load_space
 from autotune.tuner.validation import Candidate, Validation, validate, validation_spec
 
@@ -31,7 +38,9 @@ class StudyOptions:
     timeout_s: float | None = None
     scan_size: int | None = None  # cap on one trial's images; None: derived from the space
     rounds: int = 4  # timed batch rounds per trial
+    min_timed_images: int = 96  # ... or more rounds, until the timed part holds this many images
     validate_rounds: int = 12  # timed rounds of each validation run
+    validate_min_images: int = 480  # ... or more, as for trials: a validation window of a few seconds is noise
     validate_repeats: int = 3  # interleaved validation runs per candidate (0: no validation)
     space: str | None = None
     storage: str | None = None
@@ -71,6 +80,11 @@ class StudyOutcome:
     profile_path: Path | None
     validation: dict[str, Any] = field(default_factory=dict)
     trial_images: int = 0
+    overhead_s: float = 0.0  # warm-up and drain seconds beyond the steady rate (validation median)
+
+    def predicted_images_per_s(self, images: int) -> float:
+        """Predicted images/s of a scan of ``images`` images (start-up excluded, as `retrieve` reports it)."""
+        return images / predict_seconds(images, self.images_per_s, self.overhead_s)
 
     def summary(self) -> dict[str, Any]:
         """Flat figures for tables and JSON."""
@@ -92,7 +106,12 @@ class StudyOutcome:
                 round(self.current_images_per_s, 3) if self.current_images_per_s else None
             ),
             "profile_in_use": self.made_current,
-            "predicted_seconds_500k": round(REFERENCE_IMAGES / self.images_per_s, 1) if self.images_per_s else None,
+            "overhead_s": round(self.overhead_s, 3),
+            "predicted_seconds_500k": (
+                round(predict_seconds(REFERENCE_IMAGES, self.images_per_s, self.overhead_s), 1)
+                if self.images_per_s
+                else None
+            ),
             "max_trial_images": self.trial_images,
             **{f"trials_{k}": v for k, v in self.trials.items()},
             "seconds": round(self.seconds, 1),
@@ -172,7 +191,11 @@ def max_trial_images(space: SearchSpace, spec: ScanSpec, gpus: int) -> int:
     """The most images any configuration of ``space`` needs for one trial (largest batch round)."""
     cpu = int(space.largest("cpu_models", 1)) * int(space.largest("cpu_batch", 32))
     gpu = gpus * int(space.largest("gpu_models", 0)) * int(space.largest("gpu_batch", 128))
-    return (cpu + gpu) * (spec.warmup_rounds + spec.rounds + spec.drain_rounds)
+    size = cpu + gpu
+    # Smaller rounds get more timed rounds (min_timed_images), overshooting it by less than one round: the
+    # largest round bounds both parts.
+    timed = max(size * spec.rounds, spec.min_timed_images + size - 1 if spec.min_timed_images else 0)
+    return size * (spec.warmup_rounds + spec.drain_rounds) + timed
 
 
 def _prepare(options: StudyOptions) -> _Setup:
@@ -197,6 +220,7 @@ def _prepare(options: StudyOptions) -> _Setup:
         dataset=dataset,
         model=model,
         rounds=options.rounds,
+        min_timed_images=options.min_timed_images,
         scan_size=options.scan_size,
         timeout_s=options.trial_timeout_s,
         image_column=options.image_column,
@@ -465,12 +489,13 @@ def _validate_and_save(
         candidates.append(Candidate("current", current.config, current.trial_images_per_s))
     validation = None
     if options.validate_repeats > 0:
-        vspec = validation_spec(setup.spec, setup.trial_images, options.validate_rounds)
+        vspec = validation_spec(setup.spec, setup.trial_images, options.validate_rounds, options.validate_min_images)
         say(f"validation: {len(candidates)} candidates x {options.validate_repeats} runs on unseen images")
         validation = validate(candidates, vspec, options.validate_repeats, say)
         study.set_user_attr("validation", validation.to_dict())
     pick = candidates[0]
     validated = pick.images_per_s if validation else float(best.value)
+    overhead = pick.overhead_s if validation else float(best.user_attrs.get("overhead_s") or 0.0)
     spread = pick.spread if validation else 0.0
     unstable = bool(validation and validation.unstable)
     by_name = {c.name: c for c in candidates}
@@ -483,6 +508,7 @@ def _validate_and_save(
     profile = path = None
     if options.save:
         profile = _profile(setup, best, config, validated, spread, validation, unstable)
+        profile.overhead_s = overhead
         checks = guard.checks(config)  # cached from the trials: checked on this very model
         if checks:
             from autotune.tuner.guard import guard_record
@@ -511,6 +537,7 @@ def _validate_and_save(
         profile_path=path,
         validation=validation.to_dict() if validation else {},
         trial_images=setup.trial_images,
+        overhead_s=overhead,
     )
 
 

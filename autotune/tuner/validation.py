@@ -26,11 +26,17 @@ class Candidate:
     config: EngineConfig
     trial_images_per_s: float | None = None
     runs: list[float] = field(default_factory=list)
+    overheads: list[float] = field(default_factory=list)  # warm-up and drain seconds beyond the steady rate
 
     @property
     def images_per_s(self) -> float:
         """Median of the validation runs."""
         return statistics.median(self.runs) if self.runs else 0.0
+
+    @property
+    def overhead_s(self) -> float:
+        """Median seconds a run takes beyond its images at the steady rate (see ``Measurement.overhead_s``)."""
+        return statistics.median(self.overheads) if self.overheads else 0.0
 
     @property
     def spread(self) -> float:
@@ -47,6 +53,7 @@ class Candidate:
             "runs": [round(r, 3) for r in self.runs],
             "images_per_s": round(self.images_per_s, 3),
             "spread": round(self.spread, 4),
+            "overhead_s": round(self.overhead_s, 3),
         }
 
 
@@ -71,9 +78,12 @@ class Validation:
         }
 
 
-def validation_spec(trial_spec: ScanSpec, trial_span: int, rounds: int) -> ScanSpec:
-    """The longer scan: ``rounds`` timed rounds on images from ``trial_span`` on (the trials used those before)."""
-    return replace(trial_spec, rounds=rounds, offset=trial_span, scan_size=None)
+def validation_spec(trial_spec: ScanSpec, trial_span: int, rounds: int, min_images: int = 0) -> ScanSpec:
+    """The longer scan: ``rounds`` timed rounds (``min_images`` at least) from image ``trial_span`` on.
+
+    The trials used the images before ``trial_span``.
+    """
+    return replace(trial_spec, rounds=rounds, min_timed_images=min_images, offset=trial_span, scan_size=None)
 
 
 def validate(
@@ -92,7 +102,8 @@ def validate(
     for c in candidates:
         key = repr(sorted(c.config.to_dict().items()))
         if key in distinct:
-            c.runs = distinct[key].runs  # same list: measured once, reported under both names
+            # Same lists: measured once, reported under both names.
+            c.runs, c.overheads = distinct[key].runs, distinct[key].overheads
         else:
             distinct[key] = c
 
@@ -100,7 +111,9 @@ def validate(
         for r in range(repeats):
             for c in distinct.values():
                 try:
-                    rate = measure(c.config, spec).images_per_s
+                    m = measure(c.config, spec)
+                    rate = m.images_per_s
+                    c.overheads.append(m.overhead_s)
                 except TrialFailed as exc:
                     say(f"validation run of the {c.name} failed: {exc}")
                     rate = 0.0

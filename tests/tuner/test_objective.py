@@ -71,6 +71,41 @@ def test_two_replicas_with_big_batches_are_measurable_and_reuse_images(small_dat
     assert m.reused_images == 32 * 4 - 48 and m.images == 128
 
 
+def test_small_rounds_get_more_timed_rounds_and_the_study_bound_covers_them() -> None:
+    """min_timed_images lengthens the window of small rounds only; max_trial_images bounds every round size."""
+    from autotune.tuner.study import max_trial_images
+
+    spec = ScanSpec(dataset="-", model=FAKE, rounds=4, min_timed_images=100)
+    small = EngineConfig(producers=1, cpu_models=1, cpu_threads=1, cpu_batch=8)
+    big = EngineConfig(producers=1, cpu_models=2, cpu_threads=1, cpu_batch=64)
+    assert spec.timed_rounds(small) == 13 and spec.images_for(small) == 8 * 15  # 13 rounds hold >= 100 images
+    assert spec.timed_rounds(big) == 4 and spec.images_for(big) == 128 * 6
+    space = SimpleNamespace(largest=lambda name, d: {"cpu_models": 2, "cpu_batch": 64}.get(name, d))
+    assert max_trial_images(space, spec, gpus=0) == 128 * 6
+    worst = max(spec.images_for(EngineConfig(producers=1, cpu_models=1, cpu_threads=1, cpu_batch=b))
+                for b in range(1, 65))  # fmt: skip
+    bound_spec = ScanSpec(dataset="-", model=FAKE, rounds=1, min_timed_images=100)
+    one = SimpleNamespace(largest=lambda name, d: {"cpu_models": 1, "cpu_batch": 64}.get(name, d))
+    assert max_trial_images(one, bound_spec, gpus=0) >= max(
+        bound_spec.images_for(EngineConfig(producers=1, cpu_models=1, cpu_threads=1, cpu_batch=b)) for b in range(1, 65)
+    )
+    assert worst <= max_trial_images(one, spec, gpus=0)
+
+
+def test_overhead_and_prediction_for_a_database_size() -> None:
+    """The time beyond the steady rate is kept apart; a prediction for n images adds it once."""
+    from autotune.tuner.profile import predict_seconds
+
+    m = objective.Measurement(
+        round_images_per_s=[50.0], startup_s=3.0, warmup_s=1.0, window_s=2.0, drain_s=0.5, timed_images=100,
+        reused_images=0, steady_images_per_s=50.0, bottleneck="", stage_seconds={}, peak_rss_mb=0.0, threads=[],
+        affinity=[], skipped=0, images=150,
+    )  # fmt: skip
+    assert m.overhead_s == pytest.approx(3.5 - 150 / 50)
+    assert predict_seconds(1000, 50.0, m.overhead_s) == pytest.approx(20.5)
+    assert predict_seconds(1000, 0.0) == float("inf")
+
+
 def test_round_tracker_starts_after_every_replica_warmed_up() -> None:
     spec = ScanSpec(dataset="-", model=FAKE, rounds=2)
     cfg = EngineConfig(producers=1, cpu_models=2, cpu_threads=1, cpu_batch=10)

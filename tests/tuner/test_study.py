@@ -65,7 +65,8 @@ def _options(tmp_path: Path, dataset: Path, text: str = SMALL_SPACE, **kw: Any) 
     space = tmp_path / "space.yaml"
     space.write_text(text)
     base: dict[str, Any] = dict(space=str(space), trials=3, rounds=2, model=FAKE, dataset=str(dataset),
-                                validate_repeats=1, validate_rounds=2, trial_timeout_s=120)
+                                validate_repeats=1, validate_rounds=2, trial_timeout_s=120, min_timed_images=0,
+                                validate_min_images=0)
     base.update(kw)
     return StudyOptions(**base)
 
