@@ -33,9 +33,11 @@ test: install test-deps
 test-all: install test-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# ruff (style, imports), mypy (types), and pylint's duplicate-code check alone (6 lines or more repeated).
 lint: install
 	$(BIN)/ruff check autotune tests
 	$(BIN)/mypy autotune
+	$(BIN)/pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 --score=n autotune
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
