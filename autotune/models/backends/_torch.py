@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +26,14 @@ from autotune.errors import ConfigError
 from autotune.models.backends._base import Backend, BackendSpec, _quiet, _Timed
 from autotune.models.backends._cache import artefact_path, backends_cache, materialise
 from autotune.models.facts import ModelFacts, model_facts
+
+if TYPE_CHECKING:  # typing only: at run time torch is imported where it is used (see above)
+    import torch
+
+    from autotune.models.tower import ClipImageTower
+
+# A tower, or torch.compile's wrapper of it: pixels (N, 3, H, W) in, unit embeddings (N, D) out.
+TowerFn = Callable[["torch.Tensor"], "torch.Tensor"]
 
 # The int8 artefact's layout; part of its key, so caches of the old layout (a whole pickled module) are never read.
 INT8_LAYOUT = "state-dict"
@@ -36,7 +44,7 @@ TOWER_FORMAT = "autotune-tower-1"
 _USER_INDUCTOR_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 
 
-def _quantised_linears(module: Any) -> None:
+def _quantised_linears(module: torch.nn.Module) -> None:
     """Swap every plain ``nn.Linear`` under ``module`` for a placeholder dynamic qint8 ``Linear``, in place.
 
     These are the modules ``quantize_dynamic(m, {nn.Linear}, dtype=torch.qint8)`` puts there (it matches the
@@ -58,7 +66,7 @@ def _quantised_linears(module: Any) -> None:
             _quantised_linears(child)
 
 
-def _int8_skeleton(facts: ModelFacts) -> Any:
+def _int8_skeleton(facts: ModelFacts) -> ClipImageTower:
     """The int8 backend's module: the model's tower, quantised Linear placeholders, other weights on meta.
 
     Nothing is allocated or initialised for the fp32 weights: the cached state brings every tensor, and a
@@ -73,7 +81,7 @@ def _int8_skeleton(facts: ModelFacts) -> Any:
     return tower
 
 
-def _padded_call(fn: Callable[[Any], Any], x: Any, size: int) -> Any:
+def _padded_call(fn: TowerFn, x: torch.Tensor, size: int) -> torch.Tensor:
     """Run ``fn`` (compiled for batches of exactly ``size``) on any batch: chunks, last one zero-padded."""
     import torch
 
@@ -125,9 +133,9 @@ class TorchBackend(_Timed, Backend):
         self.tower = load_tower(facts, device=spec.device, dtype=dtype)
         self.channels_last = spec.backend == "channels-last" and not on_cpu
         if self.channels_last:
-            self.tower = cast(Any, self.tower).to(memory_format=torch.channels_last)
-        self._pinned: Any = None
-        self._fn: Callable[[Any], Any] = self.tower
+            self.tower = self.tower.to(memory_format=torch.channels_last)
+        self._pinned: torch.Tensor | None = None
+        self._fn: TowerFn = self.tower
         self._compiled_size: int | None = None
         self._cache_root = cache_root
         self._compile = spec.backend in ("compile", "bf16")
@@ -137,7 +145,7 @@ class TorchBackend(_Timed, Backend):
                 self._warm(int(spec.batch))
         self.setup_seconds = time.perf_counter() - start
 
-    def _compiled(self) -> Callable[[Any], Any]:
+    def _compiled(self) -> TowerFn:
         """``torch.compile`` the tower with frozen weights; inductor's cache lives under the backends cache."""
         torch = self.torch
         import torch._inductor.config as inductor_config
@@ -173,7 +181,7 @@ class TorchBackend(_Timed, Backend):
                 atomic_write_json(marker, {"pid": os.getpid(), "time": time.time()})
         self.artefact = str(marker)
 
-    def _to_device(self, batch: np.ndarray) -> Any:
+    def _to_device(self, batch: np.ndarray) -> torch.Tensor:
         """Host uint8 batch -> device tensor, via a reused pinned buffer on CUDA."""
         torch = self.torch
         host = torch.from_numpy(batch)
@@ -185,7 +193,7 @@ class TorchBackend(_Timed, Backend):
         staging.copy_(host)
         return staging.to(self.device, non_blocking=True)
 
-    def _forward(self, pixels: Any) -> Any:
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalise a device uint8 batch and run the (possibly compiled) tower."""
         from autotune.preprocess import normalize
 
