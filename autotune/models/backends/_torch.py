@@ -133,7 +133,8 @@ class TorchBackend(_Timed, Backend):
         self.tower = load_tower(facts, device=spec.device, dtype=dtype)
         self.channels_last = spec.backend == "channels-last" and not on_cpu
         if self.channels_last:
-            self.tower = self.tower.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format at run time; torch's overloads do not declare it.
+            self.tower = self.tower.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._pinned: torch.Tensor | None = None
         self._fn: TowerFn = self.tower
         self._compiled_size: int | None = None

@@ -42,7 +42,9 @@ def _sample_pixels(source: ImageSource, sample: int, spec: PreprocessSpec) -> tu
     n = min(sample, len(records))
     picks = np.unique(np.linspace(0, len(records) - 1, n).round().astype(int))
     pixels = np.empty((len(picks), spec.crop, spec.crop, 3), np.uint8)
-    ids, labels, k = [], [], 0
+    ids: list[int] = []
+    labels: list[str] = []
+    k = 0
     for i in picks:
         record = records[int(i)]
         try:
