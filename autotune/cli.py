@@ -483,7 +483,7 @@ def retrieve_cmd(
             )
     else:
         from autotune.models.loading import weights_hash
-        from autotune.tuner.guard import guard_ok_for
+        from autotune.tuner.profile import guard_ok_for
 
         if not guard_ok_for(prof, weights_hash(resolve_model(model)[0])):
             raise ConfigError(
@@ -593,8 +593,7 @@ def verify_cmd(
     finds speed, not quantisation error), and record the check in the profile. Exit 1 if it fails."""
     from autotune.defaults import default_dataset
     from autotune.errors import ConfigError
-    from autotune.tuner.guard import verify_profile
-    from autotune.tuner.profile import find_profile, profile_path, save_profile
+    from autotune.tuner.profile import find_profile, profile_path, save_profile, verify_profile
 
     # With --model, auto is the profile in use for that model's architecture.
     prof = find_profile(profile, model=model, warn=False)

@@ -14,14 +14,21 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from autotune.bench.common import torch_threads
+from autotune.data import make_dataset, open_source
+from autotune.engine.config import logical_cores
 from autotune.errors import ConfigError
+from autotune.models import backends as model_backends
+from autotune.models.facts import model_facts
+from autotune.models.guard import DEFAULT_THRESHOLD, agreement
+from autotune.preprocess import PreprocessSpec, fast_preprocess
 
 DEFAULT_MODEL = "synthetic:clip-vit-base-patch32"
 ROW_KEYS = (
@@ -39,15 +46,12 @@ ROW_KEYS = (
     "pass_images_per_s",
     "error",
 )
-
-
+# One row per backend, keys ROW_KEYS.
+Row = dict[str, Any]
 
 
 def bench_images(n: int, crop: int, seed: int = 11) -> np.ndarray:
     """``n`` generated photos (all labels), fast-preprocessed to uint8 ``[n, crop, crop, 3]``."""
-    from autotune.data import make_dataset, open_source
-    from autotune.preprocess import PreprocessSpec, fast_preprocess
-
     spec = PreprocessSpec(shortest_edge=crop, crop=crop)
     with tempfile.TemporaryDirectory(prefix="bench-backends-") as tmp:
         folder = Path(tmp) / "images"
@@ -59,11 +63,111 @@ def bench_images(n: int, crop: int, seed: int = 11) -> np.ndarray:
     return out
 
 
-def _one_pass(backend: Any, pixels: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
+def _one_pass(backend: model_backends.Backend, pixels: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
     """Embed all pixels once in batches; return (seconds, embeddings)."""
     start = time.perf_counter()
     parts = [backend.embed(pixels[i : i + batch]) for i in range(0, len(pixels), batch)]
     return time.perf_counter() - start, np.concatenate(parts)
+
+
+def _backend_names(backends: list[str] | None) -> list[str]:
+    """The backends to measure, eager first (the baseline), each once; unknown names are one ConfigError line."""
+    names = list(backends) if backends else model_backends.available_cpu_backends()
+    for name in names:
+        if name not in model_backends.CPU_BACKEND_NAMES:
+            known = ", ".join(model_backends.CPU_BACKEND_NAMES)
+            raise ConfigError(f"unknown cpu backend {name!r}; choose from: {known}")
+    return ["eager"] + [b for b in dict.fromkeys(names) if b != "eager"]
+
+
+def _build_twice(spec: model_backends.BackendSpec, root: Path, row: Row, warmup: np.ndarray) -> model_backends.Backend:
+    """Build cold then cached in ``root`` (setup times and the hit go in ``row``); return the cold one, warm."""
+    start = time.perf_counter()
+    backend = model_backends.build_backend(spec, cache_root=root)
+    row["setup_cold_s"] = round(time.perf_counter() - start, 3)
+    start = time.perf_counter()
+    again = model_backends.build_backend(spec, cache_root=root)
+    row["setup_cached_s"] = round(time.perf_counter() - start, 3)
+    row["cached_hit"] = bool(again.cache_hit)
+    del again
+    gc.collect()
+    backend.embed(warmup)  # warm-up: first-call allocations, lazy kernel selection
+    backend.timings()
+    return backend
+
+
+def _build_all(
+    names: list[str], model: str, batch: int, pixels: np.ndarray, folder: Path, say: Callable[[str], None]
+) -> tuple[dict[str, Row], dict[str, model_backends.Backend]]:
+    """A row per backend, and the backends that could be built (a failure is its row's ``error``)."""
+    rows: dict[str, Row] = {}
+    built: dict[str, model_backends.Backend] = {}
+    for name in names:
+        row: Row = {key: None for key in ROW_KEYS}
+        row["backend"] = name
+        rows[name] = row
+        reason = model_backends.backend_unavailable(name)
+        if reason:
+            row["error"] = reason
+            say(f"{name}: skipped ({reason})")
+            continue
+        spec = model_backends.BackendSpec(model_id=model, backend=name, batch=batch)
+        try:
+            built[name] = _build_twice(spec, folder / name, row, pixels[:batch])
+            say(f"{name}: ready (setup {row['setup_cold_s']} s cold, {row['setup_cached_s']} s cached)")
+        except Exception as exc:  # one broken backend must not hide the others' figures
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            row["error"] = f"{type(exc).__name__}: {first}"[:300]
+            say(f"{name}: failed ({row['error']})")
+    return rows, built
+
+
+def _interleaved_passes(
+    built: dict[str, model_backends.Backend], pixels: np.ndarray, batch: int, repeats: int,
+    say: Callable[[str], None],
+) -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
+    """Round-robin timed passes: seconds per pass per backend, and each backend's first embeddings."""
+    seconds: dict[str, list[float]] = {name: [] for name in built}
+    outputs: dict[str, np.ndarray] = {}
+    for r in range(repeats):
+        for name, backend in built.items():
+            took, emb = _one_pass(backend, pixels, batch)
+            seconds[name].append(took)
+            outputs.setdefault(name, emb)
+        say(f"pass {r + 1}/{repeats}: " + ", ".join(f"{k} {len(pixels) / v[-1]:.2f}" for k, v in seconds.items()))
+    return seconds, outputs
+
+
+@contextmanager
+def _inductor_dir_restored() -> Iterator[None]:
+    """Give the process its own TORCHINDUCTOR_CACHE_DIR back: compiled backends point it at the bench's folder."""
+    inductor_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    try:
+        yield
+    finally:
+        if inductor_dir is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_dir
+
+
+def _fill_figures(
+    rows: dict[str, Row], seconds: dict[str, list[float]], outputs: dict[str, np.ndarray], n: int, threshold: float
+) -> float | None:
+    """Rates, speed-ups over eager and agreement with eager into the rows; return eager's images/s."""
+    reference = outputs.get("eager")
+    eager_rate = n / statistics.median(seconds["eager"]) if "eager" in seconds else None
+    for name, secs in seconds.items():
+        row = rows[name]
+        rate = n / statistics.median(secs)
+        row["images_per_s"] = round(rate, 3)
+        row["pass_images_per_s"] = [round(n / s, 3) for s in secs]
+        row["speedup_over_eager"] = round(rate / eager_rate, 3) if eager_rate else None
+        if reference is not None:
+            figures = agreement(reference, outputs[name])
+            row.update({k: round(v, 6) for k, v in figures.items()})
+            row["guard_ok"] = bool(figures["min_cosine"] >= threshold)
+    return eager_rate
 
 
 def bench_backends(
@@ -74,7 +178,7 @@ def bench_backends(
     backends: list[str] | None = None,
     *,
     repeats: int = 3,
-    threshold: float = 0.99,
+    threshold: float = DEFAULT_THRESHOLD,
     pixels: np.ndarray | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -90,90 +194,25 @@ def bench_backends(
         >>> [r["backend"] for r in out["rows"]], out["best_backend"]  # doctest: +SKIP
         (['eager', 'onnx'], 'onnx')
     """
-    from autotune.engine.config import logical_cores
-    from autotune.models.backends import (
-        CPU_BACKEND_NAMES,
-        BackendSpec,
-        available_cpu_backends,
-        backend_unavailable,
-        build_backend,
-        model_facts,
-    )
-    from autotune.tuner.guard import agreement
-
     say = log or (lambda _msg: None)
     threads = threads or logical_cores()
     if batch < 1 or n < 1 or repeats < 1 or threads < 1:
         raise ConfigError(f"batch, n, repeats and threads must be >= 1 (got {batch}, {n}, {repeats}, {threads})")
-    names = list(backends) if backends else available_cpu_backends()
-    for name in names:
-        if name not in CPU_BACKEND_NAMES:
-            raise ConfigError(f"unknown cpu backend {name!r}; choose from: {', '.join(CPU_BACKEND_NAMES)}")
-    names = ["eager"] + [b for b in dict.fromkeys(names) if b != "eager"]
+    names = _backend_names(backends)
     facts = model_facts(model)
     if pixels is None:
         pixels = bench_images(n, facts.preprocess.crop)
     pixels = np.ascontiguousarray(pixels[:n])
-    rows: dict[str, dict[str, Any]] = {}
-    built: dict[str, Any] = {}
-    inductor_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="bench-backends-cache-") as tmp:
-        for name in names:
-            row: dict[str, Any] = {key: None for key in ROW_KEYS}
-            row["backend"] = name
-            rows[name] = row
-            reason = backend_unavailable(name)
-            if reason:
-                row["error"] = reason
-                say(f"{name}: skipped ({reason})")
-                continue
-            spec = BackendSpec(model_id=model, backend=name, batch=batch)
-            root = Path(tmp) / name
-            try:
-                start = time.perf_counter()
-                backend = build_backend(spec, cache_root=root)
-                row["setup_cold_s"] = round(time.perf_counter() - start, 3)
-                start = time.perf_counter()
-                again = build_backend(spec, cache_root=root)
-                row["setup_cached_s"] = round(time.perf_counter() - start, 3)
-                row["cached_hit"] = bool(getattr(again, "cache_hit", False))
-                del again
-                gc.collect()
-                backend.embed(pixels[:batch])  # warm-up: first-call allocations, lazy kernel selection
-                backend.timings()
-                built[name] = backend
-                say(f"{name}: ready (setup {row['setup_cold_s']} s cold, {row['setup_cached_s']} s cached)")
-            except Exception as exc:  # one broken backend must not hide the others' figures
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                row["error"] = f"{type(exc).__name__}: {first}"[:300]
-                say(f"{name}: failed ({row['error']})")
-        seconds: dict[str, list[float]] = {name: [] for name in built}
-        outputs: dict[str, np.ndarray] = {}
-        for r in range(repeats):
-            for name, backend in built.items():
-                took, emb = _one_pass(backend, pixels, batch)
-                seconds[name].append(took)
-                outputs.setdefault(name, emb)
-            say(f"pass {r + 1}/{repeats}: " + ", ".join(f"{k} {len(pixels) / v[-1]:.2f}" for k, v in seconds.items()))
+    with (
+        _inductor_dir_restored(),
+        torch_threads(threads),
+        tempfile.TemporaryDirectory(prefix="bench-backends-cache-") as tmp,
+    ):
+        rows, built = _build_all(names, model, batch, pixels, Path(tmp), say)
+        seconds, outputs = _interleaved_passes(built, pixels, batch, repeats, say)
         built.clear()
         gc.collect()
-    # Compiled backends pointed inductor at the temporary folder: give the process its old setting back.
-    if inductor_dir is None:
-        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-    else:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_dir
-    reference = outputs.get("eager")
-    eager_rate = len(pixels) / statistics.median(seconds["eager"]) if "eager" in seconds else None
-    for name, secs in seconds.items():
-        row = rows[name]
-        rate = len(pixels) / statistics.median(secs)
-        row["images_per_s"] = round(rate, 3)
-        row["pass_images_per_s"] = [round(len(pixels) / s, 3) for s in secs]
-        row["speedup_over_eager"] = round(rate / eager_rate, 3) if eager_rate else None
-        if reference is not None:
-            figures = agreement(reference, outputs[name])
-            row.update({k: round(v, 6) for k, v in figures.items()})
-            row["guard_ok"] = bool(figures["min_cosine"] >= threshold)
+    eager_rate = _fill_figures(rows, seconds, outputs, len(pixels), threshold)
     ranked = [r for r in rows.values() if r["images_per_s"] and r["guard_ok"]]
     best = max(ranked, key=lambda r: r["images_per_s"]) if ranked else None
     return {

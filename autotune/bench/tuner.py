@@ -218,7 +218,7 @@ def bench_tuner(
 def _guarded_backends(space: Any, dataset: str, model: str, split: str | None, say: Callable[[str], None]) -> list:
     """The space's backends that pass the accuracy guard on this model (fp32 eager always does)."""
     from autotune.data import open_source
-    from autotune.tuner import guard
+    from autotune.models import guard
 
     choices = next((list(p.choices) for p in space.params if p.name == "cpu_backend"), ["eager"])
     reference = None

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from autotune.errors import ConfigError
+from autotune.models.backends import CPU_BACKEND_NAMES, backend_unavailable
 
 Scheduling = Literal["dynamic", "static"]
 GpuPrecision = Literal["fp16", "bf16", "fp32"]
@@ -15,8 +16,8 @@ CpuPrecision = Literal["fp32"]
 
 SCHEDULING: tuple[str, ...] = ("dynamic", "static")
 GPU_PRECISIONS: tuple[str, ...] = ("fp16", "bf16", "fp32")
-# Mirrors autotune.models.backends.CPU_BACKEND_NAMES (a test keeps them equal); "eager" is the fp32 reference.
-CPU_BACKENDS: tuple[str, ...] = ("eager", "int8", "bf16", "compile", "onnx", "onnx-int8", "openvino", "openvino-bf16")
+# The backends' registry is the one list of CPU backends; "eager" (first) is the fp32 reference.
+CPU_BACKENDS: tuple[str, ...] = CPU_BACKEND_NAMES
 
 
 def logical_cores() -> int:
@@ -116,8 +117,6 @@ class EngineConfig:
         if self.cpu_backend not in CPU_BACKENDS:
             raise ConfigError(f"cpu_backend must be one of {', '.join(CPU_BACKENDS)}, got {self.cpu_backend!r}")
         if self.cpu_models:
-            from autotune.models.backends import backend_unavailable
-
             reason = backend_unavailable(self.cpu_backend)
             if reason:
                 raise ConfigError(f"cpu_backend: {reason}")

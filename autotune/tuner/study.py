@@ -434,7 +434,7 @@ class _Guard:
 
     def checks(self, config: EngineConfig) -> list[Any]:
         """Guard results for the config's non-reference backends (empty for fp32 eager)."""
-        from autotune.tuner import guard
+        from autotune.models import guard
 
         if not guard.non_reference_parts(config):
             return []
@@ -511,7 +511,7 @@ def _validate_and_save(
         profile.overhead_s = overhead
         checks = guard.checks(config)  # cached from the trials: checked on this very model
         if checks:
-            from autotune.tuner.guard import guard_record
+            from autotune.tuner.profile import guard_record
 
             profile.guard = guard_record(checks)
         path = save_profile(profile, make_current=make_current)

@@ -41,6 +41,7 @@ def test_bench_reports_a_missing_backend(tiny_model: str, monkeypatch: pytest.Mo
 
 
 def test_bench_refuses_unknown_backend(tiny_model: str) -> None:
+    """An unknown backend name is one ConfigError naming it."""
     with pytest.raises(ConfigError, match="tensorrt"):
         bench_backends(tiny_model, backends=["tensorrt"])
 

@@ -34,12 +34,14 @@ from autotune.errors import ConfigError
     ],
 )
 def test_impossible_configs_are_refused(kwargs: dict, needle: str) -> None:
+    """Each impossible value is refused with one line naming it."""
     with pytest.raises(ConfigError, match=needle) as info:
         EngineConfig(**kwargs).validate(cores=2, gpus=0)
     assert "\n" not in str(info.value)
 
 
 def test_valid_config_round_trips() -> None:
+    """A valid config validates to itself and round-trips through its dict."""
     cfg = EngineConfig(producers=2, cpu_models=2, cpu_threads=1, cpu_batch=16, scheduling="static")
     assert cfg.validate(cores=2, gpus=0) is cfg
     assert EngineConfig.from_dict(cfg.to_dict()) == cfg
@@ -47,14 +49,17 @@ def test_valid_config_round_trips() -> None:
 
 
 def test_unknown_key_is_refused() -> None:
+    """An unknown engine setting is refused by name."""
     with pytest.raises(ConfigError, match="unknown engine setting"):
         EngineConfig.from_dict({"producers": 1, "turbo": True})
 
 
 def test_gpu_config_validates_with_gpus() -> None:
+    """GPU replicas validate when a GPU is visible."""
     EngineConfig(cpu_models=0, gpu_models=2, gpu_batch=64).validate(cores=16, gpus=1)
 
 
 def test_unit_batch_is_smallest_device_batch() -> None:
+    """A slot holds the smallest batch of the devices in use."""
     assert EngineConfig(cpu_batch=16, gpu_models=1, gpu_batch=64).unit_batch() == 16
     assert EngineConfig(cpu_models=0, gpu_models=1, gpu_batch=64).unit_batch() == 64

@@ -35,12 +35,14 @@ from autotune.tuner.profile import (
 
 @pytest.fixture(autouse=True)
 def _studies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Profiles of this test live in its own studies folder."""
     folder = tmp_path / "studies"
     monkeypatch.setenv("AUTOTUNE_STUDIES", str(folder))
     return folder
 
 
 def _profile(machine_id: str = "test-machine-2c", **kw: Any) -> Profile:
+    """A saved-able profile of a 2-core test machine; keywords override fields."""
     base: dict[str, Any] = dict(
         machine_id=machine_id,
         machine="Test CPU, 2 cores",
@@ -69,6 +71,7 @@ def _files(folder: Path) -> list[str]:
 
 
 def test_round_trip(_studies: Path) -> None:
+    """A saved profile loads back equal, stamped, with its derived figures in the file."""
     prof = _profile()
     path = save_profile(prof)
     assert path == profiles_dir() / "test-machine-2c" / f"{prof.id}.json"
@@ -85,6 +88,7 @@ def test_round_trip(_studies: Path) -> None:
 
 
 def test_new_fields_and_validation_ratio(_studies: Path) -> None:
+    """Trial over validated rate is the validation ratio, None unless both are known; it survives a save."""
     prof = _profile(trial_images_per_s=300.0, validated_images_per_s=250.0, validation={"runs": [249.0, 251.0]})
     assert prof.validation_ratio == pytest.approx(1.2)
     assert _profile(trial_images_per_s=300.0).validation_ratio is None
@@ -95,6 +99,7 @@ def test_new_fields_and_validation_ratio(_studies: Path) -> None:
 
 
 def test_history_keeps_every_save_and_use_switches_back(_studies: Path) -> None:
+    """Every save is a new history file; use points the architecture back at an older one."""
     first, second = _profile(images_per_s=100.0), _profile(images_per_s=200.0)
     one, two = save_profile(first), save_profile(second)
     assert one != two and one.is_file() and two.is_file()
@@ -111,6 +116,7 @@ def test_history_keeps_every_save_and_use_switches_back(_studies: Path) -> None:
 
 
 def test_make_current_false_keeps_the_pointer(_studies: Path) -> None:
+    """A save with make_current=False joins the history without taking over."""
     kept = _profile(images_per_s=100.0)
     save_profile(kept)
     save_profile(_profile(images_per_s=999.0), make_current=False)
@@ -119,6 +125,7 @@ def test_make_current_false_keeps_the_pointer(_studies: Path) -> None:
 
 
 def test_current_is_per_architecture(_studies: Path) -> None:
+    """Each model architecture has its own profile in use."""
     here = detect_machine().machine_id
     small = _profile(here, model="fake:16", model_arch="fake:16", images_per_s=900.0)
     save_profile(small)
@@ -145,6 +152,7 @@ def test_current_never_hands_out_another_architecture(_studies: Path) -> None:
 
 
 def test_legacy_file_is_listed_not_current(_studies: Path) -> None:
+    """A format-1 file is listed as legacy, never in use until use imports it."""
     here = detect_machine().machine_id
     data = _profile(here, date="2026-11-28T10:23:00+00:00").to_dict()
     for key in (
@@ -175,6 +183,7 @@ def test_legacy_file_is_listed_not_current(_studies: Path) -> None:
 
 
 def test_use_unknown_id_is_one_line(_studies: Path) -> None:
+    """An unknown id is one ConfigError line naming the listing command."""
     save_profile(_profile())
     with pytest.raises(ConfigError) as info:
         use_profile("20991231-000000-beef")
@@ -184,6 +193,7 @@ def test_use_unknown_id_is_one_line(_studies: Path) -> None:
 
 
 def test_save_to_a_path_writes_that_file_only(_studies: Path, tmp_path: Path) -> None:
+    """Saving to a path writes that file, not the history."""
     prof = _profile()
     path = save_profile(prof, path=tmp_path / "mine.json")
     assert path == tmp_path / "mine.json" and load_profile(path) == prof
@@ -199,11 +209,13 @@ def test_folder_by_position_still_works(tmp_path: Path) -> None:
 
 
 def test_predicted_seconds_500k() -> None:
+    """The 500,000-image prediction is images over the steady rate plus the overhead."""
     assert _profile(images_per_s=100.0).predicted_seconds_500k == pytest.approx(5000.0)
     assert _profile(images_per_s=0.0).predicted_seconds_500k == float("inf")
 
 
 def test_list_profiles_skips_unreadable(_studies: Path) -> None:
+    """An unreadable profile file is skipped by listings."""
     assert list_profiles() == []
     save_profile(_profile("machine-a"))
     save_profile(_profile("machine-b", images_per_s=10.0))
@@ -221,6 +233,7 @@ def test_list_profiles_skips_temporary_files(_studies: Path) -> None:
 
 
 def test_check_profile_warnings() -> None:
+    """A profile away from its machine or architecture gets one note per difference."""
     prof = _profile()
     assert check_profile(prof, machine_id="test-machine-2c", model_arch="fake:32") == []
     notes = check_profile(prof, machine_id="other-machine", model_arch="fake:64")
@@ -230,6 +243,7 @@ def test_check_profile_warnings() -> None:
 
 
 def test_find_profile(_studies: Path, recwarn: pytest.WarningsRecorder) -> None:
+    """find_profile resolves none, auto, ids and files."""
     assert find_profile(None) is None
     assert find_profile("none") is None
     assert find_profile("auto") is None  # nothing saved for this machine yet
@@ -246,6 +260,7 @@ def test_find_profile(_studies: Path, recwarn: pytest.WarningsRecorder) -> None:
 
 
 def test_find_profile_without_say_prints_one_line(_studies: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without say, a note goes to stderr as one line."""
     elsewhere = save_profile(_profile("another-machine"))
     assert find_profile(str(elsewhere)) is not None
     err = capsys.readouterr().err
@@ -264,6 +279,7 @@ def test_find_profile_without_say_prints_one_line(_studies: Path, capsys: pytest
     ids=["syntax", "list", "missing-keys", "unknown-key", "bad-config"],
 )
 def test_malformed_profile_is_one_line(tmp_path: Path, text: str) -> None:
+    """A malformed profile file is one ConfigError line."""
     path = tmp_path / "bad.json"
     path.write_text(text)
     with pytest.raises(ConfigError) as info:
@@ -274,6 +290,7 @@ def test_malformed_profile_is_one_line(tmp_path: Path, text: str) -> None:
 
 
 def test_missing_profile_file(tmp_path: Path) -> None:
+    """A missing profile file is one ConfigError line."""
     with pytest.raises(ConfigError, match="not found"):
         load_profile(tmp_path / "nope.json")
 

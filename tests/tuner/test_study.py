@@ -202,7 +202,7 @@ def test_profile_with_a_guarded_backend_records_its_guard(small_dataset, tmp_pat
     """A study that picks a non-reference backend saves the guard it checked, so retrieve accepts the profile
     on the model it was tuned with."""
     from autotune.models.loading import resolve_model, weights_hash
-    from autotune.tuner.guard import guard_ok_for
+    from autotune.tuner.profile import guard_ok_for
     from autotune.tuner.study import StudyOptions, run_study
 
     monkeypatch.setenv("AUTOTUNE_STUDIES", str(tmp_path / "studies"))

@@ -1,36 +1,25 @@
-"""CPU backends: each one's embeddings against eager fp32, the on-disk artefact cache, and config validation."""
+"""CPU backends: each one's embeddings against eager fp32, their cached artefacts, concurrent builds, a scan."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import logging
-import multiprocessing as mp
-import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from filelock import FileLock
 
-from autotune.engine.config import CPU_BACKENDS, EngineConfig
-from autotune.errors import ConfigError
-from autotune.models import backends as B
+from autotune.engine.config import EngineConfig
 from autotune.models.backends import (
     CPU_BACKEND_NAMES,
     BackendSpec,
-    artefact_key,
     artefact_path,
     backend_unavailable,
     build_backend,
-    lock_path,
-    materialise,
 )
+from autotune.models.facts import model_facts
 
 # Slowest first to build: compiled backends run inductor (tens of seconds, even on the tiny model).
 COMPILED = ("bf16", "compile")
@@ -67,12 +56,14 @@ def eager_embeddings(pixels: np.ndarray, tiny_model: str) -> np.ndarray:
 
 
 def _skip_unavailable(name: str) -> None:
+    """Skip the test when backend name cannot run here."""
     reason = backend_unavailable(name)
     if reason:
         pytest.skip(reason)
 
 
 def _params() -> list:
+    """Every CPU backend, the compiled ones marked slow."""
     return [pytest.param(name, marks=pytest.mark.slow) if name in COMPILED else name for name in CPU_BACKEND_NAMES]
 
 
@@ -127,7 +118,7 @@ def test_int8_cache_is_weights_only(pixels: np.ndarray, tiny_model: str, tmp_pat
     from autotune.models.loading import load_clip
     from autotune.preprocess import normalize
 
-    legacy = artefact_path(tmp_path, B.model_facts(tiny_model).weights_hash, "int8", ".pt")
+    legacy = artefact_path(tmp_path, model_facts(tiny_model).weights_hash, "int8", ".pt")
     legacy.write_bytes(b"a pickled module from an older version")
     spec = BackendSpec(model_id=tiny_model, backend="int8")
     assert build_backend(spec, cache_root=tmp_path).cache_hit is False
@@ -179,139 +170,6 @@ def test_exported_normalisation_is_torch_bit_for_bit(name: str, pixels: np.ndarr
     np.testing.assert_array_equal(got, expected)
 
 
-def test_artefact_key_changes_with_its_inputs(tmp_path: Path) -> None:
-    """Weights, artefact kind and extra options each change the key; the same inputs give the same key."""
-    base = artefact_key("a" * 16, "onnx")
-    assert artefact_key("a" * 16, "onnx") == base
-    assert artefact_key("b" * 16, "onnx") != base
-    assert artefact_key("a" * 16, "onnx-int8") != base
-    assert artefact_key("a" * 16, "compile", batch=8) != artefact_key("a" * 16, "compile", batch=16)
-    path = artefact_path(tmp_path, "a" * 16, "onnx", ".onnx")
-    assert path.parent == tmp_path and path.name.startswith("onnx-" + "a" * 16) and path.suffix == ".onnx"
-
-
-def test_key_includes_library_versions(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A new torch (or onnxruntime for the int8 export) is a new artefact."""
-    base = artefact_key("a" * 16, "onnx-int8")
-    real = B.library_versions
-    monkeypatch.setattr(B, "library_versions", lambda *names: {**real(*names), "onnxruntime": "0.0.1"})
-    assert artefact_key("a" * 16, "onnx-int8") != base
-
-
-def _hold_lock(target: Path, seconds: float, then: bytes | None = None) -> threading.Thread:
-    """Hold ``target``'s build lock for ``seconds`` in a thread (writing ``then`` to it first); return it."""
-    held = threading.Event()
-
-    def run() -> None:
-        """Take the lock, signal, hold it, optionally publish the artefact, release."""
-        lock_file = lock_path(target)
-        lock_file.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(lock_file)):
-            held.set()
-            time.sleep(seconds)
-            if then is not None:
-                target.write_bytes(then)
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    assert held.wait(10)
-    return worker
-
-
-def test_materialise_waits_for_a_live_builder(tmp_path: Path) -> None:
-    """Another holder of the lock: wait for it, then take its file as a hit without building."""
-    target = tmp_path / "thing.bin"
-    worker = _hold_lock(target, 0.5, then=b"built elsewhere")
-    built = []
-    hit, waited = materialise(target, lambda tmp: built.append(tmp), poll_s=0.02)
-    worker.join()
-    assert hit and waited >= 0.4 and not built and target.read_bytes() == b"built elsewhere"
-
-
-def test_materialise_does_not_wait_for_a_dead_builder(tmp_path: Path) -> None:
-    """A builder killed while holding the lock leaves its lock file, but the kernel released the lock."""
-    target = tmp_path / "thing.bin"
-    lock_file = lock_path(target)
-    lock_file.parent.mkdir(parents=True)
-    holder = (
-        "import sys, time\nfrom filelock import FileLock\n"
-        "lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(60)"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", holder, str(lock_file)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
-    finally:
-        proc.kill()
-        proc.wait()
-    assert lock_file.exists()
-    hit, waited = materialise(target, lambda tmp: tmp.write_bytes(b"mine"), wait_s=30)
-    assert not hit and waited < 5 and target.read_bytes() == b"mine"
-
-
-def test_materialise_builds_anyway_after_waiting_too_long(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A build that outlasts ``wait_s``: the waiter logs a warning and builds its own copy."""
-    target = tmp_path / "thing.bin"
-    worker = _hold_lock(target, 1.5)
-    with caplog.at_level(logging.WARNING, logger=B.__name__):
-        hit, waited = materialise(target, lambda tmp: tmp.write_bytes(b"mine"), wait_s=0.3, poll_s=0.02)
-    worker.join()
-    assert not hit and 0.25 <= waited < 1.5 and target.read_bytes() == b"mine"
-    assert "waiting" in caplog.text and "thing.bin" in caplog.text
-
-
-def test_materialise_cleans_up_after_a_failed_build(tmp_path: Path) -> None:
-    """A build that raises leaves neither the artefact nor its temp file, and releases the lock."""
-    target = tmp_path / "thing.bin"
-
-    def broken(tmp: Path) -> None:
-        tmp.write_bytes(b"half")
-        raise RuntimeError("export failed")
-
-    with pytest.raises(RuntimeError):
-        materialise(target, broken)
-    assert [p.name for p in tmp_path.iterdir()] == [B.LOCKS_DIR]
-    FileLock(str(lock_path(target))).acquire(timeout=0)  # released: free at once
-    hit, _ = materialise(target, lambda tmp: tmp.write_bytes(b"ok"))
-    assert not hit and target.read_bytes() == b"ok"
-
-
-def _materialise_in_child(target: str, calls: str, result: str, start: Any) -> None:
-    """Child process: wait for the others, materialise ``target`` with a slow build that logs each call."""
-
-    def build(tmp: Path) -> None:
-        """Log the call, take a while, write the artefact."""
-        with open(calls, "a") as fh:
-            fh.write(f"{os.getpid()}\n")
-        time.sleep(0.5)  # the other processes arrive meanwhile and must wait, not build
-        tmp.write_bytes(b"artefact")
-
-    start.wait(30)
-    hit, waited = materialise(Path(target), build, poll_s=0.02)
-    Path(result).write_text(json.dumps({"hit": hit, "waited": waited}))
-
-
-def test_materialise_builds_once_across_processes(tmp_path: Path) -> None:
-    """Three processes asking for the same artefact at once: one build, two hits, one whole file."""
-    if "fork" not in mp.get_all_start_methods():
-        pytest.skip("needs the fork start method (the build function is local to this test module)")
-    ctx = mp.get_context("fork")
-    target, calls = tmp_path / "cache" / "thing.bin", tmp_path / "calls.log"
-    start = ctx.Barrier(3)
-    results = [tmp_path / f"result-{i}.json" for i in range(3)]
-    procs = [
-        ctx.Process(target=_materialise_in_child, args=(str(target), str(calls), str(out), start)) for out in results
-    ]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(60)
-        assert proc.exitcode == 0
-    assert len(calls.read_text().splitlines()) == 1
-    assert sorted(json.loads(out.read_text())["hit"] for out in results) == [False, True, True]
-    assert target.read_bytes() == b"artefact"
-    assert sorted(p.name for p in target.parent.iterdir()) == [B.LOCKS_DIR, "thing.bin"]
-
-
 _CHILD = """
 import json, sys
 from pathlib import Path
@@ -339,54 +197,6 @@ def test_concurrent_builds_both_succeed(name: str, tiny_model: str, tmp_path: Pa
     suffix = ".pt" if name == "int8" else ".onnx"
     assert len(list(root.glob(f"{name}-*{suffix}"))) == 1
     assert not list(root.glob("*.lock")) and not list(root.glob(".*tmp*"))
-
-
-def test_unknown_backend_is_one_line() -> None:
-    """build_backend and EngineConfig refuse an unknown backend with one line naming the choices."""
-    with pytest.raises(ConfigError) as err:
-        build_backend(BackendSpec(model_id="synthetic:tiny", backend="tensorrt"))
-    assert "\n" not in str(err.value) and "onnx-int8" in str(err.value)
-    with pytest.raises(ConfigError) as err:
-        EngineConfig(cpu_backend="tensorrt").validate(cores=2, gpus=0)
-    assert "\n" not in str(err.value) and "tensorrt" in str(err.value) and "eager" in str(err.value)
-
-
-def test_missing_package_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A backend whose package is not installed is refused by the config, naming the package."""
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    with pytest.raises(ConfigError) as err:
-        EngineConfig(cpu_backend="onnx").validate(cores=2, gpus=0)
-    assert "onnxruntime" in str(err.value) and "\n" not in str(err.value)
-    assert "onnx" not in B.available_cpu_backends()
-    EngineConfig(cpu_backend="int8").validate(cores=2, gpus=0)
-
-
-def test_missing_compiler_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """torch.compile backends need a C++ compiler."""
-    monkeypatch.setattr(B, "_cxx_compiler", lambda: None)
-    assert "C++ compiler" in str(backend_unavailable("bf16"))
-    assert backend_unavailable("int8") is None
-
-
-def test_backend_lists_agree() -> None:
-    """The config's tuple and the backends module list the same CPU backends, eager (the reference) first."""
-    assert CPU_BACKENDS == CPU_BACKEND_NAMES and CPU_BACKENDS[0] == "eager"
-    for name in CPU_BACKENDS:
-        assert B.describe_backend(name)
-
-
-def test_fake_backend_reports_setup() -> None:
-    """The fake backend keeps working, with the new setup fields at their defaults."""
-    fake = build_backend(BackendSpec(model_id="fake:16"))
-    assert fake.embed(np.zeros((2, 16, 16, 3), np.uint8)).shape == (2, 16)
-    assert fake.info() == {"backend": "eager", "setup_seconds": 0.0, "cache_hit": False, "artefact": None}
-
-
-def test_cpu_refuses_gpu_precisions(tiny_model: str) -> None:
-    """CPU replicas run fp32: half precisions on the CPU go through cpu_backend, not precision."""
-    with pytest.raises(ConfigError):
-        build_backend(BackendSpec(model_id=tiny_model, precision="fp16"))
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Accuracy guard: reference sample, backend checks (cached), overlap enforcement and profile verification."""
+"""Accuracy guard: reference sample, backend checks (memo and disk cache), overlap enforcement."""
 
 from __future__ import annotations
 
@@ -14,20 +14,21 @@ import pytest
 from autotune import atomic
 from autotune.engine.config import EngineConfig
 from autotune.models import backends as B
+from autotune.models import guard as G
 from autotune.models.backends import backend_unavailable
-from autotune.tuner import guard as G
-from autotune.tuner.guard import (
+from autotune.models.guard import (
+    DEFAULT_THRESHOLD,
     GuardReference,
     GuardResult,
     agreement,
     build_reference,
     check_backend,
+    check_config,
     evaluate,
-    guard_ok_for,
+    non_reference_parts,
     probe_texts_for,
-    verify_profile,
 )
-from autotune.tuner.profile import Profile
+from autotune.models.guard._check import _MEMO
 
 SAMPLE = 24
 
@@ -41,15 +42,7 @@ def reference(small_dataset: Path, tiny_model: str) -> GuardReference:
 @pytest.fixture(autouse=True)
 def _fresh_memo() -> None:
     """Each test starts with an empty in-process memo (the disk cache is per test session)."""
-    G._MEMO.clear()
-
-
-def _profile(config: EngineConfig, guard: dict[str, Any] | None = None) -> Profile:
-    return Profile(
-        machine_id="m", machine="m", config=config, images_per_s=1.0, spread=0.0, study="s", storage="x",
-        trial=0, scan_size=1, model="synthetic:tiny", model_arch="a", dataset="d", dataset_fingerprint="f",
-        device="cpu", guard=guard or {},
-    )
+    _MEMO.clear()
 
 
 class _Permuted:
@@ -59,9 +52,11 @@ class _Permuted:
     setup_seconds = 0.0
 
     def __init__(self, spec: Any, **_: Any) -> None:
+        """Wrap eager fp32 (whatever backend the spec names)."""
         self.inner = B.TorchBackend(dataclasses.replace(spec, backend="eager"))
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
+        """Eager embeddings in reverse row order."""
         return self.inner.embed(batch)[::-1].copy()
 
 
@@ -136,6 +131,7 @@ def test_backend_that_cannot_run_fails(
     """A build error is a failed check with the error as its reason, not a crash."""
 
     def boom(*_: Any, **__: Any) -> None:
+        """A backend whose build fails."""
         raise RuntimeError("no kernels for you")
 
     monkeypatch.setattr(B, "build_backend", boom)
@@ -155,7 +151,7 @@ def test_real_backends_pass_and_are_cached(
     assert first.extra["setup_seconds"] > 0
     monkeypatch.setattr(B, "build_backend", lambda *a, **k: pytest.fail("checked twice"))
     assert check_backend(reference, tiny_model, name, "fp32") is first  # in-process memo
-    G._MEMO.clear()
+    _MEMO.clear()
     from_disk = check_backend(reference, tiny_model, name, "fp32")  # the json under cache_dir("guard")
     assert from_disk.to_dict() == first.to_dict()
     assert GuardResult.from_dict(first.to_dict()) == first
@@ -183,40 +179,22 @@ def test_cache_that_cannot_be_written_does_not_fail_the_check(
     assert set(cache_dir("guard").iterdir()) == before
 
 
-def test_guard_ok_for() -> None:
-    """Eager fp32 needs no check; anything else needs a passed check on these weights, for this backend."""
-    eager = _profile(EngineConfig(cpu_backend="eager"))
-    assert guard_ok_for(eager, "any")
-    int8 = _profile(EngineConfig(cpu_backend="int8"))
-    assert not guard_ok_for(int8, "h1")  # never checked
-    record = {"model": "m", "weights_hash": "h1", "backend": "int8", "precision": "fp32", "device": "cpu",
-              "min_cosine": 0.999, "passed": True}
-    int8.guard = dict(record)
-    assert guard_ok_for(int8, "h1")
-    assert not guard_ok_for(int8, "h2")  # checked on other weights
-    int8.guard = {**record, "passed": False}
-    assert not guard_ok_for(int8, "h1")
-    onnx = _profile(EngineConfig(cpu_backend="onnx-int8"), guard=dict(record))
-    assert not guard_ok_for(onnx, "h1")  # the check was for another backend
-    gpu = _profile(EngineConfig(cpu_models=0, gpu_models=1, gpu_precision="fp16"))
-    assert not guard_ok_for(gpu, "h1")
-    gpu.guard = {**record, "backend": "eager", "precision": "fp16", "device": "cuda:0"}
-    assert guard_ok_for(gpu, "h1")
-    assert guard_ok_for(_profile(EngineConfig(cpu_models=0, gpu_models=1, gpu_precision="fp32")), "h1")
+
+def test_non_reference_parts_and_check_config(reference: GuardReference, tiny_model: str) -> None:
+    """Eager fp32 has nothing to check; a CPU backend and a GPU precision below fp32 each do."""
+    assert non_reference_parts(EngineConfig()) == []
+    assert check_config(reference, tiny_model, EngineConfig()) == []
+    assert non_reference_parts(EngineConfig(cpu_backend="int8")) == [("cpu", "int8", "fp32")]
+    both = EngineConfig(cpu_backend="onnx", gpu_models=1, gpu_precision="fp16")
+    assert non_reference_parts(both) == [("cpu", "onnx", "fp32"), ("cuda", "eager", "fp16")]
+    assert non_reference_parts(EngineConfig(cpu_models=0, gpu_models=1, gpu_precision="fp32")) == []
 
 
-def test_verify_profile_records_the_check(small_dataset: Path, tiny_model: str) -> None:
-    """verify_profile checks the profile's backend on the given model and stores what guard_ok_for reads."""
-    if backend_unavailable("int8"):
-        pytest.skip("int8 unavailable")
-    profile = _profile(EngineConfig(cpu_backend="int8"))
-    result = verify_profile(profile, tiny_model, small_dataset, sample=SAMPLE)
-    assert result.passed and result.backend == "int8"
-    guard = profile.guard
-    assert {"model", "weights_hash", "backend", "min_cosine", "passed"} <= set(guard)
-    assert guard["model"] == tiny_model and guard["backend"] == "int8" and guard["passed"]
-    assert guard_ok_for(profile, guard["weights_hash"])
-    assert not guard_ok_for(profile, "0" * 16)
-    eager = _profile(EngineConfig())
-    assert verify_profile(eager, tiny_model, small_dataset, sample=SAMPLE).passed
-    assert eager.guard["backend"] == "eager" and eager.guard["min_cosine"] == 1.0
+def test_threshold_is_the_guards() -> None:
+    """One threshold: the guard's default, also the bench's."""
+    import inspect
+
+    from autotune.bench.backends import bench_backends
+
+    assert DEFAULT_THRESHOLD == 0.99
+    assert inspect.signature(bench_backends).parameters["threshold"].default == DEFAULT_THRESHOLD

@@ -1,0 +1,160 @@
+"""Checking a backend against the reference: build it, embed the sample, judge; memoised and cached on disk.
+
+A study checks each backend once, not per trial: results are kept in an in-process memo and as JSON under
+``cache_dir("guard")``, keyed by reference, candidate, device kind, threshold and the libraries' versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from typing import TYPE_CHECKING
+
+from autotune.errors import AutotuneError, ConfigError
+from autotune.models import backends
+from autotune.models.facts import model_facts
+from autotune.models.guard._figures import (
+    DEFAULT_THRESHOLD,
+    GUARD_FORMAT,
+    PROBE_K,
+    GuardReference,
+    GuardResult,
+    evaluate,
+    is_reference,
+)
+from autotune.models.guard._reference import _BATCH, _embed_all
+from autotune.models.guard._store import _cache_write, _digest, _guard_dir
+
+if TYPE_CHECKING:
+    # Typing only: the engine imports the backends, and the models layer must not import the engine back.
+    from autotune.engine.config import EngineConfig
+
+# In-process memo of check results: {(reference key, backend, precision, device kind, threshold): GuardResult}.
+_MEMO: dict[tuple[str, str, str, str, float], GuardResult] = {}
+
+
+def _check_key(reference: GuardReference, backend: str, precision: str, device: str, threshold: float) -> str:
+    """Cache key of one check: reference, candidate, device kind, threshold and the libraries' versions."""
+    versions = backends.library_versions("torch", "transformers", "onnx", "onnxruntime", "openvino")
+    return _digest(
+        {"format": GUARD_FORMAT, "reference": reference.key, "backend": backend, "precision": precision,
+         "device": device.split(":")[0], "threshold": threshold, "versions": versions}
+    )
+
+
+def _reference_result(
+    reference: GuardReference, model_id: str, backend: str, precision: str, device: str, threshold: float
+) -> GuardResult:
+    """The reference's own result: perfect figures, no run."""
+    return GuardResult(
+        backend=backend, precision=precision, device=device, model_id=model_id, weights_hash=reference.weights_hash,
+        n=reference.size, probe_overlap_min=PROBE_K, probe_overlaps=[PROBE_K] * len(reference.probe_texts),
+        enforced_overlap=not reference.synthetic, passed=True, threshold=threshold,
+        extra={"reference": True}, min_cosine=1.0, mean_cosine=1.0, centred_min_cosine=1.0,
+        centred_mean_cosine=1.0,
+    )
+
+
+def _failed_run(
+    reference: GuardReference, model_id: str, backend: str, precision: str, device: str, threshold: float,
+    exc: Exception,
+) -> GuardResult:
+    """The result of a backend that could not be built or failed while embedding: not passed, NaN figures."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    nan = float("nan")
+    return GuardResult(
+        backend=backend, precision=precision, device=device, model_id=model_id, weights_hash=reference.weights_hash,
+        n=reference.size, min_cosine=nan, mean_cosine=nan, centred_min_cosine=nan, centred_mean_cosine=nan,
+        probe_overlap_min=0, probe_overlaps=[], enforced_overlap=not reference.synthetic, passed=False,
+        threshold=threshold, reason=f"backend could not run: {type(exc).__name__}: {first}",
+    )
+
+
+def check_backend(
+    reference: GuardReference,
+    model_id: str,
+    backend: str,
+    precision: str,
+    device: str = "cpu",
+    threshold: float = DEFAULT_THRESHOLD,
+    *,
+    cache: bool = True,
+) -> GuardResult:
+    """Check one backend/precision against the reference (cached per reference, backend, precision, device).
+
+    The eager fp32 reference passes without running. A backend that cannot be built or fails while embedding
+    does not pass (``reason`` says why). A study calls this once per backend, not per trial.
+
+    Example:
+        >>> check_backend(ref, "synthetic:tiny", "onnx-int8", "fp32").passed  # doctest: +SKIP
+        True
+    """
+    facts = model_facts(model_id)
+    if facts.weights_hash != reference.weights_hash:
+        raise ConfigError(
+            f"guard reference was built for weights {reference.weights_hash}, model '{model_id}' has "
+            f"{facts.weights_hash}: build the reference with the model the study runs"
+        )
+    if is_reference(backend, precision):
+        return _reference_result(reference, model_id, backend, precision, device, threshold)
+    memo_key = (reference.key, backend, precision, device.split(":")[0], threshold)
+    if cache and memo_key in _MEMO:
+        return _MEMO[memo_key]
+    path = _guard_dir() / f"check-{_check_key(reference, backend, precision, device, threshold)}.json"
+    if cache and path.is_file():
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            result = GuardResult.from_dict(json.loads(path.read_text()))
+            result.model_id = model_id
+            _MEMO[memo_key] = result
+            return result
+    start = time.perf_counter()
+    try:
+        spec = backends.BackendSpec(model_id=model_id, device=device, precision=precision, backend=backend,
+                                    batch=_BATCH)
+        runner = backends.build_backend(spec)
+        embeddings = _embed_all(runner, reference.pixels)
+        setup = runner.setup_seconds
+        del runner
+    except (AutotuneError, ImportError, RuntimeError, ValueError, OSError) as exc:
+        return _failed_run(reference, model_id, backend, precision, device, threshold, exc)
+    result = evaluate(reference, embeddings, backend=backend, precision=precision, device=device, threshold=threshold)
+    result.seconds = round(time.perf_counter() - start, 3)
+    result.extra["setup_seconds"] = round(float(setup), 3)
+    if cache:
+        _MEMO[memo_key] = result
+        _cache_write(path, lambda tmp: tmp.write_text(json.dumps(result.to_dict())))
+    return result
+
+
+def non_reference_parts(config: EngineConfig) -> list[tuple[str, str, str]]:
+    """The (device kind, backend, precision) parts an engine config runs that are not the fp32 eager reference.
+
+    Example:
+        >>> non_reference_parts(EngineConfig(cpu_backend="int8"))  # doctest: +SKIP
+        [('cpu', 'int8', 'fp32')]
+    """
+    parts = []
+    if config.cpu_models and not is_reference(config.cpu_backend, "fp32"):
+        parts.append(("cpu", config.cpu_backend, "fp32"))
+    if config.gpu_models and not is_reference(backends.REFERENCE_BACKEND, config.gpu_precision):
+        parts.append(("cuda", backends.REFERENCE_BACKEND, config.gpu_precision))
+    return parts
+
+
+def check_config(
+    reference: GuardReference, model_id: str, config: EngineConfig, threshold: float = DEFAULT_THRESHOLD
+) -> list[GuardResult]:
+    """Guard results for every non-reference part of an engine config (empty for fp32 eager).
+
+    CPU parts are checked on the CPU, GPU parts on this machine's first GPU.
+
+    Example:
+        >>> [r.passed for r in check_config(ref, "synthetic:tiny", EngineConfig(cpu_backend="int8"))]  # doctest: +SKIP
+        [True]
+    """
+    out = []
+    for kind, backend, precision in non_reference_parts(config):
+        device = "cpu" if kind == "cpu" else "cuda:0"
+        out.append(check_backend(reference, model_id, backend, precision, device, threshold))
+    return out
