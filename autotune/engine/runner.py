@@ -47,8 +47,7 @@ def preprocess_spec_for(model_id: str) -> PreprocessSpec:
         return PreprocessSpec()
     from autotune.models.facts import model_facts
 
-    spec: PreprocessSpec = model_facts(model_id).preprocess
-    return spec
+    return model_facts(model_id).preprocess
 
 
 def embed_queries(model_id: str, texts: Sequence[str]) -> np.ndarray:

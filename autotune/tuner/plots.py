@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autotune.tuner.storage import trial_value
+
 if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial
@@ -55,11 +57,11 @@ def _history_plot(
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.subplots()
     xs = [t.number for t in complete]
-    ys = [float(t.value) for t in complete]
+    ys = [trial_value(t) for t in complete]
     ax.scatter(xs, ys, s=28, color="tab:blue", label="complete", zorder=3)
     best, best_line = float("-inf"), []
     for t in sorted(complete, key=lambda t: t.number):
-        best = max(best, float(t.value))
+        best = max(best, trial_value(t))
         best_line.append((t.number, best))
     if best_line:
         ax.step(
@@ -68,7 +70,7 @@ def _history_plot(
     if default is not None:
         ax.scatter(
             [default.number],
-            [float(default.value)],
+            [trial_value(default)],
             s=90,
             facecolors="none",
             edgecolors="black",
@@ -141,7 +143,7 @@ def _scatter_plot(complete: Sequence[FrozenTrial], x: str, path: Path) -> str | 
         None,
     )
     xs, xlabels = _numeric(_values_of(pts, x))
-    ys = [float(t.value) for t in pts]
+    ys = [trial_value(t) for t in pts]
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
     groups = sorted({repr(t.params[colour]) for t in pts}) if colour is not None else []

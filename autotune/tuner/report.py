@@ -20,6 +20,7 @@ from autotune.tuner.storage import (
     distinct_top,
     load_study,
     state_counts,
+    trial_value,
 )
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ _ROW_FIELDS = ("trial", "images_per_s", "gain_over_default", "config", "bottlene
 
 def _median_with(rechecks: dict[str, list[float]], trial: FrozenTrial) -> float:
     """A trial's value together with its interleaved re-measurements, by median."""
-    return float(statistics.median([*rechecks.get(str(trial.number), []), float(trial.value or 0.0)]))
+    return float(statistics.median([*rechecks.get(str(trial.number), []), trial_value(trial)]))
 
 
 @dataclass
@@ -60,8 +61,8 @@ def _figures(study: Study, complete: Sequence[FrozenTrial]) -> _Figures:
     if best is not None:
         best_value = float(picked.get("images_per_s", best.value))
     elif complete:
-        best = max(complete, key=lambda t: float(t.value or 0.0))
-        best_value = float(best.value or 0.0)
+        best = max(complete, key=trial_value)
+        best_value = trial_value(best)
     return _Figures(default, default_value, best, best_value)
 
 
@@ -70,8 +71,8 @@ def _top_rows(complete: Sequence[FrozenTrial], figures: _Figures, top: int) -> l
     return [
         {
             "trial": t.number,
-            "images_per_s": round(float(t.value or 0.0), 3),
-            "gain_over_default": figures.gain(float(t.value or 0.0)),
+            "images_per_s": round(trial_value(t), 3),
+            "gain_over_default": figures.gain(trial_value(t)),
             "config": t.user_attrs.get("config", ""),
             "bottleneck": t.user_attrs.get("bottleneck", ""),
             "startup_s": round(float(t.user_attrs.get("startup_s") or 0.0), 3),

@@ -15,6 +15,7 @@ from autotune.progress import Log
 from autotune.tuner import guard
 from autotune.tuner.objective import TrialFailed, TrialStopped, measure
 from autotune.tuner.options import StudyOptions, StudySetup
+from autotune.tuner.storage import trial_value
 
 if TYPE_CHECKING:
     from optuna.study import Study
@@ -92,7 +93,7 @@ class _Trials:
             # TPE proposes a measured point again now and then (about 1 trial in 6 on a small space, by the
             # sampler replay): answer from the study instead of paying for the same scan twice.
             trial.set_user_attr("repeat_of", twin.number)
-            return float(twin.value or 0.0)
+            return trial_value(twin)
         self.runs += 1
         return self._measure(trial, config)
 
@@ -166,7 +167,7 @@ class _Trials:
     def _completed(self, study: Study, trial: FrozenTrial) -> None:
         """Track the best value; stop after ``patience`` trials without improvement."""
         self.any_success = True
-        value = float(trial.value or 0.0)
+        value = trial_value(trial)
         if self.best is None or value > self.best:
             self.best, self.since_best = value, 0
             return

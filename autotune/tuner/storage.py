@@ -130,6 +130,11 @@ def state_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
     return counts
 
 
+def trial_value(trial: FrozenTrial) -> float:
+    """A trial's objective value (images/s); 0.0 for a trial without one (complete trials always have one)."""
+    return float(trial.value) if trial.value is not None else 0.0
+
+
 def complete_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     """The trials that completed with a value."""
     from optuna.trial import TrialState
@@ -144,7 +149,7 @@ def distinct_top(trials: Sequence[FrozenTrial], top: int | None = None) -> list[
     """
     out: list[FrozenTrial] = []
     seen: set[tuple[tuple[str, Any], ...]] = set()
-    for t in sorted(complete_trials(trials), key=lambda t: -float(t.value or 0.0)):
+    for t in sorted(complete_trials(trials), key=lambda t: -trial_value(t)):
         key = tuple(sorted(t.params.items()))
         if key in seen:
             continue

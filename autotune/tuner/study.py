@@ -31,7 +31,7 @@ from autotune.tuner.profile import (
 from autotune.tuner.samplers import make_sampler
 from autotune.tuner.search import TrialGuard, search
 from autotune.tuner.space import SearchSpace
-from autotune.tuner.storage import complete_trials, fail_orphaned_running, state_counts, writer_storage
+from autotune.tuner.storage import complete_trials, fail_orphaned_running, state_counts, trial_value, writer_storage
 from autotune.tuner.validation import Candidate, Validation, validate, validation_spec
 
 if TYPE_CHECKING:
@@ -167,7 +167,7 @@ def run_study(options: StudyOptions, log: Log | None = None) -> StudyOutcome:
     complete = complete_trials(study.trials)
     if not complete:
         raise AutotuneError("no trial completed: nothing to pick (see `autotune report` for the reasons)")
-    best = max(complete, key=lambda t: float(t.value or 0.0))
+    best = max(complete, key=trial_value)
     default = next((t for t in study.trials if t.user_attrs.get("default") and t.value is not None), None)
     outcome = _validate_and_save(study, setup, options, best, default, trial_guard, say)
     outcome.trials = state_counts(t for t in study.trials if t.number not in before)
@@ -180,9 +180,9 @@ def _candidates(
 ) -> list[Candidate]:
     """The pick first, then the default (trial 0) and the profile in use, each with its trial figure."""
     space = setup.space
-    out = [Candidate("pick", space.to_config(best.params), float(best.value or 0.0))]
+    out = [Candidate("pick", space.to_config(best.params), trial_value(best))]
     if default is not None:
-        out.append(Candidate("default", space.to_config(default.params), float(default.value or 0.0)))
+        out.append(Candidate("default", space.to_config(default.params), trial_value(default)))
     if current is not None:
         out.append(Candidate("current", current.config, current.trial_images_per_s))
     return out
@@ -207,7 +207,7 @@ def _verdict(
     """The pick's validated figures, and whether it beats the profile in use (an unstable pick never does)."""
     pick = candidates[0]
     by_name = {c.name: c for c in candidates}
-    validated = pick.images_per_s if validation else float(best.value or 0.0)
+    validated = pick.images_per_s if validation else trial_value(best)
     overhead = pick.overhead_s if validation else float(best.user_attrs.get("overhead_s") or 0.0)
     spread = pick.spread if validation else 0.0
     unstable = bool(validation and validation.unstable)
@@ -232,7 +232,7 @@ def _validate_and_save(
     """Validate the pick against the default and the profile in use; save it; choose the profile in use."""
     current = current_profile(setup.machine.machine_id, setup.arch) if options.save else None
     candidates = _candidates(setup, best, default, current)
-    validation = None
+    validation: Validation | None = None
     if options.validate_repeats > 0:
         vspec = validation_spec(setup.spec, setup.trial_images, options.validate_rounds, options.validate_min_images)
         say(f"validation: {len(candidates)} candidates x {options.validate_repeats} runs on unseen images")
@@ -240,7 +240,8 @@ def _validate_and_save(
         study.set_user_attr("validation", validation.to_dict())
     verdict = _verdict(candidates, validation, best, options, say)
     config = candidates[0].config
-    profile = path = None
+    profile: Profile | None = None
+    path: Path | None = None
     if options.save:
         profile, path = _save(setup, best, config, verdict, trial_guard, say)
     cur, dflt = verdict.by_name.get("current"), verdict.by_name.get("default")
@@ -249,7 +250,7 @@ def _validate_and_save(
         storage=setup.url,
         best_trial=best.number,
         config=config,
-        trial_images_per_s=float(best.value or 0.0),
+        trial_images_per_s=trial_value(best),
         images_per_s=verdict.images_per_s,
         spread=verdict.spread,
         unstable=verdict.unstable,
@@ -312,7 +313,7 @@ def _profile(
         rechecks=list(validation.candidates[0].runs) if validation else [],
         startup_s=best.user_attrs.get("startup_s"),
         backend_setup={"replicas": (best.user_attrs.get("extra") or {}).get("backend_setup", [])},
-        trial_images_per_s=float(best.value),
+        trial_images_per_s=trial_value(best),
         validated_images_per_s=validated if validation else None,
         validation=validation.to_dict() if validation else {},
         unstable=unstable,
