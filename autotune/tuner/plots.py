@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
+# A scatter plot is coloured by the first of these parameters that varies among its trials.
 _COLOUR_BY = (
     "cpu_threads",
     "cpu_models",
