@@ -153,12 +153,12 @@ class Workers:
                 parent_pid=os.getpid(),
             )
             ready = self.ready[c if job.static else 0]
-            args = (spec, ready, self.free_slots, self.events)
-            self._spawn(("consumer", c), f"consumer-{c}-{rep.device}", consumer_main, args)
+            consumer_args = (spec, ready, self.free_slots, self.events)
+            self._spawn(("consumer", c), f"consumer-{c}-{rep.device}", consumer_main, consumer_args)
         for i in range(job.config.producers):
             pspec = ProducerSpec(i, job.source, self.pool.layout, job.preprocess, prod_cores[i], os.getpid())
-            args = (pspec, self.tasks, self.free_slots, self.ready, self.events, self.go)
-            self._spawn(("producer", i), f"producer-{i}", producer_main, args)
+            producer_args = (pspec, self.tasks, self.free_slots, self.ready, self.events, self.go)
+            self._spawn(("producer", i), f"producer-{i}", producer_main, producer_args)
 
     def _spawn(self, key: tuple[str, int], name: str, target: Callable[..., None], args: tuple[object, ...]) -> None:
         """Start one daemon worker (a daemon dies with the parent even if cleanup never runs)."""
