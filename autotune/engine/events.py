@@ -42,7 +42,7 @@ class Ready(NamedTuple):
     """A worker has started (a consumer: loaded its model); ``info`` holds its threads and affinity."""
 
     role: str
-    index: int
+    worker: int  # its index among the workers of its role
     pid: int
     info: dict[str, Any]
 
@@ -74,7 +74,7 @@ class Done(NamedTuple):
     """A worker finished: its stage timings, and a consumer's local top-k (scores, ids)."""
 
     role: str
-    index: int
+    worker: int  # its index among the workers of its role
     stats: dict[str, Any]
     topk: tuple[np.ndarray, np.ndarray] | None
 
@@ -83,7 +83,7 @@ class Failed(NamedTuple):
     """A worker failed: a one-line summary, and whether the cause was a full disk (the user's to fix)."""
 
     role: str
-    index: int
+    worker: int  # its index among the workers of its role
     summary: str
     disk_full: bool
 

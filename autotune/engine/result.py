@@ -112,7 +112,7 @@ class ScanBooks:
 
     def ready(self, ev: Ready) -> None:
         """A worker has started."""
-        self.info[(ev.role, ev.index)] = {"pid": ev.pid, **ev.info}
+        self.info[(ev.role, ev.worker)] = {"pid": ev.pid, **ev.info}
 
     def produced(self, ev: Produced) -> None:
         """A producer's skipped records."""
@@ -126,7 +126,7 @@ class ScanBooks:
 
     def finished(self, ev: Done) -> None:
         """A worker's final statistics, and a replica's local top-k."""
-        self.done[(ev.role, ev.index)] = ev.stats
+        self.done[(ev.role, ev.worker)] = ev.stats
         if ev.role == "consumer" and ev.topk is not None:
             self.topks.append(ev.topk)
 

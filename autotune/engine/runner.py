@@ -86,7 +86,7 @@ def _failure(ev: Failed) -> AutotuneError:
     """The one-line error a worker's failure becomes (a full disk is the user's to fix, not a crash)."""
     if ev.disk_full:
         return DiskFullError(ev.summary)
-    return ScanAborted(f"{ev.role} {ev.index} failed: {ev.summary}")
+    return ScanAborted(f"{ev.role} {ev.worker} failed: {ev.summary}")
 
 
 def _watch(workers: Workers, feeder: TaskFeeder, books: ScanBooks, report: _Reporter) -> float | None:

@@ -59,7 +59,7 @@ def _figures(study: Study, complete: Sequence[FrozenTrial]) -> _Figures:
     best = next((t for t in complete if t.number == picked.get("trial")), None)
     best_value: float | None = None
     if best is not None:
-        best_value = float(picked.get("images_per_s", best.value))
+        best_value = float(picked.get("images_per_s", trial_value(best)))
     elif complete:
         best = max(complete, key=trial_value)
         best_value = trial_value(best)
