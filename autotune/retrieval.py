@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.atomic import atomic_write_json
+from autotune.console import progress_for
 from autotune.data.sources import HFDatasetSource, ImageSource, Record
 from autotune.engine.config import EngineConfig, logical_cores
 from autotune.engine.runner import ScanResult, preprocess_spec_for, run_scan
@@ -170,7 +171,7 @@ def retrieve(
         return res
 
     if rescan or not use_index:
-        scan = run_scan(source, model, cfg, queries=q, top_k=top_k, records=records, progress=progress)
+        scan = run_scan(source, model, cfg, queries=q, top_k=top_k, records=records, progress=progress_for(progress))
         if scan.images == 0:
             raise NoReadableImages(source.describe(), scan.skipped)
         by_id = {r.id: r for r in records}
@@ -274,7 +275,7 @@ def _sync_index(
             log(f"embedding {len(plan.todo):,} images into {index.path}")
             scan = run_scan(
                 source, key.model, cfg, records=plan.todo, sink_factory=index.sink(key.dtype, shard_images),
-                progress=progress,
+                progress=progress_for(progress),
             )  # fmt: skip
             skipped = scan.skipped
         commit_update(index, meta, plan, skipped)

@@ -203,7 +203,7 @@ def run_ladder(
         backend_refs: dict[str, tuple[list[int], list[float]]] = {}
         for idx, (name, cfg, what) in enumerate(engine_stages, start=3):
             say(f"stage {idx}/{len(engine_stages) + 2}: {name} ({cfg.describe()})")
-            res = run_scan(source, model, cfg, queries=text_emb, top_k=top_k, records=records, progress=False)
+            res = run_scan(source, model, cfg, queries=text_emb, top_k=top_k, records=records, progress=None)
             stages.append(
                 Stage(
                     name,

@@ -8,10 +8,12 @@ import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.queues import Queue
 from typing import Any, Protocol
 
 import numpy as np
 
+from autotune.engine.events import BatchDone, Done, Event, FilledSlot, Ready
 from autotune.engine.lifecycle import error_event, worker_start
 from autotune.engine.telemetry import CONSUMER_WAIT, StageTimer
 from autotune.engine.topk import RunningTopK
@@ -64,7 +66,9 @@ def _set_threads(threads: int, need_torch: bool = True) -> dict[str, Any]:
     return {"torch_threads": torch.get_num_threads(), "omp_num_threads": threads}
 
 
-def consumer_main(spec: ConsumerSpec, ready: Any, free_slots: Any, events: Any) -> None:
+def consumer_main(
+    spec: ConsumerSpec, ready: Queue[FilledSlot | None], free_slots: Queue[int], events: Queue[Event]
+) -> None:
     """Loop: take ready slot(s), embed, score against the queries, release the slot(s); report at the end."""
     worker_start(spec.parent_pid)
     pool: SlotPool | None = None
@@ -87,15 +91,15 @@ def consumer_main(spec: ConsumerSpec, ready: Any, free_slots: Any, events: Any) 
             sink = spec.sink_factory(spec.index) if spec.sink_factory else None
         topk = RunningTopK(len(spec.queries), spec.top_k)
         queries_t = np.ascontiguousarray(spec.queries.T, dtype=np.float32)
-        events.put(("ready", "consumer", spec.index, os.getpid(), info))
+        events.put(Ready("consumer", spec.index, os.getpid(), info))
         finished = False
         while not finished:
             with timer.stage(CONSUMER_WAIT):
-                item = ready.get()
+                item: FilledSlot | None = ready.get()
             if item is None:
                 break
             items = [item]
-            total = item[1]
+            total = item.images
             # A replica with a larger batch than a slot holds (GPUs) coalesces whatever is ready now.
             while total < spec.batch:
                 try:
@@ -106,7 +110,7 @@ def consumer_main(spec: ConsumerSpec, ready: Any, free_slots: Any, events: Any) 
                     finished = True
                     break
                 items.append(nxt)
-                total += nxt[1]
+                total += nxt.images
             t0 = time.perf_counter()
             if len(items) == 1:
                 slot, n, _ = items[0]
@@ -126,14 +130,13 @@ def consumer_main(spec: ConsumerSpec, ready: Any, free_slots: Any, events: Any) 
             busy = time.perf_counter() - t0
             timer.count("images", len(ids))
             timer.count("batches")
-            # The ids travel with the event so the parent can check that no record is embedded twice.
-            events.put(("batch", spec.index, [b for _s, _n, b in items], len(ids), time.perf_counter(), busy, ids))
+            events.put(BatchDone(spec.index, [it.batch_no for it in items], len(ids), time.perf_counter(), busy, ids))
         if sink is not None:
             with timer.stage("score"):
                 sink.close()
         stats = timer.snapshot()
         stats.update(info)
-        events.put(("done", "consumer", spec.index, stats, topk.result()))
+        events.put(Done("consumer", spec.index, stats, topk.result()))
     except Exception as exc:
         events.put(error_event("consumer", spec.index, exc))
     finally:

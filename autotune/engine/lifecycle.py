@@ -7,6 +7,10 @@ import os
 import signal
 import sys
 
+from autotune.atomic import DiskFullError
+from autotune.engine.events import Failed
+from autotune.errors import AutotuneError
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -37,6 +41,7 @@ def terminate_as_interrupt() -> None:
     """Turn SIGTERM into KeyboardInterrupt in the main process, so cleanup (finally blocks) runs."""
 
     def _raise(signum: int, frame: object) -> None:
+        """The signal handler: unwind as Ctrl-C does."""
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _raise)
@@ -54,16 +59,12 @@ def error_summary(exc: BaseException) -> str:
     Only the first line of a message is kept (a torch error's last line is often a hint about an unrelated
     setting), so whatever the parent raises from it is one line too.
     """
-    from autotune.errors import AutotuneError
-
     message = one_line(str(exc))
     if isinstance(exc, AutotuneError) and message:
         return message
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-def error_event(role: str, index: int, exc: BaseException) -> tuple[str, str, int, str, bool]:
-    """The event a failing worker sends: ("error", role, index, one-line summary, disk full?)."""
-    from autotune.atomic import DiskFullError
-
-    return ("error", role, index, error_summary(exc), isinstance(exc, DiskFullError))
+def error_event(role: str, index: int, exc: BaseException) -> Failed:
+    """The event a failing worker sends: its one-line summary, and whether the disk is full."""
+    return Failed(role, index, error_summary(exc), isinstance(exc, DiskFullError))

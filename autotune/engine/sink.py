@@ -37,6 +37,7 @@ class ShardSink:
     """Buffers embeddings and commits them in shards named ``<prefix>-c<consumer>-<pid>-<seq>.npz``."""
 
     def __init__(self, folder: Path, consumer: int, shard_images: int, dtype: np.dtype, prefix: str) -> None:
+        """Create ``folder`` if needed; a full disk there is reported as one (:class:`DiskFullError`)."""
         self.folder = folder
         try:
             self.folder.mkdir(parents=True, exist_ok=True)

@@ -81,6 +81,7 @@ def bottleneck(workers: Sequence[dict[str, Any]]) -> str:
         return "unknown"
 
     def frac(ws: list[dict[str, Any]], stage: str) -> float:
+        """Share of the workers' lifetime spent in ``stage``."""
         total = sum(w["stats"]["alive_s"] for w in ws) or 1.0
         return sum(w["stats"]["seconds"].get(stage, 0.0) for w in ws) / total
 

@@ -12,6 +12,7 @@ class RunningTopK:
     """
 
     def __init__(self, queries: int, k: int) -> None:
+        """An empty top-k of ``k`` per query."""
         self.k = k
         self.scores = np.full((queries, 0), -np.inf, dtype=np.float32)
         self.ids = np.zeros((queries, 0), dtype=np.int64)

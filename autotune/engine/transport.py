@@ -119,6 +119,7 @@ class SlotPool:
     """
 
     def __init__(self, layout: SlotLayout, shm: shared_memory.SharedMemory, owner: bool) -> None:
+        """Views on ``shm``; use :meth:`create` (the owner) or :meth:`attach` (a worker)."""
         self.layout = layout
         self._shm = shm
         self.owner = owner

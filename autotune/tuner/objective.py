@@ -5,19 +5,29 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import resource
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
+from autotune.data import open_source
 from autotune.data.sources import Record
 from autotune.engine.config import EngineConfig
+from autotune.engine.lifecycle import one_line, worker_start
+from autotune.engine.result import ScanProgress, ScanResult
+from autotune.engine.runner import run_scan
 from autotune.engine.transport import remove_segments
 from autotune.errors import AutotuneError
 
 # How long a trial told to stop may take to wind down before it is killed (read at each call, so tests can
 # shorten it).
 STOP_GRACE_S = 15.0
+
+# What the child sends: ("round", k, images/s), ("result", figures), ("stopped", None) or ("error", reason).
+_Message = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -153,7 +163,10 @@ class _Stop(Exception):
 class _RoundTracker:
     """An on_batch callback that times the window of the timed rounds after warm-up, and obeys 'stop'."""
 
-    def __init__(self, spec: ScanSpec, config: EngineConfig, send: Callable[[tuple[Any, ...]], None], conn: Any):
+    def __init__(
+        self, spec: ScanSpec, config: EngineConfig, send: Callable[[_Message], None], conn: Connection
+    ) -> None:
+        """Report each timed round through ``send``; read a 'stop' request from ``conn``."""
         self.spec, self.send, self.conn = spec, send, conn
         self.round = ScanSpec.round_images(config)
         self.rounds = spec.timed_rounds(config)
@@ -164,7 +177,7 @@ class _RoundTracker:
         self.done_rounds = 0
         self.window: tuple[float, float, int] | None = None  # (start, end, images) of the timed window
 
-    def __call__(self, progress: Any) -> None:
+    def __call__(self, progress: ScanProgress) -> None:
         """Count one finished batch; start the clock after warm-up; report each timed round's rate."""
         if self.conn.poll() and self.conn.recv() == "stop":
             raise _Stop
@@ -183,58 +196,56 @@ class _RoundTracker:
             self.send(("round", self.done_rounds - 1, rate))
 
 
-def _trial_child(conn: Any, config: dict[str, Any], spec: ScanSpec) -> None:
-    """Child process: run the engine once on the fixed workload and send back its figures."""
-    from autotune.engine.lifecycle import one_line, worker_start
+def _stage_seconds(result: ScanResult) -> dict[str, dict[str, float]]:
+    """Seconds per stage, summed over the workers of each role."""
+    stages: dict[str, dict[str, float]] = {}
+    for w in result.workers:
+        agg = stages.setdefault(w["role"], {})
+        for k, v in w["stats"]["seconds"].items():
+            agg[k] = round(agg.get(k, 0.0) + v, 4)
+    return stages
 
+
+_SETUP_KEYS = ("backend", "setup_seconds", "cache_hit")
+
+
+def _figures(result: ScanResult, window: tuple[float, float, int] | None, reused: int) -> dict[str, Any]:
+    """The fields of a :class:`Measurement` (all but the round rates) from one scan and its timed window."""
+    t_a, t_b, timed = window or (result.startup_s, result.startup_s, 0)
+    rss_kb = max(
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    )
+    consumers = [w for w in result.workers if w["role"] == "consumer"]
+    return {
+        "startup_s": result.startup_s,
+        # batch_log times count from the scan's start; warm-up and drain exclude start-up.
+        "warmup_s": round(max(t_a - result.startup_s, 0.0), 4),
+        "window_s": round(t_b - t_a, 4),
+        "drain_s": round(max(result.seconds - t_b, 0.0), 4),
+        "timed_images": timed,
+        "reused_images": reused,
+        "steady_images_per_s": result.steady_images_per_s,
+        "bottleneck": result.bottleneck,
+        "stage_seconds": _stage_seconds(result),
+        "peak_rss_mb": round(rss_kb / 1024, 1),
+        "threads": [w["stats"].get("torch_threads") for w in consumers],
+        "affinity": [w.get("affinity") for w in result.workers],
+        "skipped": len(result.skipped),
+        "images": result.images,
+        "extra": {"backend_setup": [{k: w["stats"].get(k) for k in _SETUP_KEYS} for w in consumers]},
+    }
+
+
+def _trial_child(conn: Connection, config: dict[str, Any], spec: ScanSpec) -> None:
+    """Child process: run the engine once on the fixed workload and send back its figures."""
     worker_start(os.getppid())
     try:
-        from autotune.data import open_source
-        from autotune.engine.runner import run_scan
-
         source = open_source(spec.dataset, spec.image_column, spec.split)
         cfg = EngineConfig.from_dict(config)
         records, reused = trial_records(source.records(), spec.offset, spec.images_for(cfg))
         tracker = _RoundTracker(spec, cfg, conn.send, conn)
         result = run_scan(source, spec.model, cfg, records=records, on_batch=tracker, fake_delay_s=spec.fake_delay_s)
-        t_a, t_b, timed = tracker.window or (result.startup_s, result.startup_s, 0)
-        stages: dict[str, dict[str, float]] = {}
-        for w in result.workers:
-            agg = stages.setdefault(w["role"], {})
-            for k, v in w["stats"]["seconds"].items():
-                agg[k] = round(agg.get(k, 0.0) + v, 4)
-        rss_kb = max(
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        )
-        conn.send(
-            (
-                "result",
-                {
-                    "startup_s": result.startup_s,
-                    # batch_log times count from the scan's start; warm-up and drain exclude start-up.
-                    "warmup_s": round(max(t_a - result.startup_s, 0.0), 4),
-                    "window_s": round(t_b - t_a, 4),
-                    "drain_s": round(max(result.seconds - t_b, 0.0), 4),
-                    "timed_images": timed,
-                    "reused_images": reused,
-                    "steady_images_per_s": result.steady_images_per_s,
-                    "bottleneck": result.bottleneck,
-                    "stage_seconds": stages,
-                    "peak_rss_mb": round(rss_kb / 1024, 1),
-                    "threads": [w["stats"].get("torch_threads") for w in result.workers if w["role"] == "consumer"],
-                    "affinity": [w.get("affinity") for w in result.workers],
-                    "skipped": len(result.skipped),
-                    "images": result.images,
-                    "extra": {
-                        "backend_setup": [
-                            {k: w["stats"].get(k) for k in ("backend", "setup_seconds", "cache_hit")}
-                            for w in result.workers
-                            if w["role"] == "consumer"
-                        ]
-                    },
-                },
-            )
-        )
+        conn.send(("result", _figures(result, tracker.window, reused)))
     except _Stop:
         conn.send(("stopped", None))
     except MemoryError:
@@ -257,6 +268,93 @@ def trial_records(records: list[Record], offset: int, need: int) -> tuple[list[R
     return out, need - len(pool)
 
 
+@dataclass
+class _Watch:
+    """The parent's view of one running trial: the rounds it reported, and whether (and when) it was stopped."""
+
+    deadline: float
+    rounds: list[float] = field(default_factory=list)
+    stop_reason: str | None = None  # pruned | timeout | interrupted
+    stop_sent_at: float | None = None
+    grace_spent: bool = False
+
+    def stop(self, conn: Connection, reason: str) -> None:
+        """Ask the child to stop (its scan ends at its next batch); a child already gone cannot be asked."""
+        self.stop_reason = self.stop_reason or reason
+        try:
+            conn.send("stop")
+        except OSError:
+            pass
+        self.stop_sent_at = time.monotonic()
+
+    def tick(self, conn: Connection) -> bool:
+        """Stop a trial past its deadline; True once a stopped child has let its grace period pass."""
+        now = time.monotonic()
+        if self.stop_reason is None and now > self.deadline:
+            self.stop(conn, "timeout")
+        if self.stop_sent_at is not None and now - self.stop_sent_at > STOP_GRACE_S:
+            self.grace_spent = True
+        return self.grace_spent
+
+
+def _follow(
+    conn: Connection, proc: BaseProcess, watch: _Watch, on_round: Callable[[int, float], bool] | None
+) -> Measurement | None:
+    """Read the child's messages until its figures (returned), or until it stops, exits or overruns (None)."""
+    while True:
+        if conn.poll(0.2):
+            try:
+                msg = conn.recv()
+            except EOFError:
+                return None
+            kind = msg[0]
+            if kind == "round":
+                watch.rounds.append(float(msg[2]))
+                if on_round is not None and watch.stop_reason is None and on_round(int(msg[1]), float(msg[2])):
+                    watch.stop(conn, "pruned")
+            elif kind == "result":
+                if not watch.rounds:
+                    raise TrialFailed("no timed round completed: the scan is too short for this configuration")
+                return Measurement(round_images_per_s=watch.rounds, **msg[1])
+            elif kind == "stopped":
+                return None
+            elif kind == "error":
+                raise TrialFailed(str(msg[1]))
+        elif not proc.is_alive():
+            return None
+        if watch.tick(conn):
+            return None
+
+
+def _reap(proc: BaseProcess, conn: Connection, watch: _Watch) -> None:
+    """Wait for the child (killing it if it will not end) and remove the shared memory it may have left."""
+    # A child that let its grace period pass without stopping gets no second one: it is killed now.
+    proc.join(timeout=0.0 if watch.grace_spent else STOP_GRACE_S if watch.stop_reason is None else 5.0)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(5.0)
+    conn.close()
+    if proc.exitcode is not None and proc.pid is not None:
+        # A child killed mid-scan never unlinked its shared memory, and the study goes on for hours:
+        # remove it now (its workers died with it, so nothing maps the segments any more).
+        remove_segments(proc.pid)
+
+
+def _no_result(watch: _Watch, code: int | None, spec: ScanSpec) -> Exception:
+    """Why a trial ended without figures: stopped on request, interrupted, timed out, killed or crashed."""
+    if watch.stop_reason == "pruned":
+        return TrialStopped(watch.rounds)
+    if watch.stop_reason == "interrupted":  # pragma: no cover - the KeyboardInterrupt is already propagating
+        return TrialFailed("interrupted")
+    if watch.stop_reason == "timeout":
+        return TrialFailed(f"timeout: the scan took longer than {spec.timeout_s:g} s")
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name if -code in {s.value for s in signal.Signals} else str(-code)
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return TrialFailed(f"the scan process was killed by {name}{hint}")
+    return TrialFailed(f"the scan process exited with code {code} before reporting")
+
+
 def measure(
     config: EngineConfig,
     spec: ScanSpec,
@@ -264,86 +362,27 @@ def measure(
 ) -> Measurement:
     """Run one timed scan in a fresh process; ``on_round(k, images_per_s)`` returning True stops it early.
 
-    Raises :class:`TrialStopped` when stopped through ``on_shard``, :class:`TrialFailed` when the scan
+    Raises :class:`TrialStopped` when stopped through ``on_round``, :class:`TrialFailed` when the scan
     crashes, runs out of memory or exceeds ``spec.timeout_s``.
+
+    Example:
+        >>> m = measure(EngineConfig(cpu_batch=16), ScanSpec(dataset="data/", model="fake:32"))
+        >>> m.images_per_s, m.bottleneck
     """
     ctx = mp.get_context("spawn")
     parent_conn, child_conn = ctx.Pipe()
     proc = ctx.Process(target=_trial_child, args=(child_conn, config.to_dict(), spec), name="trial", daemon=False)
     proc.start()
     child_conn.close()
-    rounds: list[float] = []
-    deadline = time.monotonic() + spec.timeout_s
-    stop_reason: str | None = None
-    stop_sent_at: float | None = None
-    grace_spent = False
+    watch = _Watch(deadline=time.monotonic() + spec.timeout_s)
     try:
-        while True:
-            if parent_conn.poll(0.2):
-                try:
-                    msg = parent_conn.recv()
-                except EOFError:
-                    msg = None
-                if msg is None:
-                    break
-                kind = msg[0]
-                if kind == "round":
-                    rounds.append(float(msg[2]))
-                    if on_round is not None and stop_reason is None and on_round(int(msg[1]), float(msg[2])):
-                        stop_reason = "pruned"
-                        parent_conn.send("stop")
-                        stop_sent_at = time.monotonic()
-                elif kind == "result":
-                    if not rounds:
-                        raise TrialFailed("no timed round completed: the scan is too short for this configuration")
-                    return Measurement(round_images_per_s=rounds, **msg[1])
-                elif kind == "stopped":
-                    break
-                elif kind == "error":
-                    raise TrialFailed(str(msg[1]))
-            elif not proc.is_alive():
-                break
-            now = time.monotonic()
-            if stop_reason is None and now > deadline:
-                stop_reason = "timeout"
-                try:
-                    parent_conn.send("stop")
-                except OSError:
-                    pass
-                stop_sent_at = now
-            if stop_sent_at is not None and now - stop_sent_at > STOP_GRACE_S:
-                grace_spent = True
-                break
+        result = _follow(parent_conn, proc, watch, on_round)
+        if result is not None:
+            return result
     except BaseException:
         # Ctrl-C or an error here: ask the scan to stop cleanly, then wait only briefly.
-        stop_reason = stop_reason or "interrupted"
-        try:
-            parent_conn.send("stop")
-        except OSError:
-            pass
+        watch.stop(parent_conn, "interrupted")
         raise
     finally:
-        # A child that let its grace period pass without stopping gets no second one: it is killed now.
-        proc.join(timeout=0.0 if grace_spent else STOP_GRACE_S if stop_reason is None else 5.0)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(5.0)
-        parent_conn.close()
-        if proc.exitcode is not None and proc.pid is not None:
-            # A child killed mid-scan never unlinked its shared memory, and the study goes on for hours:
-            # remove it now (its workers died with it, so nothing maps the segments any more).
-            remove_segments(proc.pid)
-    if stop_reason == "pruned":
-        raise TrialStopped(rounds)
-    if stop_reason == "interrupted":  # pragma: no cover - the KeyboardInterrupt is already propagating
-        raise TrialFailed("interrupted")
-    if stop_reason == "timeout":
-        raise TrialFailed(f"timeout: the scan took longer than {spec.timeout_s:g} s")
-    code = proc.exitcode
-    if code is not None and code < 0:
-        import signal as _signal
-
-        name = _signal.Signals(-code).name if -code in {s.value for s in _signal.Signals} else str(-code)
-        hint = " (out of memory?)" if name == "SIGKILL" else ""
-        raise TrialFailed(f"the scan process was killed by {name}{hint}")
-    raise TrialFailed(f"the scan process exited with code {code} before reporting")
+        _reap(proc, parent_conn, watch)
+    raise _no_result(watch, proc.exitcode, spec)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING
 
 from autotune.errors import ConfigError
+
+if TYPE_CHECKING:  # importing this module must not import Optuna
+    from optuna.samplers import BaseSampler
 
 # "hill" is the replay's own hill climb (autotune.tuner.replay), not an Optuna sampler.
 SAMPLERS = ("tpe", "gp", "random", "hill")
@@ -16,13 +19,12 @@ def startup_trials(n_trials: int) -> int:
     return min(8, max(2, n_trials // 3))
 
 
-def make_sampler(name: str, seed: int | None, n_trials: int) -> Any:
+def make_sampler(name: str, seed: int | None, n_trials: int) -> BaseSampler:
     """An Optuna sampler by name (``tpe``, ``gp`` or ``random``), seeded, for a study of ``n_trials`` trials.
 
     ``tpe`` is the study's sampler as configured today (multivariate, start-up trials by :func:`startup_trials`);
     ``gp`` gets the same number of start-up trials (its own default is 10) so that a comparison measures the
-    model, not the length of the random warm-up. The return type is ``optuna.samplers.BaseSampler`` (typed
-    ``Any`` here so that importing this module does not import Optuna).
+    model, not the length of the random warm-up. Optuna is imported only when a sampler is made.
 
     Example:
         >>> sampler = make_sampler("tpe", seed=0, n_trials=30)

@@ -8,11 +8,11 @@ times, interleaved so that drifts of the machine hit all of them alike, and the 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from autotune.engine.config import EngineConfig
+from autotune.progress import Log, quiet
 from autotune.tuner.objective import ScanSpec, TrialFailed, measure
 
 MAX_SPREAD = 0.10  # a pick whose runs spread more than this is measured again, then called unstable
@@ -90,14 +90,14 @@ def validate(
     candidates: list[Candidate],
     spec: ScanSpec,
     repeats: int = 3,
-    log: Callable[[str], None] | None = None,
+    log: Log | None = None,
 ) -> Validation:
     """Measure every candidate ``repeats`` times, interleaved; the pick (first) again if its runs disagree.
 
     Candidates with the same configuration share their runs (measured once per round). A failed run counts
     as 0 images/s, so an unreliable configuration cannot win.
     """
-    say = log or (lambda _m: None)
+    say = log or quiet
     distinct: dict[str, Candidate] = {}
     for c in candidates:
         key = repr(sorted(c.config.to_dict().items()))
@@ -108,6 +108,7 @@ def validate(
             distinct[key] = c
 
     def one_pass(label: str) -> None:
+        """``repeats`` rounds over the distinct candidates, each run logged under ``label``."""
         for r in range(repeats):
             for c in distinct.values():
                 try:

@@ -93,24 +93,28 @@ def test_dashboard_page_is_served(served: dict[str, Any]) -> None:
 
 
 def test_missing_storage_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    said: list[str] = []
     url = f"sqlite:///{tmp_path / 'absent.db'}"
     with pytest.raises(ConfigError, match="no study found") as info:
         dashboard_app(url)
     assert "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="no study found"):
-        serve_dashboard(url, port=1)
+        serve_dashboard(url, port=1, log=said.append)
     assert not (tmp_path / "absent.db").exists()
-    assert capsys.readouterr().out == ""  # refused before announcing a URL
+    assert said == []  # refused before announcing a URL
+    assert capsys.readouterr().out == ""  # the library never prints
 
 
 def test_busy_port_is_one_line(served: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    said: list[str] = []
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen(1)
         port = sock.getsockname()[1]
         with pytest.raises(ConfigError, match=f"127.0.0.1:{port}"):
-            serve_dashboard(served["outcome"].storage, port=port)
-    assert f"http://127.0.0.1:{port}/dashboard" in capsys.readouterr().out
+            serve_dashboard(served["outcome"].storage, port=port, log=said.append)
+    assert len(said) == 1 and f"http://127.0.0.1:{port}/dashboard" in said[0]  # announced through the log
+    assert capsys.readouterr().out == ""
 
 
 def _chromium(tmp: Path, url: str, *extra: str) -> subprocess.CompletedProcess[str]:

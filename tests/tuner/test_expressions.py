@@ -226,7 +226,7 @@ def test_cli_study_with_a_hostile_space_is_one_error_line(
     import optuna
 
     from autotune.cli import main
-    from autotune.tuner import study as study_mod
+    from autotune.tuner import search as search_mod
 
     started: list[str] = []
 
@@ -236,7 +236,7 @@ def test_cli_study_with_a_hostile_space_is_one_error_line(
         raise AssertionError("a study or trial started before the space was checked")
 
     monkeypatch.setattr(optuna, "create_study", no_work)
-    monkeypatch.setattr(study_mod, "measure", no_work)
+    monkeypatch.setattr(search_mod, "measure", no_work)  # trials are measured by the study's search loop
     monkeypatch.setenv("AUTOTUNE_STUDIES", str(tmp_path / "studies"))
     path = _bound_space(tmp_path, "9**9**9")
     assert main(["study", "--space", str(path), "--trials", "1"]) == 2

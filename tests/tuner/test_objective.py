@@ -73,7 +73,7 @@ def test_two_replicas_with_big_batches_are_measurable_and_reuse_images(small_dat
 
 def test_small_rounds_get_more_timed_rounds_and_the_study_bound_covers_them() -> None:
     """min_timed_images lengthens the window of small rounds only; max_trial_images bounds every round size."""
-    from autotune.tuner.study import max_trial_images
+    from autotune.tuner.options import max_trial_images
 
     spec = ScanSpec(dataset="-", model=FAKE, rounds=4, min_timed_images=100)
     small = EngineConfig(producers=1, cpu_models=1, cpu_threads=1, cpu_batch=8)

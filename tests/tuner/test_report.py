@@ -10,9 +10,10 @@ import pytest
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
+from autotune.engine.config import EngineConfig
 from autotune.errors import ConfigError
 from autotune.machine import detect_machine
-from autotune.tuner.report import study_report
+from autotune.tuner.report import study_report, top_text
 from autotune.tuner.study import StudyOptions, run_study
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -83,6 +84,35 @@ def test_report_on_a_crafted_study(crafted: tuple[str, str], tmp_path: Path) -> 
 
     other = study_report(study_name="some-other-machine.cpu.x", storage=url)
     assert other["study"] == "some-other-machine.cpu.x" and other["trials"] == {"complete": 2}
+
+
+def test_top_configurations_fit_an_80_column_terminal(crafted: tuple[str, str]) -> None:
+    """One block per configuration, every line within 80 columns, every field of every row shown."""
+    url, _ = crafted
+    rows = study_report(storage=url, top=3)["top"]
+    wide = EngineConfig(producers=3, cpu_models=2, cpu_threads=4, cpu_batch=128, gpu_models=2, gpu_batch=512,
+                        pin_cores=True)  # fmt: skip
+    rows.append({**rows[0], "trial": 12, "gain_over_default": None, "config": wide.describe(),
+                 "bottleneck": "producers (consumers waited 35% of their time for batches)",
+                 **{k: v for k, v in wide.to_dict().items()}})  # fmt: skip
+    text = top_text(rows)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80, text
+    blocks = text.split("\n\n")
+    assert len(blocks) == len(rows) == 4
+    for rank, (block, row) in enumerate(zip(blocks, rows, strict=True), 1):
+        flat = " ".join(line.strip() for line in block.splitlines())
+        assert flat.startswith(f"#{rank}  trial {row['trial']}: ")
+        assert f"{row['images_per_s']:,.1f} images/s" in flat and f"start-up {row['startup_s']:,.1f} s" in flat
+        gain = row["gain_over_default"]
+        assert (f"x{gain:g} over the default" in flat) if gain is not None else ("over the default" not in flat)
+        assert " ".join(f"config: {row['config']}".split()) in flat
+        assert " ".join(f"bottleneck: {row['bottleneck']}".split()) in flat
+        for key, value in row.items():
+            if key not in ("trial", "images_per_s", "gain_over_default", "config", "bottleneck", "startup_s"):
+                assert f"{key}={value}" in flat, key
+    assert top_text(rows, width=60).count("\n") > text.count("\n")  # narrower terminals wrap more
+    assert max(len(line) for line in top_text(rows, width=60).splitlines()) <= 60
 
 
 def test_report_prefers_the_rechecked_pick(crafted: tuple[str, str]) -> None:

@@ -124,14 +124,14 @@ def test_study_default_first_profile_and_resume(tmp_path: Path, small_dataset: P
 def test_orphaned_running_trial_is_failed_and_requeued(
     tmp_path: Path, small_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_storage = study_mod._storage
+    real_storage = study_mod.writer_storage
 
     def quick_storage(url: str) -> Any:
         st = real_storage(url)
         st.heartbeat_interval, st.grace_period = 1, 1
         return st
 
-    monkeypatch.setattr(study_mod, "_storage", quick_storage)
+    monkeypatch.setattr(study_mod, "writer_storage", quick_storage)
     opts = _options(tmp_path, small_dataset, trials=1, validate_repeats=0)
     out = run_study(opts)
 

@@ -1,0 +1,150 @@
+"""What a study is asked for (:class:`StudyOptions`) and what that resolves to before the first trial.
+
+Resolving fixes the machine, the search space, the workload and the measurement rule, and derives the
+study's identity from them, so that trials measured under another rule, model or data are never mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from autotune.data import open_source
+from autotune.data.sources import ImageSource
+from autotune.defaults import DEFAULT_MODEL, default_dataset
+from autotune.engine.runner import preprocess_spec_for
+from autotune.errors import ConfigError
+from autotune.machine import MachineInfo, detect_machine
+from autotune.tuner.objective import ScanSpec
+from autotune.tuner.profile import model_arch
+from autotune.tuner.space import SearchSpace, load_space
+from autotune.tuner.storage import default_storage
+
+
+@dataclass(kw_only=True)
+class StudyOptions:
+    """Everything `autotune study` takes; defaults work out of the box on the embedded data and model."""
+
+    device: str = "cpu"
+    trials: int = 20
+    timeout_s: float | None = None
+    scan_size: int | None = None  # cap on one trial's images; None: derived from the space
+    rounds: int = 4  # timed batch rounds per trial
+    min_timed_images: int = 96  # ... or more rounds, until the timed part holds this many images
+    validate_rounds: int = 12  # timed rounds of each validation run
+    validate_min_images: int = 480  # ... or more, as for trials: a validation window of a few seconds is noise
+    validate_repeats: int = 3  # interleaved validation runs per candidate (0: no validation)
+    space: str | None = None
+    storage: str | None = None
+    study_name: str | None = None
+    model: str | None = None
+    dataset: str | None = None
+    image_column: str | None = None
+    split: str | None = None
+    sampler: str = "tpe"
+    patience: int | None = None
+    trial_timeout_s: float = 600.0
+    seed: int = 0
+    save: bool = True
+    save_profile: bool = False  # make the pick the profile in use even if it validates slower
+    guard_threshold: float = 0.99
+    guard_sample: int = 256
+
+
+@dataclass
+class StudySetup:
+    """What a study needs before its first trial: machine, space, workload, identity."""
+
+    machine: MachineInfo
+    space: SearchSpace
+    model: str
+    arch: str
+    dataset: str
+    source: ImageSource
+    spec: ScanSpec
+    trial_images: int
+    signature: dict[str, Any]
+    name: str
+    url: str
+
+
+def _slug(text: str) -> str:
+    """Lower-case, dash-separated, short."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40]
+
+
+def default_study_name(machine_id: str, space: str, model: str, dataset_fp: str) -> str:
+    """Derived from machine id, space (the device mix for built-in spaces), model and dataset, so the same
+    command resumes the same study."""
+    return f"{machine_id}.{_slug(space)}.{_slug(model)}.{dataset_fp[:8]}"
+
+
+def max_trial_images(space: SearchSpace, spec: ScanSpec, gpus: int) -> int:
+    """The most images any configuration of ``space`` needs for one trial (largest batch round)."""
+    cpu = int(space.largest("cpu_models", 1)) * int(space.largest("cpu_batch", 32))
+    gpu = gpus * int(space.largest("gpu_models", 0)) * int(space.largest("gpu_batch", 128))
+    size = cpu + gpu
+    # Smaller rounds get more timed rounds (min_timed_images), overshooting it by less than one round: the
+    # largest round bounds both parts.
+    timed = max(size * spec.rounds, spec.min_timed_images + size - 1 if spec.min_timed_images else 0)
+    return size * (spec.warmup_rounds + spec.drain_rounds) + timed
+
+
+def _scan_spec(options: StudyOptions, dataset: str, model: str) -> ScanSpec:
+    """The measurement rule of every trial."""
+    return ScanSpec(
+        dataset=dataset,
+        model=model,
+        rounds=options.rounds,
+        min_timed_images=options.min_timed_images,
+        scan_size=options.scan_size,
+        timeout_s=options.trial_timeout_s,
+        image_column=options.image_column,
+        split=options.split,
+    )
+
+
+def _study_name(options: StudyOptions, setup_id: tuple[str, str, str, str], signature: dict[str, Any]) -> str:
+    """The given name, or one derived from (machine id, space, model, dataset fingerprint) and the signature."""
+    if options.study_name is not None:
+        return options.study_name
+    digest = hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:6]
+    return f"{default_study_name(*setup_id)}.m{digest}"
+
+
+def prepare_study(options: StudyOptions) -> StudySetup:
+    """Load the space, open the data, fix the measurement rule, and refuse a scan size too small for it."""
+    machine = detect_machine()
+    space = load_space(
+        options.space or options.device,
+        machine_facts=machine.facts(),
+        device=options.device if options.space is None else None,
+    )
+    if options.rounds < 2:
+        raise ConfigError(f"--rounds must be at least 2 (got {options.rounds}): one round is all noise")
+    model = options.model or DEFAULT_MODEL
+    dataset = options.dataset or str(default_dataset())  # may build the embedded data set: after the checks
+    source = open_source(dataset, options.image_column, options.split)
+    spec = _scan_spec(options, dataset, model)
+    need = max_trial_images(space, spec, machine.gpu_count)
+    if options.scan_size is not None and options.scan_size < need:
+        raise ConfigError(
+            f"--scan-size {options.scan_size} is too small for part of the space {space.name}: its largest "
+            f"batch rounds need {need} images per trial ({spec.rounds} timed rounds plus warm-up and drain); "
+            f"pass --scan-size {need} or more, or leave it out"
+        )
+    arch = model_arch(model)
+    # The study's identity: trials measured under another rule, model or data are never mixed into it.
+    signature = {
+        "model": model,
+        "arch": arch,
+        "dataset": source.fingerprint(),
+        "preprocess": preprocess_spec_for(model).digest(),
+        **spec.describe(),
+    }
+    name = _study_name(options, (machine.machine_id, space.name, model, source.fingerprint()), signature)
+    url = options.storage or default_storage()
+    return StudySetup(machine, space, model, arch, dataset, source, spec, need, signature, name, url)
