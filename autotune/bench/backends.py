@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from autotune.bench.common import torch_threads
-from autotune.errors import ConfigError
+from autotune.errors import ConfigError, one_line
 
 DEFAULT_MODEL = "synthetic:clip-vit-base-patch32"
 ROW_KEYS = (
@@ -144,7 +144,7 @@ def bench_backends(
                 built[name] = backend
                 say(f"{name}: ready (setup {row['setup_cold_s']} s cold, {row['setup_cached_s']} s cached)")
             except Exception as exc:  # one broken backend must not hide the others' figures
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                first = one_line(exc)
                 row["error"] = f"{type(exc).__name__}: {first}"[:300]
                 say(f"{name}: failed ({row['error']})")
         seconds: dict[str, list[float]] = {name: [] for name in built}

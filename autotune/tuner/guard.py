@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from autotune.atomic import DiskFullError, atomic_path
-from autotune.errors import AutotuneError, ConfigError, DataError
+from autotune.errors import AutotuneError, ConfigError, DataError, one_line
 
 DEFAULT_SAMPLE = 256
 DEFAULT_THRESHOLD = 0.99
@@ -453,7 +453,7 @@ def check_backend(
         setup = getattr(runner, "setup_seconds", 0.0)
         del runner
     except (AutotuneError, ImportError, RuntimeError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = one_line(exc) or type(exc).__name__
         nan = float("nan")
         return GuardResult(
             backend=backend, precision=precision, device=device, model_id=model_id, weights_hash=facts.weights_hash,

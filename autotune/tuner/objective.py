@@ -13,7 +13,7 @@ from typing import Any
 from autotune.data.sources import Record
 from autotune.engine.config import EngineConfig
 from autotune.engine.transport import remove_segments
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, one_line
 
 # How long a trial told to stop may take to wind down before it is killed (read at each call, so tests can
 # shorten it).
@@ -185,7 +185,7 @@ class _RoundTracker:
 
 def _trial_child(conn: Any, config: dict[str, Any], spec: ScanSpec) -> None:
     """Child process: run the engine once on the fixed workload and send back its figures."""
-    from autotune.engine.lifecycle import one_line, worker_start
+    from autotune.engine.lifecycle import worker_start
 
     worker_start(os.getppid())
     try:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autotune.errors import ConfigError
+from autotune.errors import ConfigError, one_line
 from autotune.tuner.profile import REFERENCE_IMAGES, studies_dir
 
 _COLOUR_BY = ("cpu_threads", "cpu_models", "gpu_models", "producers", "cpu_batch", "gpu_batch", "gpu_precision",
@@ -39,7 +39,7 @@ def _open_storage(url: str) -> Any:
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 30}}
                                           if url.startswith("sqlite") else None)
     except Exception as exc:
-        raise ConfigError(f"cannot open study storage {url}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"cannot open study storage {url}: {one_line(exc)}") from None
 
 
 def _pick_study(storage: Any, url: str, study_name: str | None) -> str:
@@ -221,7 +221,7 @@ def _importance_plot(study: Any, complete: Sequence[Any], path: Path) -> str | N
     try:
         importances = optuna.importance.get_param_importances(study, params=varied)
     except Exception as exc:  # too few or too similar trials for the evaluator
-        return f"optuna could not compute importances: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        return f"optuna could not compute importances: {one_line(exc) or type(exc).__name__}"
     if not importances:
         return "optuna returned no importances"
     names = list(importances)[::-1]
@@ -322,7 +322,7 @@ def dashboard_app(storage: str | None = None) -> Any:
     try:
         return optuna_dashboard.wsgi(url)
     except Exception as exc:
-        raise ConfigError(f"cannot open study storage {url}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"cannot open study storage {url}: {one_line(exc)}") from None
 
 
 def serve_dashboard(storage: str | None, port: int, host: str = "127.0.0.1") -> None:

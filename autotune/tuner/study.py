@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.engine.config import EngineConfig
-from autotune.errors import AutotuneError, ConfigError
+from autotune.errors import AutotuneError, ConfigError, one_line
 from autotune.tuner.objective import ScanSpec, TrialFailed, TrialStopped, measure
 from autotune.tuner.profile import (
     REFERENCE_IMAGES,
@@ -159,7 +159,7 @@ def _storage(url: str) -> Any:
             engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None,
         )
     except Exception as exc:
-        raise ConfigError(f"cannot open study storage {url}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"cannot open study storage {url}: {one_line(exc)}") from None
 
 
 def fail_orphaned_running(study: Any) -> None:
