@@ -23,6 +23,7 @@ class _BarTask:
     """One task of the shared Rich bar."""
 
     def __init__(self, description: str, total: int) -> None:
+        """Start a bar of ``total`` units."""
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,

@@ -48,6 +48,7 @@ class BadImageError(Exception):
     """
 
     def __init__(self, reason: str, detail: str = "") -> None:
+        """Keep the tag and the sentence apart; the message joins them."""
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail

@@ -25,6 +25,7 @@ class NoReadableImages(DataError):
     """Not one image of the database could be read; ``skipped`` says why for each."""
 
     def __init__(self, where: str, skipped: list[dict[str, Any]]) -> None:
+        """Name the database and count the reasons, most frequent first."""
         reasons = Counter(str(s.get("reason", "?")) for s in skipped)
         why = ", ".join(f"{n} {r}" for r, n in reasons.most_common())
         super().__init__(f"no image could be read in {where}: {len(skipped)} skipped ({why or 'none listed'})")

@@ -210,6 +210,7 @@ def _sync_index(
     fingerprint = source.fingerprint()
 
     def current(meta: IndexMeta | None) -> bool:
+        """Whether ``meta`` describes a complete index of this key with no update pending."""
         return bool(meta and meta.key == key and meta.complete and not meta.pending)
 
     meta = index.read_meta()
