@@ -99,8 +99,8 @@ def retrieve(
     if rescan or not use_index:
         result = _scan_answer(source, records, model, cfg, texts, q, top_k, progress)
     else:
-        index = EmbeddingIndex(index_dir or default_index_dir(str(source.path), model, embedding_recipe(cfg), split))
         key = _index_key(model, cfg, index_dtype)
+        index = EmbeddingIndex(index_dir or default_index_dir(str(source.path), model, key.recipe, split))
         result = _index_answer(index, key, source, cfg, texts, q, top_k, rebuild_index, progress, shard_images, say)
     result.source, result.splits = source.describe(), splits
     return result
