@@ -24,7 +24,7 @@ def run(*args: str) -> tuple[int, str, str]:
         code = main(list(args))
         sys.stdout.flush()
         sys.stderr.flush()
-    return code, out.getvalue().decode(), err.getvalue().decode()
+        return code, out.getvalue().decode(), err.getvalue().decode()
 
 
 @pytest.fixture(autouse=True)
