@@ -24,7 +24,7 @@ import numpy as np
 from autotune.bench.common import torch_threads
 from autotune.data import make_dataset, open_source
 from autotune.engine.config import logical_cores
-from autotune.errors import ConfigError
+from autotune.errors import ConfigError, one_line
 from autotune.models import backends as model_backends
 from autotune.models.facts import model_facts
 from autotune.models.guard import DEFAULT_THRESHOLD, agreement
@@ -116,7 +116,7 @@ def _build_all(
             built[name] = _build_twice(spec, folder / name, row, pixels[:batch])
             say(f"{name}: ready (setup {row['setup_cold_s']} s cold, {row['setup_cached_s']} s cached)")
         except Exception as exc:  # one broken backend must not hide the others' figures
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = one_line(exc)
             row["error"] = f"{type(exc).__name__}: {first}"[:300]
             say(f"{name}: failed ({row['error']})")
     return rows, built

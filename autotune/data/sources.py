@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autotune.errors import DataError
+from autotune.errors import DataError, one_line
 
 if TYPE_CHECKING:  # datasets takes a second to import: only handlers that need it pay for it
     import datasets
@@ -55,15 +55,6 @@ def _digest(parts: Iterator[str]) -> str:
         h.update(part.encode("utf-8", "surrogateescape"))
         h.update(b"\0")
     return h.hexdigest()
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception as a single short line: its type and the first line of its message."""
-    text = str(exc).strip().splitlines()
-    first = text[0].strip() if text else ""
-    if len(first) > 200:
-        first = first[:197] + "..."
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 class ImageSource(abc.ABC):
@@ -352,9 +343,9 @@ class HFDatasetSource(ImageSource):
                 if self.mode == "hub":
                     raise DataError(
                         f"no such path {self.hub_id}, and loading it as a Hugging Face hub dataset failed "
-                        f"({_one_line(exc)})"
+                        f"({one_line(exc, typed=True)})"
                     ) from exc
-                raise DataError(f"cannot read dataset {self._name()}: {_one_line(exc)}") from exc
+                raise DataError(f"cannot read dataset {self._name()}: {one_line(exc, typed=True)}") from exc
             if isinstance(loaded, ds_lib.DatasetDict):
                 loaded = self._select_splits(ds_lib, loaded)
             else:
@@ -380,7 +371,8 @@ class HFDatasetSource(ImageSource):
             spans = ds_lib.ReadInstruction.from_spec(self.split).to_absolute(sizes)
         except (ValueError, KeyError, AssertionError) as exc:
             raise DataError(
-                f"dataset {self._name()}: bad --split {self.split!r} ({_one_line(exc)}; splits: {', '.join(splits)})"
+                f"dataset {self._name()}: bad --split {self.split!r} "
+                f"({one_line(exc, typed=True)}; splits: {', '.join(splits)})"
             ) from exc
         self.parts = [(s.splitname, s.from_, s.to) for s in spans]
         pieces = [
@@ -392,7 +384,7 @@ class HFDatasetSource(ImageSource):
         try:
             return ds_lib.concatenate_datasets(pieces)
         except ValueError as exc:
-            why = _one_line(exc)
+            why = one_line(exc, typed=True)
             raise DataError(f"dataset {self._name()}: splits {self.split!r} cannot be combined: {why}") from exc
 
     def split_counts(self) -> dict[str, int]:
@@ -471,7 +463,7 @@ class HFDatasetSource(ImageSource):
             feature = dataset.features[self.image_column]
             raise DataError(
                 f"column {self.image_column!r} of dataset {self._name()} does not hold images ({feature}): "
-                f"{_one_line(exc)}"
+                f"{one_line(exc, typed=True)}"
             ) from exc
 
     def _image_rows(self) -> datasets.Dataset:

@@ -9,7 +9,7 @@ import sys
 
 from autotune.atomic import DiskFullError
 from autotune.engine.events import Failed
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, one_line
 
 _PR_SET_PDEATHSIG = 1
 
@@ -45,12 +45,6 @@ def terminate_as_interrupt() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _raise)
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    """The first non-blank line of ``text``, cut to ``limit`` characters: error messages stay one line."""
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
 def error_summary(exc: BaseException) -> str:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from autotune.atomic import DiskFullError, atomic_write_json
 from autotune.cache import cache_dir
-from autotune.errors import ModelError
+from autotune.errors import ModelError, one_line
 from autotune.models.synthetic import MARKER_FILE, SYNTHETIC_PREFIX, build_synthetic, is_synthetic
 
 if TYPE_CHECKING:
@@ -306,7 +306,7 @@ def _read_facts(path: Path) -> dict[str, Any]:
         processor = CLIPImageProcessor.from_pretrained(str(path))
         config: Any = CLIPConfig.from_pretrained(str(path))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = one_line(exc)
         raise ModelError(f"cannot read the config of {path}: {type(exc).__name__}: {first}") from exc
     spec = PreprocessSpec.from_processor(processor)  # ConfigError for a pipeline the fast path cannot run
     vision = config.vision_config

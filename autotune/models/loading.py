@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch.nn import functional as F
 
-from autotune.errors import ModelError
+from autotune.errors import ModelError, one_line
 
 # Where a model lives and what its weights are: re-exported here, their historical home.
 from autotune.models.facts import STAND_IN, resolve_model, weight_files, weights_hash
@@ -117,13 +117,13 @@ def load_clip(model_id: str, *, device: str = "cpu", dtype: torch.dtype = torch.
             model = CLIPModel.from_pretrained(path, dtype=dtype, use_safetensors=use_safetensors)
             processor = CLIPProcessor.from_pretrained(path)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = one_line(exc)
         raise ModelError(f"cannot load model '{model_id}' from {path}: {type(exc).__name__}: {first}") from exc
     try:
         # transformers wraps .to() with a signature mypy misreads; the call itself is plain nn.Module.to.
         model = cast(Any, model).to(device)
     except Exception as exc:  # e.g. "cuda" on a machine without it
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = one_line(exc) or type(exc).__name__
         raise ModelError(f"cannot move model '{model_id}' to device '{device}': {first}") from exc
     model.eval()
     # Inference only: frozen parameters keep autograd bookkeeping out of every forward pass.

@@ -15,7 +15,7 @@ from typing import Any
 
 from autotune.atomic import TMP_MARK, fsync_dir, fsync_tree, raise_if_disk_full
 from autotune.cache import cache_dir
-from autotune.errors import ModelError
+from autotune.errors import ModelError, one_line
 
 SYNTHETIC_PREFIX = "synthetic:"
 MARKER_FILE = "autotune_synthetic.json"
@@ -266,7 +266,7 @@ def build_synthetic(name: str, seed: int = 0) -> Path:
         except Exception as exc:  # disk full, permissions...: one line for the user
             if isinstance(exc, OSError):
                 raise_if_disk_full(exc, final)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = one_line(exc)
             raise ModelError(f"cannot build {SYNTHETIC_PREFIX}{name}: {type(exc).__name__}: {first}") from exc
         _publish(tmp, final)
         fsync_dir(final.parent)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from autotune.errors import ModelError
+from autotune.errors import ModelError, one_line
 from autotune.models.facts import ModelFacts, weight_files
 
 # Checkpoint entries that belong to the image tower (a CLIPModel checkpoint also holds the text tower).
@@ -278,7 +278,7 @@ def read_tower_state(path: Path, wanted: set[str]) -> dict[str, torch.Tensor]:
         for file in files:
             state.update(_read_file(file, wanted))
     except Exception as exc:  # truncated or corrupt files: one line, like load_clip's
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = one_line(exc)
         raise ModelError(f"cannot read the image tower from {path}: {type(exc).__name__}: {first}") from exc
     missing = sorted(wanted - set(state))
     if missing:
@@ -304,6 +304,6 @@ def load_tower(facts: ModelFacts, *, device: str = "cpu", dtype: torch.dtype = t
     try:
         tower = tower.to(device=device, dtype=dtype)
     except Exception as exc:  # e.g. "cuda" on a machine without it
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = one_line(exc) or type(exc).__name__
         raise ModelError(f"cannot move model {facts.path} to device '{device}': {first}") from exc
     return tower.eval().requires_grad_(False)

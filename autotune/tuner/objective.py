@@ -16,11 +16,11 @@ from typing import Any
 from autotune.data import open_source
 from autotune.data.sources import Record
 from autotune.engine.config import EngineConfig
-from autotune.engine.lifecycle import one_line, worker_start
+from autotune.engine.lifecycle import worker_start
 from autotune.engine.result import ScanProgress, ScanResult
 from autotune.engine.runner import run_scan
 from autotune.engine.transport import remove_segments
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, one_line
 
 # How long a trial told to stop may take to wind down before it is killed (read at each call, so tests can
 # shorten it).

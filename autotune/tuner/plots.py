@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autotune.errors import one_line
 from autotune.tuner.storage import trial_value
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ def _importance_plot(study: Study, complete: Sequence[FrozenTrial], path: Path) 
     try:
         importances = optuna.importance.get_param_importances(study, params=varied)
     except Exception as exc:  # too few or too similar trials for the evaluator
-        return f"optuna could not compute importances: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        return f"optuna could not compute importances: {one_line(exc) or type(exc).__name__}"
     if not importances:
         return "optuna returned no importances"
     names = list(importances)[::-1]

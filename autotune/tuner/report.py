@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autotune.errors import ConfigError
+from autotune.errors import ConfigError, one_line
 from autotune.progress import Log, quiet
 from autotune.tuner.plots import write_plots
 from autotune.tuner.profile import REFERENCE_IMAGES
@@ -166,7 +166,7 @@ def dashboard_app(storage: str | None = None) -> Any:
     try:
         return optuna_dashboard.wsgi(url)
     except Exception as exc:
-        raise ConfigError(f"cannot open study storage {url}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"cannot open study storage {url}: {one_line(exc)}") from None
 
 
 def serve_dashboard(storage: str | None, port: int, host: str = "127.0.0.1", log: Log | None = None) -> None:

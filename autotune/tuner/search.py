@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from autotune.engine.config import EngineConfig
 from autotune.errors import AutotuneError, ConfigError
-from autotune.progress import Log
 from autotune.models import guard
+from autotune.progress import Log
 from autotune.tuner.objective import TrialFailed, TrialStopped, measure
 from autotune.tuner.options import StudyOptions, StudySetup
 from autotune.tuner.storage import trial_value

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autotune.errors import ConfigError
+from autotune.errors import ConfigError, one_line
 from autotune.machine import detect_machine
 from autotune.tuner.profile import studies_dir
 
@@ -51,7 +51,7 @@ def _rdb(url: str, **kwargs: Any) -> RDBStorage:
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except Exception as exc:
-        raise ConfigError(f"cannot open study storage {url}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"cannot open study storage {url}: {one_line(exc)}") from None
 
 
 def writer_storage(url: str) -> RDBStorage:

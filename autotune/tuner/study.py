@@ -17,13 +17,13 @@ from autotune.engine.config import EngineConfig
 from autotune.errors import AutotuneError, ConfigError
 from autotune.machine import MachineInfo
 from autotune.progress import Log, quiet
-from autotune.tuner.profile import guard_record
 from autotune.tuner.objective import ScanSpec
 from autotune.tuner.options import StudyOptions, StudySetup, prepare_study
 from autotune.tuner.profile import (
     REFERENCE_IMAGES,
     Profile,
     current_profile,
+    guard_record,
     library_versions,
     predict_seconds,
     save_profile,

@@ -11,7 +11,7 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from autotune.errors import AutotuneError, ConfigError
+from autotune.errors import AutotuneError, ConfigError, one_line
 from autotune.models import backends
 from autotune.models.facts import model_facts
 from autotune.models.guard._figures import (
@@ -61,7 +61,7 @@ def _failed_run(
     exc: Exception,
 ) -> GuardResult:
     """The result of a backend that could not be built or failed while embedding: not passed, NaN figures."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = one_line(exc) or type(exc).__name__
     nan = float("nan")
     return GuardResult(
         backend=backend, precision=precision, device=device, model_id=model_id, weights_hash=reference.weights_hash,

@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
+from autotune import console
 from autotune.cli import main
 from autotune.engine.config import EngineConfig
 from autotune.machine import detect_machine
+from autotune.retrieval import safe_default_config
 from autotune.tuner.profile import Profile, save_profile
 
 
@@ -66,9 +68,7 @@ def test_use_unknown_id_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_list_table_fits_80_columns(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from autotune import report
-
-    monkeypatch.setattr(report.console, "_width", 80)
+    monkeypatch.setattr(console.console, "_width", 80)
     kept = _saved(unstable=True)
     _saved(model_arch="vit-768x12-p32-224/proj512", model="openai/clip-vit-base-patch32")
     assert main(["profile", "list"]) == 0
@@ -82,8 +82,6 @@ def test_retrieve_without_a_profile_for_the_architecture(
     small_dataset: Path, tiny_model: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Only another architecture was tuned here: retrieve runs the safe default and says so in one line."""
-    from autotune.retrieval import safe_default_config
-
     _saved()  # fake:32, never the tiny model's architecture
     args = ["retrieve", "a photo of Felis catus", "--dataset", str(small_dataset), "--model", tiny_model,
             "--index-dir", str(tmp_path / "idx"), "--out", str(tmp_path / "out"), "--json"]  # fmt: skip

@@ -1,0 +1,264 @@
+"""Answering queries: a full scan, or an embedding index kept up to date with the database."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autotune.data.sources import HFDatasetSource, ImageSource, Record, open_source
+from autotune.engine.config import EngineConfig, logical_cores
+from autotune.engine.runner import ScanResult, embed_queries, preprocess_spec_for, run_scan
+from autotune.errors import ConfigError
+from autotune.index import (
+    EmbeddingIndex,
+    IndexKey,
+    IndexMeta,
+    commit_update,
+    default_index_dir,
+    plan_update,
+    skipped_rows,
+)
+from autotune.models.facts import model_facts
+from autotune.progress import Log, ProgressFactory, quiet
+from autotune.retrieval._result import Hit, NoReadableImages, RetrievalResult
+
+
+def safe_default_config() -> EngineConfig:
+    """A configuration that works anywhere when no profile exists: one producer, one replica on the rest."""
+    cores = logical_cores()
+    producers = max(1, cores // 4)
+    return EngineConfig(producers=producers, cpu_models=1, cpu_threads=max(1, cores - producers), cpu_batch=32)
+
+
+def embedding_recipe(config: EngineConfig) -> str:
+    """The inference path embeddings come from, e.g. ``cpu:onnx-int8`` or ``cpu:eager+gpu:fp16``."""
+    parts = [f"cpu:{config.cpu_backend}"] if config.cpu_models else []
+    if config.gpu_models:
+        parts.append(f"gpu:{config.gpu_precision}")
+    return "+".join(parts)
+
+
+@dataclass
+class _Sync:
+    """What bringing the index up to date did."""
+
+    mode: str
+    scan: ScanResult | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def retrieve(
+    queries: Sequence[str],
+    *,
+    dataset: str,
+    model: str,
+    top_k: int = 9,
+    config: EngineConfig | None = None,
+    index_dir: Path | None = None,
+    use_index: bool = True,
+    rescan: bool = False,
+    rebuild_index: bool = False,
+    index_dtype: str = "float16",
+    image_column: str | None = None,
+    split: str | None = None,
+    progress: ProgressFactory | None = None,
+    shard_images: int = 1024,
+    log: Log | None = None,
+) -> RetrievalResult:
+    """Answer text queries over an image database.
+
+    With the index (default), the first call scans every image with the engine and commits embedding
+    shards as it goes (an interrupted scan resumes from them); later calls embed only images that are new or
+    changed since, drop removed ones, and answer from the index in milliseconds. ``rescan`` or
+    ``use_index=False`` runs the paper's full scan instead (no index); ``rebuild_index`` starts the index
+    over. ``progress`` draws the scan's bar, ``log`` receives one-line news (splits, index rebuilt...).
+    Raises :class:`NoReadableImages` when no image could be read.
+
+    Example:
+        >>> res = retrieve(["a photo of Felis catus"], dataset="data/", model="synthetic:tiny")
+        >>> res.hits[0][0].locator, res.hits[0][0].score
+    """
+    say = log or quiet
+    texts = [q.strip() for q in queries]
+    if not texts or any(not q for q in texts):
+        raise ConfigError("empty query: give at least one non-empty text")
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1, got {top_k}")
+    source = open_source(dataset, image_column, split)
+    records = source.records()
+    splits = source.split_counts() if isinstance(source, HFDatasetSource) else {}
+    if len(splits) > 1 or (splits and split):
+        say("scanning " + " + ".join(f"{k} ({v:,} images)" for k, v in splits.items()))
+    cfg = (config or safe_default_config()).validate()
+    q = embed_queries(model, texts)
+    if rescan or not use_index:
+        result = _scan_answer(source, records, model, cfg, texts, q, top_k, progress)
+    else:
+        key = _index_key(model, cfg, index_dtype)
+        index = EmbeddingIndex(index_dir or default_index_dir(str(source.path), model, key.recipe, split))
+        result = _index_answer(index, key, source, cfg, texts, q, top_k, rebuild_index, progress, shard_images, say)
+    result.source, result.splits = source.describe(), splits
+    return result
+
+
+def _index_key(model: str, cfg: EngineConfig, dtype: str) -> IndexKey:
+    """What an index's embeddings depend on: a change of any of it rebuilds the index."""
+    facts = model_facts(model)  # weights hash and width from the cached sidecar: no second model load
+    return IndexKey(
+        model, facts.weights_hash, embedding_recipe(cfg), preprocess_spec_for(model).digest(), facts.embed_dim, dtype
+    )
+
+
+def _scan_answer(
+    source: ImageSource,
+    records: list[Record],
+    model: str,
+    cfg: EngineConfig,
+    texts: list[str],
+    q: np.ndarray,
+    top_k: int,
+    progress: ProgressFactory | None,
+) -> RetrievalResult:
+    """The paper's way: one full scan with the queries, no index."""
+    # run_scan draws its own bar until it takes a ProgressFactory: a factory here means "show one".
+    scan = run_scan(source, model, cfg, queries=q, top_k=top_k, records=records, progress=progress)
+    if scan.images == 0:
+        raise NoReadableImages(source.describe(), scan.skipped)
+    by_id = {r.id: r for r in records}
+    hits = [
+        [
+            _hit(source, rank, int(i), float(sc), by_id[int(i)])
+            for rank, (sc, i) in enumerate(zip(s, ids, strict=True), 1)
+        ]
+        for s, ids in zip(scan.topk_scores, scan.topk_ids, strict=True)
+    ]
+    res = RetrievalResult(
+        texts, hits, "scan", scan.images, scan.skipped, scan.scan_seconds, 0.0, scan.images_per_s,
+        cfg.describe(), None, [],
+    )  # fmt: skip
+    res.startup_s = scan.startup_s
+    return res
+
+
+def _index_answer(
+    index: EmbeddingIndex,
+    key: IndexKey,
+    source: ImageSource,
+    cfg: EngineConfig,
+    texts: list[str],
+    q: np.ndarray,
+    top_k: int,
+    rebuild: bool,
+    progress: ProgressFactory | None,
+    shard_images: int,
+    log: Log,
+) -> RetrievalResult:
+    """Bring the index up to date, then answer from it."""
+    notes: list[str] = []
+    index.claim()
+    sync = _sync_index(index, key, source, cfg, rebuild, progress, shard_images, notes, log)
+    t0 = time.perf_counter()
+    index.load()
+    load_s = time.perf_counter() - t0
+    cat = index.catalog
+    assert cat is not None
+    if len(index) == 0:
+        raise NoReadableImages(source.describe(), skipped_rows(cat))
+    t0 = time.perf_counter()
+    scores, ids = index.search(q, top_k)
+    query_ms = 1000 * (time.perf_counter() - t0) / len(texts)
+    row = {int(i): n for n, i in enumerate(cat["id"])}
+    hits = [
+        [
+            _hit(source, rank, int(i), float(s), Record(int(i), cat["locator"][row[int(i)]], cat["label"][row[int(i)]]))
+            for rank, (s, i) in enumerate(zip(srow, irow, strict=True), start=1)
+        ]
+        for srow, irow in zip(scores, ids, strict=True)
+    ]
+    built = sync.scan
+    result = RetrievalResult(
+        texts, hits, sync.mode, built.images if built else 0, skipped_rows(cat), built.scan_seconds if built else 0.0,
+        query_ms, built.images_per_s if built else None, cfg.describe(), str(index.path), notes,
+    )  # fmt: skip
+    result.changes = sync.counts
+    result.startup_s = built.startup_s if built else 0.0
+    result.outputs["index_load_seconds"] = f"{load_s:.3f}"
+    return result
+
+
+def _sync_index(
+    index: EmbeddingIndex,
+    key: IndexKey,
+    source: ImageSource,
+    cfg: EngineConfig,
+    rebuild: bool,
+    progress: ProgressFactory | None,
+    shard_images: int,
+    notes: list[str],
+    log: Log,
+) -> _Sync:
+    """Bring the index up to date with the database: nothing, a build, an update or a resumed one.
+
+    A complete index of the same key and database is served without a lock; any write takes the writer
+    lock, so a second writer is refused with one line.
+    """
+    fingerprint = source.fingerprint()
+
+    def current(meta: IndexMeta | None) -> bool:
+        """Whether ``meta`` describes a complete index of this key with no update pending."""
+        return bool(meta and meta.key == key and meta.complete and not meta.pending)
+
+    meta = index.read_meta()
+    if not rebuild and current(meta) and meta and meta.dataset_fingerprint == fingerprint:
+        return _Sync("index")
+    with index.writer():
+        meta = index.read_meta()
+        if rebuild or meta is None or meta.key != key:
+            if meta is not None and meta.key != key:
+                notes.append(f"index rebuilt: {meta.key.describe_difference(key)} since it was built")
+            elif rebuild:
+                notes.append("index rebuilt on request (--rebuild-index)")
+            index.clear()
+            meta = IndexMeta(key=key, dataset=str(source.path))
+            index.write_meta(meta)
+            for note in notes:
+                log(note)
+        elif current(meta) and meta.dataset_fingerprint == fingerprint:
+            return _Sync("index")  # another process finished it while we waited
+        was_complete = meta.complete
+        plan = plan_update(index, meta, source.records(), source.identities(), fingerprint)
+        if plan.resumed:
+            notes.append(f"resuming an interrupted index update: {plan.resumed:,} images already embedded")
+            log(notes[-1])
+        scan = None
+        skipped: list[dict[str, Any]] = []
+        if plan.todo:
+            log(f"embedding {len(plan.todo):,} images into {index.path}")
+            scan = run_scan(
+                source, key.model, cfg, records=plan.todo, sink_factory=index.sink(key.dtype, shard_images),
+                progress=progress,
+            )  # fmt: skip
+            skipped = scan.skipped
+        commit_update(index, meta, plan, skipped)
+        mode = "index-resumed" if plan.resumed else ("index-updated" if was_complete else "index-new")
+        if was_complete:
+            notes.append(f"index updated: {plan.describe()}")
+            log(notes[-1])
+        return _Sync(mode, scan, plan.counts)
+
+
+def _hit(source: ImageSource, rank: int, rid: int, score: float, record: Record) -> Hit:
+    """A Hit for one record."""
+    return Hit(rank, rid, score, record.label, _record_path(source, record), record.locator)
+
+
+def _record_path(source: ImageSource, record: Record) -> str:
+    """A displayable path for a record (a file path for folders, dataset#index otherwise)."""
+    if source.kind == "folder":
+        return str(Path(source.path) / record.locator)
+    return f"{source.path}#{record.locator}"
