@@ -14,6 +14,7 @@ from autotune import preprocess as pp
 from autotune.errors import BadImageError, ConfigError
 from autotune.preprocess import (
     PreprocessSpec,
+    decode,
     decode_image,
     fast_preprocess,
     normalize,
@@ -320,7 +321,7 @@ def test_every_truncation_is_a_bad_image_error(spec: PreprocessSpec) -> None:
 
 def test_too_large_on_every_path(monkeypatch: pytest.MonkeyPatch, processor, spec: PreprocessSpec) -> None:  # type: ignore[no-untyped-def]
     """Above MAX_IMAGE_PIXELS: too-large from the header, on the simplejpeg path and the PIL path alike."""
-    monkeypatch.setattr(pp, "MAX_IMAGE_PIXELS", 100 * 100)
+    monkeypatch.setattr(decode, "MAX_IMAGE_PIXELS", 100 * 100)  # the limit decoding enforces
     for fmt in ("JPEG", "PNG"):
         _assert_reason(_encode(_photo(101, 100), fmt), "too-large", processor, spec)
         fast_preprocess(_encode(_photo(100, 100), fmt), spec)  # at the limit: fine
