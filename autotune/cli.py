@@ -85,9 +85,10 @@ def make_dataset_cmd(
     Cost, measured on 2 cores: about 38 KB per image (500,000 images: about 19 GB) and roughly
     400 images/s with both cores (500,000 images: about 20 minutes).
     """
+    from autotune.console import progress_for
     from autotune.data import make_dataset
 
-    summary = make_dataset(out, n=n, seed=seed, progress=not as_json)
+    summary = make_dataset(out, n=n, seed=seed, progress=progress_for(not as_json))
     _out(summary, "make-dataset", as_json)
 
 
@@ -108,9 +109,10 @@ def make_model_cmd(
     The result is a normal transformers CLIP checkpoint (safetensors + processor): pass it with --model PATH
     to any command. It knows only the corpus's 17 labels ("a photo of {label}").
     """
+    from autotune.console import progress_for
     from autotune.models.train import train_model
 
-    summary = train_model(dataset, out, seed=seed, minutes=minutes, progress=not as_json, split=split)
+    summary = train_model(dataset, out, seed=seed, minutes=minutes, progress=progress_for(not as_json), split=split)
     _out(summary, "make-model", as_json)
 
 
@@ -438,6 +440,7 @@ def retrieve_cmd(
     or empty folder, or an index this tool made: nothing else is ever deleted.
     """
     from autotune import report
+    from autotune.console import progress_for
     from autotune.defaults import DEFAULT_MODEL, default_dataset
     from autotune.errors import ConfigError, DataError
     from autotune.retrieval import NoReadableImages, retrieve, safe_default_config, write_outputs, write_skipped
@@ -454,7 +457,7 @@ def retrieve_cmd(
         raise ConfigError(f"--index-dtype must be float16 or float32, got {index_dtype!r}")
     say = (lambda m: None) if as_json else (lambda m: report.err_console.print(f"[dim]{m}[/dim]"))
     model = model or DEFAULT_MODEL
-    ds = dataset or str(default_dataset(progress=not as_json))
+    ds = dataset or str(default_dataset(progress=progress_for(not as_json)))
     # Check the inputs before any chatter, so a mistake is one line.
     from autotune.data import open_source
     from autotune.models.loading import resolve_model
@@ -591,6 +594,7 @@ def verify_cmd(
 ) -> None:
     """Re-check a profile's accuracy guard on the model it will run (tuning on the random-weight stand-in
     finds speed, not quantisation error), and record the check in the profile. Exit 1 if it fails."""
+    from autotune.console import bar
     from autotune.defaults import default_dataset
     from autotune.errors import ConfigError
     from autotune.tuner.guard import verify_profile
@@ -604,7 +608,7 @@ def verify_cmd(
     mid = model or prof.model
     from autotune.data import open_source
 
-    sample = open_source(dataset or prof.dataset or str(default_dataset()), split=split)
+    sample = open_source(dataset or prof.dataset or str(default_dataset(progress=bar)), split=split)
     result = verify_profile(prof, mid, sample, threshold=threshold)
     # The check is written back into the file it read (a history entry for auto or an id).
     read_from = Path(profile)
@@ -635,8 +639,9 @@ def bench_preprocess_cmd(
     through both paths, raw and after subtracting the corpus mean embedding.
     """
     from autotune.bench.preprocess import bench_preprocess
+    from autotune.console import progress_for
 
-    figures = bench_preprocess(n=n, dataset=dataset, model=model, progress=not as_json, split=split)
+    figures = bench_preprocess(n=n, dataset=dataset, model=model, progress=progress_for(not as_json), split=split)
     _out(figures, "bench preprocess", as_json)
 
 
@@ -651,8 +656,11 @@ def bench_quality_cmd(
 ) -> None:
     """Zero-shot label accuracy and per-label precision@9 on held-out images (generated with another seed)."""
     from autotune.bench.quality import bench_quality
+    from autotune.console import progress_for
 
-    figures = bench_quality(model=model, dataset=dataset, n=n, seed=seed, progress=not as_json, split=split)
+    figures = bench_quality(
+        model=model, dataset=dataset, n=n, seed=seed, progress=progress_for(not as_json), split=split
+    )
     _out(figures, "bench quality", as_json)
 
 
@@ -751,10 +759,11 @@ def bench_tuner_cmd(
     """
     from autotune import report
     from autotune.bench.tuner import bench_tuner
+    from autotune.console import log_for, progress_for
 
     result = bench_tuner(
-        model=model, dataset=dataset, images=images, repeats=repeats, trials=trials, progress=not as_json,
-        split=split, backends=backend, grid_out=grid_out,
+        model=model, dataset=dataset, images=images, repeats=repeats, trials=trials,
+        progress=progress_for(not as_json), log=log_for(not as_json), split=split, backends=backend, grid_out=grid_out,
     )  # fmt: skip
     if as_json:
         report.emit_json(result)

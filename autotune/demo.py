@@ -12,6 +12,7 @@ DEMO_QUERY = "a photo of Felis catus"
 
 def demo_model(dataset: Path, seed: int = 0) -> Path:
     """The small CLIP trained offline on the default corpus, built once into the cache."""
+    from autotune.console import bar
     from autotune.models.train import train_model
 
     folder = cache_dir("models") / f"trained-demo-seed{seed}"
@@ -20,13 +21,14 @@ def demo_model(dataset: Path, seed: int = 0) -> Path:
             import shutil
 
             shutil.rmtree(folder)
-        train_model(dataset, folder, seed=seed, progress=True)
+        train_model(dataset, folder, seed=seed, progress=bar)
     return folder
 
 
 def run_demo(out: Path = Path("demo-output"), trials: int = 4) -> None:
     """Corpus -> trained model -> short study -> retrieval with the tuned profile; print what a user would see."""
     from autotune import report
+    from autotune.console import bar
     from autotune.defaults import default_dataset
     from autotune.retrieval import retrieve, write_outputs
     from autotune.tuner.space import builtin_space_path
@@ -35,7 +37,7 @@ def run_demo(out: Path = Path("demo-output"), trials: int = 4) -> None:
     con = report.console
     t0 = time.perf_counter()
     con.rule("1/4  image database")
-    data = default_dataset()
+    data = default_dataset(progress=bar)
     con.print(f"corpus: {data}")
     con.rule("2/4  model (small CLIP trained offline on the corpus; built once)")
     model = str(demo_model(data))
