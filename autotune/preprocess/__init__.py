@@ -19,16 +19,37 @@ Example:
 
 from __future__ import annotations
 
-from autotune.preprocess.decode import decode_image, reference_preprocess, to_rgb
-from autotune.preprocess.geometry import fast_preprocess, preprocess_batch_fast, resize_output_size
-from autotune.preprocess.normalization import normalize
-from autotune.preprocess.spec import (
-    MAX_IMAGE_PIXELS,
-    OPENAI_CLIP_MEAN,
-    OPENAI_CLIP_STD,
-    PREPROCESS_VERSION,
-    PreprocessSpec,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autotune.preprocess.decode import decode_image, reference_preprocess, to_rgb
+    from autotune.preprocess.geometry import fast_preprocess, preprocess_batch_fast, resize_output_size
+    from autotune.preprocess.normalization import normalize
+    from autotune.preprocess.spec import (
+        MAX_IMAGE_PIXELS,
+        OPENAI_CLIP_MEAN,
+        OPENAI_CLIP_STD,
+        PREPROCESS_VERSION,
+        PreprocessSpec,
+    )
+
+# Public name -> defining submodule. Imported on first use: the recipe (spec) needs neither torch nor PIL,
+# so model facts can name a PreprocessSpec without paying for the pixel code.
+_EXPORTS = {
+    "MAX_IMAGE_PIXELS": "spec",
+    "OPENAI_CLIP_MEAN": "spec",
+    "OPENAI_CLIP_STD": "spec",
+    "PREPROCESS_VERSION": "spec",
+    "PreprocessSpec": "spec",
+    "decode_image": "decode",
+    "reference_preprocess": "decode",
+    "to_rgb": "decode",
+    "fast_preprocess": "geometry",
+    "preprocess_batch_fast": "geometry",
+    "resize_output_size": "geometry",
+    "normalize": "normalization",
+}
 
 __all__ = [
     "MAX_IMAGE_PIXELS",
@@ -44,3 +65,18 @@ __all__ = [
     "resize_output_size",
     "to_rgb",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its submodule on first access (PEP 562)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    """List the public names next to the module's own attributes."""
+    return sorted(set(globals()) | set(__all__))
