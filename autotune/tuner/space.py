@@ -12,10 +12,10 @@ from typing import Any
 
 import yaml
 
+import autotune.tuner.expressions as expressions
 from autotune.engine.config import CPU_BACKENDS, EngineConfig
 from autotune.errors import ConfigError
 from autotune.models import backends
-from autotune.tuner import expressions
 
 DEVICES = ("cpu", "gpu", "cpu+gpu")
 _PARAM_KEYS = {"type", "low", "high", "step", "log", "choices"}
