@@ -61,6 +61,8 @@ class Inputs:
     blobs: list[bytes]
     ids: np.ndarray
     loaded: LoadedClip
+    #: The model's logit scale, which the model-card stages' logits carry.
+    scale: float
     tower: ImageTower
     text_emb: np.ndarray
     spec: PreprocessSpec
@@ -69,11 +71,6 @@ class Inputs:
     batch: int
     top_k: int
     cores: int
-
-    @property
-    def scale(self) -> float:
-        """The model's logit scale, which the model-card stages' logits carry."""
-        return float(self.loaded.model.logit_scale.exp())
 
 
 @dataclass(frozen=True)
@@ -98,6 +95,7 @@ def load_inputs(
         blobs=[source.read_bytes(r) for r in records],
         ids=np.array([r.id for r in records], dtype=np.int64),
         loaded=loaded,
+        scale=float(loaded.model.logit_scale.exp()),
         tower=image_tower(loaded).eval(),
         text_emb=encode_texts(loaded, [query]).numpy(),
         spec=PreprocessSpec.from_processor(loaded.processor),
@@ -127,14 +125,9 @@ def baseline(inputs: Inputs, say: Log) -> Stage:
             inputs_pt = proc(text=[inputs.query], images=_pil(b), return_tensors="pt", padding=True)
             scores.append(float(clip(**inputs_pt).logits_per_image[0, 0]))
         order = sorted(range(len(scores)), key=lambda i: (-scores[i], ids[i]))[: inputs.top_k]
-        return Stage(
-            "baseline",
-            time.perf_counter() - t0,
-            len(inputs.blobs),
-            [int(ids[i]) for i in order],
-            [scores[i] / inputs.scale for i in order],
-            "model-card loop, batch 1",
-        )
+        seconds = time.perf_counter() - t0
+    top_ids, top_s = [int(ids[i]) for i in order], [scores[i] / inputs.scale for i in order]
+    return Stage("baseline", seconds, len(inputs.blobs), top_ids, top_s, "model-card loop, batch 1")
 
 
 def batched(inputs: Inputs, say: Log) -> Stage:
@@ -153,7 +146,8 @@ def batched(inputs: Inputs, say: Log) -> Stage:
             )
             out.append(clip(**inputs_pt).logits_per_image[:, 0].numpy())
         top_ids, top_s = _top(np.concatenate(out) / inputs.scale, inputs.ids, inputs.top_k)
-        return Stage("batched", time.perf_counter() - t0, len(blobs), top_ids, top_s, f"model-card code, batch {batch}")
+        seconds = time.perf_counter() - t0
+    return Stage("batched", seconds, len(blobs), top_ids, top_s, f"model-card code, batch {batch}")
 
 
 def references(inputs: Inputs, say: Log) -> References:
@@ -197,7 +191,8 @@ def bare_forward(inputs: Inputs, fast_u8: np.ndarray) -> float:
         reps = max(1, min(3, len(inputs.blobs) // inputs.batch))
         for _ in range(reps):
             tower(x)
-        return reps * len(x) / (time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+    return reps * len(x) / seconds
 
 
 def _engine_configs(inputs: Inputs, profile: Profile | None) -> list[tuple[str, EngineConfig, str]]:
@@ -212,7 +207,7 @@ def _engine_configs(inputs: Inputs, profile: Profile | None) -> list[tuple[str, 
         cpu_batch=batch,
         scheduling="dynamic",
     )
-    stages = [
+    stages: list[tuple[str, EngineConfig, str]] = [
         (
             "parallel preprocessing",
             EngineConfig(producers=max(1, cores // 2), cpu_models=1, cpu_threads=cores, cpu_batch=batch),

@@ -58,7 +58,7 @@ MARKER_NAME = "autotune_trained.json"
 PROJECTION_DIM = 128
 
 
-def trained_config(tokenizer: PreTrainedTokenizerBase) -> CLIPConfig:
+def trained_config(tokenizer: Any) -> CLIPConfig:
     """The ``CLIPConfig`` of the trained model: ViT 4 x 128 (patch 32, 224 px), text 2 x 128, projection 128.
 
     Special token ids are the tokenizer's (the offline tokenizer pads with ``<|endoftext|>``, so pooling
@@ -273,7 +273,8 @@ def _preprocessed(
     if not kept:
         raise DataError(f"none of the {len(corpus.records)} labelled images of {corpus.source.describe()} decode")
     label_index = {label: i for i, label in enumerate(corpus.labels)}
-    image_labels = torch.tensor([label_index[corpus.records[i].label] for i in kept], dtype=torch.long)
+    # Every selected record has a label (select_records keeps labelled ones only).
+    image_labels = torch.tensor([label_index[str(corpus.records[i].label)] for i in kept], dtype=torch.long)
     return torch.from_numpy(pixels), image_labels, kept, spec
 
 

@@ -109,8 +109,8 @@ class PreprocessSpec:
 def _three(values: float | Iterable[float]) -> tuple[float, float, float]:
     """A per-channel constant as a 3-tuple of floats (a scalar applies to every channel)."""
     if isinstance(values, int | float):
-        return (float(values),) * 3
-    out = tuple(float(v) for v in values)
+        return (float(values), float(values), float(values))
+    out = [float(v) for v in values]
     if len(out) != 3:
         raise ConfigError(f"expected 3 channel values, got {values!r}")
-    return out  # type: ignore[return-value]
+    return (out[0], out[1], out[2])
