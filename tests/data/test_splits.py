@@ -27,7 +27,7 @@ def test_default_is_train_and_spans_are_remembered(loaded) -> None:  # type: ign
     rows, split, parts = select_splits(datasets, loaded, None, "ds")
     assert (split, parts, len(rows)) == ("train", [("train", 0, 5)], 5)
     rows, split, parts = select_splits(datasets, loaded, "train[1:3]+test", "ds")
-    assert rows["x"] == [1, 2, 100, 101, 102]
+    assert list(rows["x"]) == [1, 2, 100, 101, 102]
     assert parts == [("train", 1, 3), ("test", 0, 3)]
     assert split_counts(parts) == {"train": 2, "test": 3}
     assert positions(parts) == {"train": (1, 0), "test": (0, 2)}
