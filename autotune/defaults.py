@@ -5,14 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from autotune.cache import cache_dir
+from autotune.progress import ProgressFactory
 
 DEFAULT_MODEL = "synthetic:clip-vit-base-patch32"  # ViT-B/32's exact architecture: valid for speed tuning
 DEFAULT_DATASET_SIZE = 2000
 DEFAULT_DATASET_SEED = 0
 
 
-def default_dataset(n: int = DEFAULT_DATASET_SIZE, seed: int = DEFAULT_DATASET_SEED, progress: bool = True) -> Path:
-    """The generated iNat-like corpus in the cache, made on first use."""
+def default_dataset(
+    n: int = DEFAULT_DATASET_SIZE, seed: int = DEFAULT_DATASET_SEED, progress: ProgressFactory | None = None
+) -> Path:
+    """The generated iNat-like corpus in the cache, made on first use (reported to ``progress``, if given)."""
     from autotune.data import make_dataset
 
     folder = cache_dir("datasets") / f"inat-like-n{n}-seed{seed}"

@@ -44,8 +44,7 @@ def demo_model(dataset: Path, seed: int = 0, progress: ProgressFactory | None = 
     if not (folder / "model.safetensors").is_file():
         if folder.exists():
             shutil.rmtree(folder)  # an interrupted training: start again
-        # train_model draws its own bar until it takes a ProgressFactory: a factory here means "show one".
-        train_model(dataset, folder, seed=seed, progress=progress is not None)
+        train_model(dataset, folder, seed=seed, progress=progress)
     return folder
 
 
@@ -69,7 +68,7 @@ def run_demo(
     say = log or quiet
     t0 = time.perf_counter()
     view.rule("1/4  image database")
-    data = default_dataset(progress=progress is not None)
+    data = default_dataset(progress=progress)
     view.echo(f"corpus: {data}")
     view.rule("2/4  model (small CLIP trained offline on the corpus; built once)")
     model = str(demo_model(data, progress=progress))

@@ -32,7 +32,7 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from autotune.data import make_dataset
 
     out = tmp_path_factory.mktemp("data") / "small"
-    make_dataset(out, n=48, seed=1, progress=False)
+    make_dataset(out, n=48, seed=1)
     return out
 
 
@@ -69,7 +69,7 @@ def heldout_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build_once(
         tmp_path_factory.getbasetemp() / "rankings-heldout",
         lambda p: (p / "metadata.json").is_file(),
-        lambda p: _make_dataset(p, n=HELDOUT_N, seed=HELDOUT_SEED, progress=False),
+        lambda p: _make_dataset(p, n=HELDOUT_N, seed=HELDOUT_SEED),
     )
 
 
@@ -79,14 +79,12 @@ def trained_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     corpus = _build_once(
         base / "train",
         lambda p: (p / "metadata.json").is_file(),
-        lambda p: _make_dataset(p, n=TRAIN_N, seed=TRAIN_SEED, progress=False),
+        lambda p: _make_dataset(p, n=TRAIN_N, seed=TRAIN_SEED),
     )
     return _build_once(
         base / "model",
         lambda p: (p / "autotune_trained.json").is_file(),
-        lambda p: _train_model(
-            corpus, p, seed=0, steps=QUICK_STEPS, batch_size=QUICK_BATCH, threads=QUICK_THREADS, progress=False
-        ),
+        lambda p: _train_model(corpus, p, seed=0, steps=QUICK_STEPS, batch_size=QUICK_BATCH, threads=QUICK_THREADS),
     )
 
 

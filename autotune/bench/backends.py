@@ -55,7 +55,7 @@ def bench_images(n: int, crop: int, seed: int = 11) -> np.ndarray:
     spec = PreprocessSpec(shortest_edge=crop, crop=crop)
     with tempfile.TemporaryDirectory(prefix="bench-backends-") as tmp:
         folder = Path(tmp) / "images"
-        make_dataset(folder, n=n, seed=seed, progress=False, workers=1)
+        make_dataset(folder, n=n, seed=seed, workers=1)
         source = open_source(folder)
         out = np.empty((n, crop, crop, 3), np.uint8)
         for k, record in enumerate(source.records()[:n]):

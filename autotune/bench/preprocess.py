@@ -15,13 +15,17 @@ import torch
 from PIL import Image
 
 from autotune.bench.common import torch_threads
+from autotune.data import make_dataset, open_source
+from autotune.data.records import ImageSource
 from autotune.errors import BadImageError, ConfigError, DataError
+from autotune.models import image_tower, load_clip
 from autotune.preprocess import (
     PreprocessSpec,
     fast_preprocess,
     normalize,
     reference_preprocess,
 )
+from autotune.progress import ProgressFactory, silent
 
 DEFAULT_MODEL = "synthetic:clip-vit-base-patch32"
 # Best of this many interleaved timed passes per path: noise on a shared machine only ever adds time.
@@ -31,51 +35,10 @@ COSINE_MAX_IMAGES = 64
 _EMBED_BATCH = 32
 
 
-
-
-class _Bar:
-    """A Rich progress bar on stderr (or nothing), advanced by named task."""
-
-    def __init__(self, enabled: bool) -> None:
-        """Create the bar lazily; ``enabled=False`` makes every call a no-op."""
-        self._progress: Any = None
-        self._tasks: dict[str, Any] = {}
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._progress = Progress(
-                TextColumn("{task.description:<22}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
-
-    def __enter__(self) -> _Bar:
-        """Start drawing."""
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Stop drawing."""
-        if self._progress is not None:
-            self._progress.stop()
-
-    def task(self, name: str, total: int) -> Callable[[int], None]:
-        """Add a task; return a function that advances it."""
-        if self._progress is None:
-            return lambda k: None
-        task_id = self._progress.add_task(name, total=total)
-        return lambda k: self._progress.advance(task_id, k)
-
-
-def _read_corpus(source: Any, n: int, bar: _Bar) -> tuple[list[bytes], int]:
+def _read_corpus(source: ImageSource, n: int, progress: ProgressFactory) -> tuple[list[bytes], int]:
     """The encoded bytes of the first ``n`` images of a source, and how many could not be read."""
     records = source.records()[:n]
-    advance = bar.task("reading bytes", len(records))
+    task = progress("reading bytes", len(records))
     datas: list[bytes] = []
     unreadable = 0
     for record in records:
@@ -83,7 +46,8 @@ def _read_corpus(source: Any, n: int, bar: _Bar) -> tuple[list[bytes], int]:
             datas.append(source.read_bytes(record))
         except OSError:
             unreadable += 1
-        advance(1)
+        task.advance(1)
+    task.close()
     return datas, unreadable
 
 
@@ -104,7 +68,7 @@ def bench_preprocess(
     n: int = 200,
     dataset: Path | None = None,
     model: str = DEFAULT_MODEL,
-    progress: bool = True,
+    progress: ProgressFactory | None = None,
     image_column: str | None = None,
     split: str | None = None,
 ) -> dict[str, Any]:
@@ -125,39 +89,35 @@ def bench_preprocess(
     both first; the telling figure for random-weight stand-ins, whose raw embeddings share a large common
     direction). ``skipped`` counts images that either path could not decode (or that could not be read);
     ``excluded_16bit`` counts 16-bit greyscale images, timed but left out of the fidelity figures because the
-    reference clips them at 255 where the fast path deliberately scales them.
+    reference clips them at 255 where the fast path deliberately scales them. ``progress`` (e.g.
+    :func:`autotune.console.bar`) gets a task per pass; None reports nothing.
 
     Example:
-        >>> figures = bench_preprocess(n=8, model="synthetic:tiny", progress=False)  # doctest: +SKIP
+        >>> figures = bench_preprocess(n=8, model="synthetic:tiny")  # doctest: +SKIP
         >>> figures["speedup"] > 1, figures["max_grey_level_diff"] <= 2  # doctest: +SKIP
         (True, True)
     """
     if n < 1:
         raise ConfigError(f"n must be at least 1, got {n}")
-    from autotune.data import make_dataset, open_source
-    from autotune.models import image_tower, load_clip
-
+    report = progress or silent
     with tempfile.TemporaryDirectory(prefix="autotune-bench-preprocess-") as tmp:
         if dataset is None:
-            # Generated before our bar starts: make_dataset draws its own.
             make_dataset(Path(tmp) / "corpus", n=n, seed=0, progress=progress)
             source = open_source(Path(tmp) / "corpus")
             label = f"generated ({n} images, seed 0)"
         else:
             source = open_source(dataset, image_column=image_column, split=split)
             label = str(dataset)
-        with _Bar(progress) as bar:
-            datas, unreadable = _read_corpus(source, n, bar)
-    with _Bar(progress) as bar:
-        loaded = load_clip(model)
-        processor = loaded.processor
-        spec = PreprocessSpec.from_processor(processor)
-        with torch_threads(1):
-            good, fidelity = _fidelity_pass(datas, spec, processor, bar)
-            if not good:
-                raise DataError(f"none of the {len(datas)} images could be decoded by both paths")
-            timings = _timed_passes([datas[i] for i in good], spec, processor, bar)
-        cosine = _cosine_pass(fidelity.pop("_refs"), fidelity.pop("_fast"), spec, image_tower(loaded), bar)
+        datas, unreadable = _read_corpus(source, n, report)
+    loaded = load_clip(model)
+    processor = loaded.processor
+    spec = PreprocessSpec.from_processor(processor)
+    with torch_threads(1):
+        good, fidelity = _fidelity_pass(datas, spec, processor, report)
+        if not good:
+            raise DataError(f"none of the {len(datas)} images could be decoded by both paths")
+        timings = _timed_passes([datas[i] for i in good], spec, processor, report)
+    cosine = _cosine_pass(fidelity.pop("_refs"), fidelity.pop("_fast"), spec, image_tower(loaded), report)
 
     ref_rate = len(good) / timings["reference"]
     fast_rate = len(good) / timings["fast"]
@@ -190,7 +150,7 @@ def _sixteen_bit(data: bytes) -> bool:
 
 
 def _fidelity_pass(
-    datas: list[bytes], spec: PreprocessSpec, processor: Any, bar: _Bar
+    datas: list[bytes], spec: PreprocessSpec, processor: Any, progress: ProgressFactory
 ) -> tuple[list[int], dict[str, Any]]:
     """Run both paths once (also the warm-up): indices both decode, and the pixel fidelity figures."""
     mean = np.asarray(spec.mean, np.float64)[:, None, None]
@@ -204,9 +164,9 @@ def _fidelity_pass(
     identical = 0
     values = 0
     sixteen_bit = 0
-    advance = bar.task("fidelity (both paths)", len(datas))
+    task = progress("fidelity (both paths)", len(datas))
     for i, data in enumerate(datas):
-        advance(1)
+        task.advance(1)
         try:
             ref = reference_preprocess(data, processor)
             fast = fast_preprocess(data, spec)
@@ -229,6 +189,7 @@ def _fidelity_pass(
         if len(refs) < COSINE_MAX_IMAGES:
             refs.append(ref)
             fasts.append(fast)
+    task.close()
     return good, {
         "max_pixel_diff": max_norm,
         "mean_pixel_diff": sum_norm / values if values else float("nan"),
@@ -240,7 +201,9 @@ def _fidelity_pass(
     }
 
 
-def _timed_passes(datas: list[bytes], spec: PreprocessSpec, processor: Any, bar: _Bar) -> dict[str, float]:
+def _timed_passes(
+    datas: list[bytes], spec: PreprocessSpec, processor: Any, progress: ProgressFactory
+) -> dict[str, float]:
     """Best-of-REPEATS wall times of the reference, the fast path and the batched normalisation."""
     batch = np.empty((len(datas), spec.crop, spec.crop, 3), np.uint8)
     batch_t = torch.from_numpy(batch)
@@ -261,18 +224,23 @@ def _timed_passes(datas: list[bytes], spec: PreprocessSpec, processor: Any, bar:
             normalize(batch_t[start : start + _EMBED_BATCH], spec)
 
     best = {"reference": float("inf"), "fast": float("inf"), "normalize": float("inf")}
-    advance = bar.task("timing (interleaved)", REPEATS)
+    task = progress("timing (interleaved)", REPEATS)
     for _ in range(REPEATS):
         # Interleaved so that a slow patch of the machine's time hits both paths alike.
         best["reference"] = min(best["reference"], _wall_time(reference))
         best["fast"] = min(best["fast"], _wall_time(fast))
         best["normalize"] = min(best["normalize"], _wall_time(norm))
-        advance(1)
+        task.advance(1)
+    task.close()
     return best
 
 
 def _cosine_pass(
-    refs: list[np.ndarray], fasts: list[np.ndarray], spec: PreprocessSpec, tower: torch.nn.Module, bar: _Bar
+    refs: list[np.ndarray],
+    fasts: list[np.ndarray],
+    spec: PreprocessSpec,
+    tower: torch.nn.Module,
+    progress: ProgressFactory,
 ) -> dict[str, Any]:
     """Embed the same images through both paths (all cores) and compare: raw and corpus-centred cosines."""
     m = len(refs)
@@ -280,7 +248,7 @@ def _cosine_pass(
         nan = float("nan")
         keys = ("cosine_raw_min", "cosine_raw_mean", "cosine_centred_min", "cosine_centred_mean")
         return {"cosine_n": 0, **dict.fromkeys(keys, nan)}
-    advance = bar.task("embedding (both paths)", m)
+    task = progress("embedding (both paths)", m)
     ref_emb: list[torch.Tensor] = []
     fast_emb: list[torch.Tensor] = []
     with torch_threads(os.cpu_count() or 1), torch.inference_mode():
@@ -288,7 +256,8 @@ def _cosine_pass(
             stop = min(m, start + _EMBED_BATCH)
             ref_emb.append(tower(torch.from_numpy(np.stack(refs[start:stop]))).float())
             fast_emb.append(tower(normalize(torch.from_numpy(np.stack(fasts[start:stop])), spec)).float())
-            advance(stop - start)
+            task.advance(stop - start)
+    task.close()
     a = torch.cat(ref_emb)
     b = torch.cat(fast_emb)
     raw = _cosines(a, b)

@@ -13,7 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from autotune.errors import DataError
+from autotune.data import make_dataset, open_source
+from autotune.data.records import ImageSource, Record
+from autotune.errors import BadImageError, DataError
+from autotune.models.loading import LoadedClip, encode_texts, image_tower, load_clip
+from autotune.preprocess import PreprocessSpec, fast_preprocess, normalize
+from autotune.progress import ProgressFactory, silent
 
 QUERY_TEMPLATE = "a photo of {label}"
 TOP_K = 9
@@ -34,29 +39,17 @@ def precision_at_k(scores: np.ndarray, image_labels: np.ndarray, k: int = TOP_K)
     return (image_labels[top] == np.arange(scores.shape[0])[:, None]).mean(axis=1)
 
 
-def _embed_images(loaded: Any, source: Any, records: list[Any], progress: bool) -> tuple[np.ndarray, list[int]]:
+def _embed_images(
+    loaded: LoadedClip, source: ImageSource, records: list[Record], progress: ProgressFactory
+) -> tuple[np.ndarray, list[int]]:
     """Embed records through the scan's path; return unit embeddings and the indices of those that decoded."""
     import torch
-
-    from autotune.errors import BadImageError
-    from autotune.models.loading import image_tower
-    from autotune.preprocess import PreprocessSpec, fast_preprocess, normalize
 
     spec = PreprocessSpec.from_processor(loaded.processor)
     tower = image_tower(loaded)
     chunks: list[np.ndarray] = []
     kept: list[int] = []
-    bar: Any = None
-    if progress:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        bar = Progress(
-            TextColumn("bench quality"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=Console(stderr=True),
-        )
-        bar.start()
-        task = bar.add_task("images", total=len(records))
+    task = progress("bench quality", len(records))
     try:
         for start in range(0, len(records), _BATCH):
             batch = np.empty((min(_BATCH, len(records) - start), spec.crop, spec.crop, 3), np.uint8)
@@ -71,17 +64,20 @@ def _embed_images(loaded: Any, source: Any, records: list[Any], progress: bool) 
             if k:
                 with torch.inference_mode():
                     chunks.append(tower(normalize(torch.from_numpy(batch[:k]), spec)).numpy())
-            if bar is not None:
-                bar.advance(task, len(batch))
+            task.advance(len(batch))
     finally:
-        if bar is not None:
-            bar.stop()
+        task.close()
     dim = loaded.embed_dim
     return (np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)), kept
 
 
 def bench_quality(
-    model: str, dataset: Path, n: int = 340, seed: int = 12345, progress: bool = True, split: str | None = None
+    model: str,
+    dataset: Path,
+    n: int = 340,
+    seed: int = 12345,
+    progress: ProgressFactory | None = None,
+    split: str | None = None,
 ) -> dict[str, Any]:
     """Zero-shot accuracy and precision@9 of ``model`` on ``n`` held-out images generated with ``seed``.
 
@@ -94,25 +90,22 @@ def bench_quality(
     Returns flat figures (``zero_shot_accuracy``, ``mean_precision_at_9``, ``min_precision_at_9``,
     ``worst_label``, ``n`` held-out images evaluated, ``model``), plus ``labels`` and
     ``per_label_precision_at_9`` (a dict). With fewer than 9 held-out images per label (``n`` < 153 for the 17
-    generated labels) precision@9 cannot reach 1.
+    generated labels) precision@9 cannot reach 1. ``progress`` (e.g. :func:`autotune.console.bar`) gets one
+    task, the embedding of the held-out images; None reports nothing.
 
     Example:
-        >>> figures = bench_quality("/tmp/q/model", Path("/tmp/q/train"), progress=False)  # doctest: +SKIP
+        >>> figures = bench_quality("/tmp/q/model", Path("/tmp/q/train"))  # doctest: +SKIP
         >>> figures["mean_precision_at_9"] >= 0.9  # doctest: +SKIP
         True
     """
-    from autotune.data import make_dataset, open_source
-    from autotune.models.loading import encode_texts, load_clip
-
     labels = open_source(dataset, split=split).labels()
     if not labels:
         raise DataError(f"{dataset} has no labelled images: bench quality needs the training corpus's labels")
     loaded = load_clip(model)
     with tempfile.TemporaryDirectory(prefix="autotune-heldout-") as tmp:
         heldout_dir = Path(tmp) / "heldout"
-        # Its own bar would go to stdout, where --json expects only the figures: the embedding bar (stderr)
-        # follows within seconds.
-        make_dataset(heldout_dir, n=n, seed=seed, progress=False)
+        # Generated without a task of its own: the embedding task follows within seconds.
+        make_dataset(heldout_dir, n=n, seed=seed)
         heldout = open_source(heldout_dir)
         missing = sorted(set(labels) - set(heldout.labels()))
         if missing:
@@ -122,7 +115,7 @@ def bench_quality(
             )
         index = {label: i for i, label in enumerate(labels)}
         records = [r for r in heldout.records() if r.label in index]
-        image_emb, kept = _embed_images(loaded, heldout, records, progress)
+        image_emb, kept = _embed_images(loaded, heldout, records, progress or silent)
     image_labels = np.array([index[str(records[i].label)] for i in kept], dtype=np.int64)
     text_emb = encode_texts(loaded, [QUERY_TEMPLATE.format(label=label) for label in labels]).numpy()
     scores = text_emb @ image_emb.T  # labels x images

@@ -15,13 +15,23 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autotune.atomic import atomic_write_json
+from autotune.data import open_source
+from autotune.defaults import default_dataset
+from autotune.engine import embed_queries, run_scan
 from autotune.engine.config import EngineConfig
-from autotune.errors import ConfigError
+from autotune.errors import AutotuneError, ConfigError
+from autotune.machine import MachineInfo, detect_machine
+from autotune.models import guard
+from autotune.progress import Log, ProgressFactory, quiet
+from autotune.tuner import SearchSpace, StudyOptions, StudyOutcome, load_space, run_study
+from autotune.tuner.replay import recommend, replay
 
 # The knobs varied on top of the space's defaults: every pair of (replicas, threads) that fits 2 cores and the
 # two batch sizes people pick first. Producers, scheduling and pinning stay at the space's defaults.
@@ -29,16 +39,6 @@ SPLITS = ((1, 1), (1, 2), (2, 1))
 BATCHES = (16, 32)
 GOAL_PICK_OVER_BEST = 0.95
 GOAL_PREDICTION = (0.90, 1.10)
-
-
-def _logger(progress: bool) -> Callable[[str], None]:
-    """Progress lines on stderr via rich, or nothing."""
-    if not progress:
-        return lambda _m: None
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    return lambda m: console.print(f"[dim]{m}[/dim]")
 
 
 @contextmanager
@@ -56,7 +56,12 @@ def _scratch_studies() -> Iterator[Path]:
                 os.environ["AUTOTUNE_STUDIES"] = old
 
 
-def ground_truth_configs(space: Any, backends: list[str], splits: Any = SPLITS, batches: Any = BATCHES) -> list[dict]:
+def ground_truth_configs(
+    space: SearchSpace,
+    backends: list[str],
+    splits: Sequence[tuple[int, int]] = SPLITS,
+    batches: Sequence[int] = BATCHES,
+) -> list[dict[str, Any]]:
     """Parameter sets of the ground truth: backends x (replicas, threads) x batch, on the space's defaults."""
     base = space.default_params()
     rows = []
@@ -70,10 +75,8 @@ def ground_truth_configs(space: Any, backends: list[str], splits: Any = SPLITS, 
 class FullScan:
     """Measures configurations through the retrieval path: the engine over ``images`` images and a query."""
 
-    def __init__(self, dataset: str, model: str, images: int, split: str | None, say: Callable[[str], None]):
-        from autotune.data import open_source
-        from autotune.engine import embed_queries
-
+    def __init__(self, dataset: str, model: str, images: int, split: str | None, say: Log) -> None:
+        """Open the dataset, take its first ``images`` records, and embed the query once."""
         self.source = open_source(dataset, split=split)
         self.records = self.source.records()[:images]
         if len(self.records) < images:
@@ -84,9 +87,6 @@ class FullScan:
 
     def __call__(self, config: EngineConfig) -> float:
         """Scan images/s (start-up excluded, as retrieve reports it); 0 when the run fails."""
-        from autotune.engine import run_scan
-        from autotune.errors import AutotuneError
-
         try:
             res = run_scan(self.source, self.model, config, queries=self.query, records=self.records)
         except AutotuneError as exc:
@@ -96,7 +96,7 @@ class FullScan:
 
 
 def _interleaved(measure: Callable[[EngineConfig], float], configs: list[EngineConfig], repeats: int,
-                 say: Callable[[str], None], label: str) -> list[list[float]]:  # fmt: skip
+                 say: Log, label: str) -> list[list[float]]:  # fmt: skip
     """``repeats`` passes over every config in turn; runs per config."""
     runs: list[list[float]] = [[] for _ in configs]
     for r in range(repeats):
@@ -107,19 +107,30 @@ def _interleaved(measure: Callable[[EngineConfig], float], configs: list[EngineC
     return runs
 
 
+@dataclass(frozen=True)
+class _Truth:
+    """The ground truth: each measured configuration's parameters, median and runs, and the best one."""
+
+    configs: list[EngineConfig]
+    table: list[dict[str, Any]]
+    best: int
+    seconds: float
+
+
 def bench_tuner(
     model: str = "synthetic:clip-vit-base-patch32",
     dataset: str | None = None,
     images: int = 1000,
     repeats: int = 3,
     trials: int = 30,
-    progress: bool = True,
+    progress: ProgressFactory | None = None,
     *,
+    log: Log | None = None,
     split: str | None = None,
     space: str = "cpu",
     backends: list[str] | None = None,
-    splits: Any = SPLITS,
-    batches: Any = BATCHES,
+    splits: Sequence[tuple[int, int]] = SPLITS,
+    batches: Sequence[int] = BATCHES,
     study_options: dict[str, Any] | None = None,
     grid_out: Path | None = None,
     replay_seeds: int = 100,
@@ -128,50 +139,37 @@ def bench_tuner(
 
     Returns plainly named figures: ``pick_over_best`` (goal >= 0.95), ``predicted_over_full_run`` (goal within
     0.90-1.10), ``trials_to_pick``, ``minutes_to_pick``, ``infeasible_share``, ``infeasible_by_scan_size``
-    (goal 0), the ground-truth table and the sampler replay on it.
+    (goal 0), the ground-truth table and the sampler replay on it. ``progress`` reports the generation of
+    the default corpus when ``dataset`` is None; ``log`` gets one line per measurement (None: silence).
 
     Example:
-        >>> figures = bench_tuner(model="fake:32", images=64, repeats=1, trials=3, progress=False)  # doctest: +SKIP
-        >>> figures["pick_over_best"]
+        >>> figures = bench_tuner(model="fake:32", images=64, repeats=1, trials=3)  # doctest: +SKIP
+        >>> figures["pick_over_best"]  # doctest: +SKIP
+        0.98
     """
-    from autotune.defaults import default_dataset
-    from autotune.machine import detect_machine
-    from autotune.tuner.space import load_space
-    from autotune.tuner.study import StudyOptions, run_study
-
-    say = _logger(progress)
+    say = log or quiet
     t0 = time.perf_counter()
     data = str(dataset) if dataset else str(default_dataset(progress=progress))
     machine = detect_machine()
-    sp = load_space(space, machine_facts=machine.facts(), device=space if space in ("cpu", "gpu", "cpu+gpu") else None)
+    named = space in ("cpu", "gpu", "cpu+gpu")
+    sp = load_space(space, machine_facts=machine.facts(), device=space if named else None)
     with _scratch_studies():
         names = backends or _guarded_backends(sp, data, model, split, say)
         rows = ground_truth_configs(sp, names, splits, batches)
         if not rows:
             raise ConfigError("no configuration of the ground truth is feasible on this machine")
         scan = FullScan(data, model, images, split, say)
-        configs = [sp.to_config(p) for p in rows]
-        say(f"ground truth: {len(configs)} configurations x {repeats} full scans of {images} images")
-        t_truth = time.perf_counter()
-        runs = _interleaved(scan, configs, repeats, say, "ground truth")
-        truth_s = time.perf_counter() - t_truth
-        table = [
-            {**p, "images_per_s": round(statistics.median(r), 3), "runs": [round(v, 3) for v in r]}
-            for p, r in zip(rows, runs, strict=True)
-        ]
-        best_i = max(range(len(table)), key=lambda i: table[i]["images_per_s"])
+        truth = _ground_truth(scan, sp, rows, repeats, say)
         say(f"study: {trials} trials on the default space")
         t_study = time.perf_counter()
         opts = StudyOptions(
-            device=sp.device, space=space if space not in ("cpu", "gpu", "cpu+gpu") else None, trials=trials,
+            device=sp.device, space=None if named else space, trials=trials,
             model=model, dataset=data, split=split, **(study_options or {}),
         )  # fmt: skip
-        outcome = run_study(opts, log=(lambda m: say(f"study: {m}")) if progress else None)
+        outcome = run_study(opts, log=(lambda m: say(f"study: {m}")) if log else None)
         study_s = time.perf_counter() - t_study
         figures = _study_figures(outcome)  # read while its storage (in the scratch folder) still exists
-        pick, best = outcome.config, configs[best_i]
-        final = _interleaved(scan, [pick, best], repeats, say, "pick vs best")
-    pick_full, best_full = statistics.median(final[0]), statistics.median(final[1])
+        final = _interleaved(scan, [outcome.config, truth.configs[truth.best]], repeats, say, "pick vs best")
     result = {
         "model": model,
         "dataset": data,
@@ -179,47 +177,75 @@ def bench_tuner(
         "images_per_scan": images,
         "repeats": repeats,
         "backends": names,
-        "ground_truth_configs": len(table),
-        "ground_truth_best_config": best.describe(),
-        "ground_truth_best_images_per_s": table[best_i]["images_per_s"],
-        "pick_config": pick.describe(),
-        "pick_in_ground_truth": any(pick.to_dict() == c.to_dict() for c in configs),
-        "pick_full_run_images_per_s": round(pick_full, 3),
-        "best_full_run_images_per_s": round(best_full, 3),
-        "pick_over_best": round(pick_full / best_full, 4) if best_full else 0.0,
-        # The profile's prediction for a scan of this size: the validated steady rate plus the measured
-        # warm-up and drain seconds (what the steady rate alone leaves out on 1,000 images, not on 500,000).
-        "predicted_images_per_s": round(outcome.predicted_images_per_s(images), 3),
-        "validated_images_per_s": round(outcome.images_per_s, 3),
-        "overhead_s": round(outcome.overhead_s, 3),
-        "trial_images_per_s": round(outcome.trial_images_per_s, 3),
-        "predicted_over_full_run": round(outcome.predicted_images_per_s(images) / pick_full, 4) if pick_full else 0.0,
+        **_pick_figures(truth, outcome, final, images),
         **figures,
-        "ground_truth_seconds": round(truth_s, 1),
+        "ground_truth_seconds": round(truth.seconds, 1),
         "study_seconds": round(study_s, 1),
         "total_seconds": round(time.perf_counter() - t0, 1),
         "runs": {"pick": [round(v, 3) for v in final[0]], "best": [round(v, 3) for v in final[1]]},
-        "ground_truth": table,
+        "ground_truth": truth.table,
     }
     result["goals_met"] = {
         "pick_over_best": result["pick_over_best"] >= GOAL_PICK_OVER_BEST,
         "predicted_over_full_run": GOAL_PREDICTION[0] <= result["predicted_over_full_run"] <= GOAL_PREDICTION[1],
         "no_infeasible_by_scan_size": result["infeasible_by_scan_size"] == 0,
     }
-    result["samplers"] = _replay(table, sp.default_params(), replay_seeds, trials, say)
+    result["samplers"] = _replay(truth.table, sp.default_params(), replay_seeds, trials, say)
     if grid_out is not None:
-        from autotune.atomic import atomic_write_json
-
-        atomic_write_json(grid_out, {"rows": table, "default": sp.default_params(), "machine": machine.summary()})
+        _write_grid(grid_out, truth.table, sp, machine)
         result["grid_file"] = str(grid_out)
     return result
 
 
-def _guarded_backends(space: Any, dataset: str, model: str, split: str | None, say: Callable[[str], None]) -> list:
-    """The space's backends that pass the accuracy guard on this model (fp32 eager always does)."""
-    from autotune.data import open_source
-    from autotune.models import guard
+def _ground_truth(
+    scan: FullScan, space: SearchSpace, rows: list[dict[str, Any]], repeats: int, say: Log
+) -> _Truth:
+    """Every ground-truth configuration scanned ``repeats`` times, interleaved; medians and the best."""
+    configs = [space.to_config(p) for p in rows]
+    images = len(scan.records)
+    say(f"ground truth: {len(configs)} configurations x {repeats} full scans of {images} images")
+    started = time.perf_counter()
+    runs = _interleaved(scan, configs, repeats, say, "ground truth")
+    seconds = time.perf_counter() - started
+    table = [
+        {**p, "images_per_s": round(statistics.median(r), 3), "runs": [round(v, 3) for v in r]}
+        for p, r in zip(rows, runs, strict=True)
+    ]
+    best = max(range(len(table)), key=lambda i: table[i]["images_per_s"])
+    return _Truth(configs, table, best, seconds)
 
+
+def _pick_figures(truth: _Truth, outcome: StudyOutcome, final: list[list[float]], images: int) -> dict[str, Any]:
+    """The pick against the ground truth's best, both scanned again side by side, and the profile's prediction."""
+    pick, best = outcome.config, truth.configs[truth.best]
+    pick_full, best_full = statistics.median(final[0]), statistics.median(final[1])
+    predicted = outcome.predicted_images_per_s(images)
+    return {
+        "ground_truth_configs": len(truth.table),
+        "ground_truth_best_config": best.describe(),
+        "ground_truth_best_images_per_s": truth.table[truth.best]["images_per_s"],
+        "pick_config": pick.describe(),
+        "pick_in_ground_truth": any(pick.to_dict() == c.to_dict() for c in truth.configs),
+        "pick_full_run_images_per_s": round(pick_full, 3),
+        "best_full_run_images_per_s": round(best_full, 3),
+        "pick_over_best": round(pick_full / best_full, 4) if best_full else 0.0,
+        # The profile's prediction for a scan of this size: the validated steady rate plus the measured
+        # warm-up and drain seconds (what the steady rate alone leaves out on 1,000 images, not on 500,000).
+        "predicted_images_per_s": round(predicted, 3),
+        "validated_images_per_s": round(outcome.images_per_s, 3),
+        "overhead_s": round(outcome.overhead_s, 3),
+        "trial_images_per_s": round(outcome.trial_images_per_s, 3),
+        "predicted_over_full_run": round(predicted / pick_full, 4) if pick_full else 0.0,
+    }
+
+
+def _write_grid(path: Path, table: list[dict[str, Any]], space: SearchSpace, machine: MachineInfo) -> None:
+    """The measured table as a grid file for `autotune bench samplers --grid`."""
+    atomic_write_json(path, {"rows": table, "default": space.default_params(), "machine": machine.summary()})
+
+
+def _guarded_backends(space: SearchSpace, dataset: str, model: str, split: str | None, say: Log) -> list[str]:
+    """The space's backends that pass the accuracy guard on this model (fp32 eager always does)."""
     choices = next((list(p.choices) for p in space.params if p.name == "cpu_backend"), ["eager"])
     reference = None
     passed = []
@@ -230,14 +256,14 @@ def _guarded_backends(space: Any, dataset: str, model: str, split: str | None, s
             continue
         if reference is None:
             reference = guard.build_reference(open_source(dataset, split=split), model, sample=64)
-        ok = all(r.passed for r in guard.check_config(reference, model, cfg, 0.99))
+        ok = all(r.passed for r in guard.check_config(reference, model, cfg, guard.DEFAULT_THRESHOLD))
         say(f"accuracy guard: {name} {'passed' if ok else 'failed: left out'}")
         if ok:
             passed.append(name)
     return passed
 
 
-def _study_figures(outcome: Any) -> dict[str, Any]:
+def _study_figures(outcome: StudyOutcome) -> dict[str, Any]:
     """Trials and minutes to the pick, and why trials were infeasible, read from the study's storage."""
     import optuna
 
@@ -258,12 +284,10 @@ def _study_figures(outcome: Any) -> dict[str, Any]:
     }
 
 
-def _replay(table: list[dict], default: dict, seeds: int, budget: int, say: Callable[[str], None]) -> dict:
+def _replay(
+    table: list[dict[str, Any]], default: dict[str, Any], seeds: int, budget: int, say: Log
+) -> dict[str, Any]:
     """Samplers replayed on the ground-truth table (trials to reach 95% / 99% of its best)."""
-    try:
-        from autotune.tuner.replay import recommend, replay
-    except ImportError:  # pragma: no cover - the replay module is part of the package
-        return {}
     rows = [{k: v for k, v in r.items() if k != "runs"} for r in table]
     say(f"replaying samplers on the {len(rows)}-point table, {seeds} seeds each")
     results = replay(rows, default=default, seeds=seeds, budget=budget)

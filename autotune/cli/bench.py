@@ -37,7 +37,9 @@ def bench_preprocess_cmd(
     """
     from autotune.bench.preprocess import bench_preprocess  # imports torch: not for --help
 
-    figures = bench_preprocess(n=n, dataset=dataset, model=model, progress=not as_json, split=split)
+    figures = bench_preprocess(
+        n=n, dataset=dataset, model=model, progress=console.progress_for(not as_json), split=split
+    )
     console.show(figures, "bench preprocess", as_json)
 
 
@@ -50,7 +52,9 @@ def bench_quality_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Zero-shot label accuracy and per-label precision@9 on held-out images (generated with another seed)."""
-    figures = bench_quality(model=model, dataset=dataset, n=n, seed=seed, progress=not as_json, split=split)
+    figures = bench_quality(
+        model=model, dataset=dataset, n=n, seed=seed, progress=console.progress_for(not as_json), split=split
+    )
     console.show(figures, "bench quality", as_json)
 
 
@@ -137,8 +141,9 @@ def bench_tuner_cmd(
     samplers replayed on the measured table.
     """
     result = bench_tuner(
-        model=model, dataset=dataset, images=images, repeats=repeats, trials=trials, progress=not as_json,
-        split=split, backends=backend, grid_out=grid_out,
+        model=model, dataset=dataset, images=images, repeats=repeats, trials=trials,
+        progress=console.progress_for(not as_json), log=console.log_for(not as_json), split=split, backends=backend,
+        grid_out=grid_out,
     )  # fmt: skip
     if as_json:
         console.emit_json(result)

@@ -29,7 +29,7 @@ def make_dataset_cmd(
     Cost, measured on 2 cores: about 38 KB per image (500,000 images: about 19 GB) and roughly
     400 images/s with both cores (500,000 images: about 20 minutes).
     """
-    summary = make_dataset(out, n=n, seed=seed, progress=not as_json)
+    summary = make_dataset(out, n=n, seed=seed, progress=console.progress_for(not as_json))
     console.show(summary, "make-dataset", as_json)
 
 
@@ -51,7 +51,9 @@ def make_model_cmd(
     """
     from autotune.models.train import train_model  # imports torch: not for --help
 
-    summary = train_model(dataset, out, seed=seed, minutes=minutes, progress=not as_json, split=split)
+    summary = train_model(
+        dataset, out, seed=seed, minutes=minutes, progress=console.progress_for(not as_json), split=split
+    )
     console.show(summary, "make-model", as_json)
 
 

@@ -254,7 +254,7 @@ def verify_cmd(
 
     # With --model, auto is the profile in use for that model's architecture.
     prof = _found(find_profile(profile, model=model, warn=False), model)
-    sample = open_source(dataset or prof.dataset or str(default_dataset()), split=split)
+    sample = open_source(dataset or prof.dataset or str(default_dataset(progress=console.bar)), split=split)
     result = verify_profile(prof, model or prof.model, sample, threshold=threshold)
     # The check is written back into the file it read (a history entry for auto or an id).
     read_from = Path(profile)

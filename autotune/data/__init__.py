@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
+from autotune.data.folder import IMAGE_EXTENSIONS, FolderSource
 from autotune.data.generate import LABELS, SOURCE_PHOTOS, make_dataset, write_bad_images
-from autotune.data.sources import (
-    IMAGE_EXTENSIONS,
-    FolderSource,
-    HFDatasetSource,
-    ImageSource,
-    Record,
-    dataset_fingerprint,
-    open_source,
-)
+from autotune.data.hf import HFDatasetSource
+from autotune.data.records import ImageSource, Record
+from autotune.data.sources import dataset_fingerprint, open_source
 
 __all__ = [
     "IMAGE_EXTENSIONS",

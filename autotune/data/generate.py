@@ -16,7 +16,7 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageStat
 
 from autotune.errors import DataError
+from autotune.progress import ProgressFactory, Task, silent
 
 #: Species-like label -> ``skimage.data`` loader; distinct genus names help a small text model.
 SOURCE_PHOTOS: dict[str, str] = {
@@ -140,8 +141,27 @@ def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(n, start + size)
 
 
+def _write_all(out: Path, n: int, seed: int, workers: int | None, task: Task) -> int:
+    """Write images ``0..n-1`` (in worker processes from 200 images up); return the bytes written."""
+    workers = max(1, workers or os.cpu_count() or 1)
+    total_bytes = 0
+    if workers > 1 and n >= _PARALLEL_THRESHOLD:
+        # Small chunks keep the bar moving and the workers balanced; spawn never forks a threaded parent.
+        chunk = max(1, min(64, n // (workers * 8)))
+        work = functools.partial(_write_chunk, out=out, seed=seed)
+        with mp.get_context("spawn").Pool(workers) as pool:
+            for count, nbytes in pool.imap_unordered(work, _chunks(n, chunk)):
+                total_bytes += nbytes
+                task.advance(count)
+    else:
+        for index in range(n):
+            total_bytes += _write_image(index, out, seed)
+            task.advance(1)
+    return total_bytes
+
+
 def make_dataset(
-    out: Path, n: int, seed: int = 0, progress: bool = True, workers: int | None = None
+    out: Path, n: int, seed: int = 0, progress: ProgressFactory | None = None, workers: int | None = None
 ) -> dict[str, Any]:
     """Write an iNaturalist-2021-train-mini-like corpus of ``n`` JPEGs under ``out`` and return a summary.
 
@@ -150,11 +170,12 @@ def make_dataset(
     JPEG quality 75-95. The same ``seed`` gives byte-identical files whatever the number of ``workers``
     (default: all cores, used from 200 images up). ``out/metadata.json`` records how the corpus was made.
     The folder loads as a plain image folder and as a Hugging Face imagefolder (labels = folder names).
+    ``progress`` (e.g. :func:`autotune.console.bar`) gets one ``make-dataset`` task; None reports nothing.
 
     Raises :class:`DataError` when ``out`` exists and is not an empty folder.
 
     Example:
-        >>> summary = make_dataset(Path("/tmp/corpus"), n=34, seed=0, progress=False)  # doctest: +SKIP
+        >>> summary = make_dataset(Path("/tmp/corpus"), n=34, seed=0)  # doctest: +SKIP
         >>> summary["images"], summary["labels"]  # doctest: +SKIP
         (34, 17)
     """
@@ -167,23 +188,12 @@ def make_dataset(
     for label in labels:
         (out / label).mkdir(parents=True, exist_ok=True)
 
-    workers = max(1, workers or os.cpu_count() or 1)
-    parallel = workers > 1 and n >= _PARALLEL_THRESHOLD
     started = time.perf_counter()
-    total_bytes = 0
-    with _Progress(progress, n) as advance:
-        if parallel:
-            # Small chunks keep the bar moving and the workers balanced; spawn never forks a threaded parent.
-            chunk = max(1, min(64, n // (workers * 8)))
-            task = functools.partial(_write_chunk, out=out, seed=seed)
-            with mp.get_context("spawn").Pool(workers) as pool:
-                for count, nbytes in pool.imap_unordered(task, _chunks(n, chunk)):
-                    total_bytes += nbytes
-                    advance(count)
-        else:
-            for index in range(n):
-                total_bytes += _write_image(index, out, seed)
-                advance(1)
+    task = (progress or silent)("make-dataset", n)
+    try:
+        total_bytes = _write_all(out, n, seed, workers, task)
+    finally:
+        task.close()
     seconds = time.perf_counter() - started
 
     meta = {"generator": "autotune.make_dataset", "n": n, "seed": seed, "labels": labels}
@@ -197,47 +207,6 @@ def make_dataset(
         "seconds": round(seconds, 2),
         "images_per_s": round(n / max(seconds, 1e-6), 1),
     }
-
-
-class _Progress:
-    """Context manager yielding an ``advance(k)`` callable: a Rich bar, or a no-op when disabled."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        """Remember whether to show a bar and its total."""
-        self._enabled = enabled
-        self._total = total
-        self._progress: Any = None
-
-    def __enter__(self) -> Callable[[int], None]:
-        """Start the bar and return the advance callable."""
-        if not self._enabled:
-            return lambda k: None
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("make-dataset"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),  # stdout stays clean for tables and --json
-        )
-        self._progress.start()
-        task = self._progress.add_task("images", total=self._total)
-        return lambda k: self._progress.advance(task, k)
-
-    def __exit__(self, *exc: object) -> None:
-        """Stop the bar."""
-        if self._progress is not None:
-            self._progress.stop()
 
 
 # ------------------------------------------------------------------------------------------- bad images

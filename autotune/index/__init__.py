@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autotune.cache import cache_dir
 from autotune.index.store import (
     INDEX_FORMAT,
     MARKER,
@@ -49,8 +50,6 @@ __all__ = [
 
 def indexes_root() -> Path:
     """Where default index folders live: ``<cache>/indexes``."""
-    from autotune.cache import cache_dir
-
     return cache_dir("indexes")
 
 

@@ -132,6 +132,7 @@ class EmbeddingIndex:
     """
 
     def __init__(self, path: Path) -> None:
+        """Remember the folder; nothing is read or written until :meth:`claim` or :meth:`load`."""
         self.path = Path(path).expanduser()
         self.ids: np.ndarray | None = None
         self.embeddings: np.ndarray | None = None

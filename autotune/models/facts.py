@@ -23,15 +23,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from autotune.atomic import DiskFullError, atomic_write_json
 from autotune.cache import cache_dir
 from autotune.errors import ModelError, one_line
 from autotune.models.synthetic import MARKER_FILE, SYNTHETIC_PREFIX, build_synthetic, is_synthetic
-
-if TYPE_CHECKING:
-    from autotune.preprocess import PreprocessSpec
+from autotune.preprocess.spec import PreprocessSpec
 
 STAND_IN = f"{SYNTHETIC_PREFIX}clip-vit-base-patch32"
 # Seconds to wait for the hub's first answer: a machine without network must fail in seconds, not minutes.
@@ -244,9 +242,7 @@ class ModelFacts:
 
     @property
     def preprocess(self) -> PreprocessSpec:
-        """The fast path's settings (imports :mod:`autotune.preprocess`, hence torch)."""
-        from autotune.preprocess import PreprocessSpec
-
+        """The fast path's settings."""
         return PreprocessSpec(
             shortest_edge=int(self.image["shortest_edge"]),
             crop=int(self.image["crop"]),
@@ -299,8 +295,6 @@ def _facts_key(path: Path) -> list[list[Any]]:
 def _read_facts(path: Path) -> dict[str, Any]:
     """Embedding width, preprocessing and vision shape, read through transformers (the slow, exact way)."""
     from transformers import CLIPConfig, CLIPImageProcessor
-
-    from autotune.preprocess import PreprocessSpec
 
     try:
         processor = CLIPImageProcessor.from_pretrained(str(path))

@@ -75,7 +75,7 @@ def run_retrieval(
     opts = options.validate()
     say = log or quiet
     model = opts.model or DEFAULT_MODEL
-    dataset = opts.dataset or str(default_dataset(progress=progress is not None))
+    dataset = opts.dataset or str(default_dataset(progress=progress))
     _check_inputs(opts, dataset, model)
     if model.startswith("synthetic:"):
         say(

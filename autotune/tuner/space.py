@@ -12,13 +12,15 @@ from typing import Any
 
 import yaml
 
-from autotune.engine.config import EngineConfig
+import autotune.tuner.expressions as expressions
+from autotune.engine.config import CPU_BACKENDS, EngineConfig
 from autotune.errors import ConfigError
-from autotune.tuner import expressions
+from autotune.models import backends
 
 DEVICES = ("cpu", "gpu", "cpu+gpu")
 _PARAM_KEYS = {"type", "low", "high", "step", "log", "choices"}
 _TOP_KEYS = {"name", "description", "device", "params", "fixed", "constraints", "defaults"}
+_FIELDS = {f.name: f for f in dataclasses.fields(EngineConfig)}
 
 
 @dataclass(frozen=True)
@@ -158,8 +160,50 @@ def _resolve_number(value: Any, facts: Mapping[str, Any], where: str) -> int | f
 def load_space(space: str | Path, *, machine_facts: Mapping[str, Any], device: str | None = None) -> SearchSpace:
     """Read and validate a space file (or a built-in name) and shape it to the machine.
 
-    Every problem is one ConfigError line naming the file, the key and what is wrong.
+    ``space`` is ``cpu``, ``gpu``, ``cpu+gpu`` (the spaces shipped with the package) or a YAML file;
+    ``machine_facts`` are the names bounds and constraints may use (``cores``, ``gpus``...); ``device``, when
+    given, must match the file's. Every problem is one ConfigError line naming the file, the key and what is
+    wrong.
+
+    Example:
+        >>> space = load_space("cpu", machine_facts={"cores": 2, "gpus": 0})
+        >>> space.device, space.to_config(space.default_params()).cpu_models  # doctest: +SKIP
+        ('cpu', 1)
     """
+    path = _space_path(space)
+    # Every message starts with the file as the user named it (a built-in space: its installed path).
+    label = str(path)
+    doc = _read_doc(path, label)
+    facts = dict(machine_facts)
+    dev = _device(doc, device, facts, label)
+    params, dropped = _parse_params(doc.get("params"), facts, label)
+    fixed = _parse_fixed(doc.get("fixed"), facts, label)
+    constraints = _parse_constraints(doc.get("constraints"), set(facts) | {p.name for p in params} | set(fixed), label)
+    defaults = _parse_defaults(doc.get("defaults"), params, facts, label)
+    for p in params:
+        _check_categorical_default(p, defaults.get(p.name), dropped.get(p.name, {}), f"{label}: defaults.{p.name}")
+    space_obj = SearchSpace(
+        name=str(doc.get("name", path.stem)),
+        device=dev,
+        params=tuple(params),
+        fixed=fixed,
+        constraints=tuple(constraints),
+        defaults=defaults,
+        facts=facts,
+        source=path.name,
+        path=label,
+    )
+    bad_default = space_obj.violations(space_obj.default_params())
+    if bad_default:
+        i = constraints.index(bad_default[0])
+        raise ConfigError(
+            f"{label}: constraints[{i}]: the defaults break constraint {bad_default[0]!r} on this machine"
+        )
+    return space_obj
+
+
+def _space_path(space: str | Path) -> Path:
+    """The file a space names: a built-in name's installed YAML, or the path itself (which must exist)."""
     path = Path(space)
     if not path.suffix and not path.exists():
         if str(space) not in DEVICES:
@@ -167,9 +211,11 @@ def load_space(space: str | Path, *, machine_facts: Mapping[str, Any], device: s
         path = builtin_space_path(str(space))
     if not path.is_file():
         raise ConfigError(f"search space file not found: {path}")
-    src = path.name
-    # Every message below starts with the file as the user named it (a built-in space: its installed path).
-    label = str(path)
+    return path
+
+
+def _read_doc(path: Path, label: str) -> dict[str, Any]:
+    """The YAML document: a mapping of known top-level keys."""
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -181,25 +227,34 @@ def load_space(space: str | Path, *, machine_facts: Mapping[str, Any], device: s
     unknown = set(doc) - _TOP_KEYS
     if unknown:
         raise ConfigError(f"{label}: unknown top-level key(s) {', '.join(sorted(unknown))}")
+    return doc
+
+
+def _device(doc: Mapping[str, Any], device: str | None, facts: Mapping[str, Any], label: str) -> str:
+    """The space's device mix, checked against the one asked for and the GPUs this machine has."""
     dev = str(doc.get("device", device or "cpu"))
     if dev not in DEVICES:
         raise ConfigError(f"{label}: device must be one of {', '.join(DEVICES)}, got {dev!r}")
     if device is not None and device != dev:
         raise ConfigError(f"{label}: this space is for device {dev!r}, but --device {device} was asked for")
-    facts = dict(machine_facts)
     if "gpu" in dev and not facts.get("gpus"):
         raise ConfigError(f"--device {dev} needs a CUDA GPU, and none is visible on this machine")
-    fields = {f.name: f for f in dataclasses.fields(EngineConfig)}
-    raw_params = doc.get("params")
+    return dev
+
+
+def _parse_params(
+    raw_params: Any, facts: Mapping[str, Any], label: str
+) -> tuple[list[Param], dict[str, dict[Any, str]]]:
+    """The parameters, bounds resolved on this machine, and why listed choices were dropped here."""
     if not isinstance(raw_params, dict) or not raw_params:
         raise ConfigError(f"{label}: 'params' must be a non-empty mapping of parameter -> spec")
     params = []
-    # Why listed choices were dropped on this machine (a missing package...), for the defaults check below.
+    # Why listed choices were dropped on this machine (a missing package...), for the defaults check.
     dropped: dict[str, dict[Any, str]] = {}
     for name, spec in raw_params.items():
         where = f"{label}: params.{name}"
-        if name not in fields:
-            raise ConfigError(f"{where}: not an engine setting (known: {', '.join(sorted(fields))})")
+        if name not in _FIELDS:
+            raise ConfigError(f"{where}: not an engine setting (known: {', '.join(sorted(_FIELDS))})")
         if not isinstance(spec, dict):
             raise ConfigError(f"{where}: expected a mapping with 'type', got {spec!r}")
         bad = set(spec) - _PARAM_KEYS
@@ -209,56 +264,82 @@ def load_space(space: str | Path, *, machine_facts: Mapping[str, Any], device: s
         if kind not in ("int", "float", "categorical"):
             raise ConfigError(f"{where}.type: must be int, float or categorical, got {kind!r}")
         if kind == "categorical":
-            choices = spec.get("choices")
-            if not isinstance(choices, list) or not choices:
-                raise ConfigError(f"{where}.choices: a categorical parameter needs a non-empty list")
-            # Optuna stores only these types; anything else would fail inside a trial, not here.
-            odd = [c for c in choices if c is not None and not isinstance(c, str | int | float)]
-            if odd:
-                raise ConfigError(f"{where}.choices: each choice must be a string, number or boolean, got {odd[0]!r}")
-            if name == "cpu_backend":
-                choices, dropped[name] = _usable_backends(choices, where)
-            params.append(Param(name, kind, choices=tuple(choices)))
-            continue
-        for key in ("low", "high"):
-            if key not in spec:
-                raise ConfigError(f"{where}.{key}: missing (a range needs low and high)")
-        low = _resolve_number(spec["low"], facts, f"{where}.low")
-        high = _resolve_number(spec["high"], facts, f"{where}.high")
-        if kind == "int":
-            low, high = int(low), int(high)
-        log = bool(spec.get("log", False))
-        if high < low:
-            raise ConfigError(f"{where}: high ({high}) is below low ({low}) on this machine")
-        if log and low <= 0:
-            raise ConfigError(f"{where}.log: a log range needs low > 0, got {low}")
-        step = spec.get("step")
-        if step is not None and (not isinstance(step, int | float) or isinstance(step, bool) or step <= 0):
-            raise ConfigError(f"{where}.step: must be a positive number, got {step!r}")
-        if step is not None:
-            expressions.check_number(step, "the step", f"{where}.step")  # .inf would reach Optuna otherwise
-        if log and step not in (None, 1):
-            raise ConfigError(f"{where}: log and step cannot be combined")
-        params.append(Param(name, kind, low, high, step, log))
-    fixed = doc.get("fixed") or {}
+            param, dropped[name] = _categorical_param(name, spec, where)
+        else:
+            param = _range_param(name, kind, spec, facts, where)
+        params.append(param)
+    return params, dropped
+
+
+def _categorical_param(name: str, spec: Mapping[str, Any], where: str) -> tuple[Param, dict[Any, str]]:
+    """A categorical parameter, its choices filtered to what this machine runs, and why others were dropped."""
+    choices = spec.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise ConfigError(f"{where}.choices: a categorical parameter needs a non-empty list")
+    # Optuna stores only these types; anything else would fail inside a trial, not here.
+    odd = [c for c in choices if c is not None and not isinstance(c, str | int | float)]
+    if odd:
+        raise ConfigError(f"{where}.choices: each choice must be a string, number or boolean, got {odd[0]!r}")
+    dropped: dict[Any, str] = {}
+    if name == "cpu_backend":
+        choices, dropped = _usable_backends(choices, where)
+    return Param(name, "categorical", choices=tuple(choices)), dropped
+
+
+def _range_param(name: str, kind: str, spec: Mapping[str, Any], facts: Mapping[str, Any], where: str) -> Param:
+    """An int or float range, its bounds resolved on this machine."""
+    for key in ("low", "high"):
+        if key not in spec:
+            raise ConfigError(f"{where}.{key}: missing (a range needs low and high)")
+    low = _resolve_number(spec["low"], facts, f"{where}.low")
+    high = _resolve_number(spec["high"], facts, f"{where}.high")
+    if kind == "int":
+        low, high = int(low), int(high)
+    log = bool(spec.get("log", False))
+    if high < low:
+        raise ConfigError(f"{where}: high ({high}) is below low ({low}) on this machine")
+    if log and low <= 0:
+        raise ConfigError(f"{where}.log: a log range needs low > 0, got {low}")
+    step = spec.get("step")
+    if step is not None and (not isinstance(step, int | float) or isinstance(step, bool) or step <= 0):
+        raise ConfigError(f"{where}.step: must be a positive number, got {step!r}")
+    if step is not None:
+        expressions.check_number(step, "the step", f"{where}.step")  # .inf would reach Optuna otherwise
+    if log and step not in (None, 1):
+        raise ConfigError(f"{where}: log and step cannot be combined")
+    return Param(name, kind, low, high, step, log)
+
+
+def _parse_fixed(raw: Any, facts: Mapping[str, Any], label: str) -> dict[str, Any]:
+    """Settings every trial shares; numeric ones may be expressions over machine facts."""
+    fixed = raw or {}
     if not isinstance(fixed, dict):
         raise ConfigError(f"{label}: 'fixed' must be a mapping")
     for name in fixed:
-        if name not in fields:
+        if name not in _FIELDS:
             raise ConfigError(f"{label}: fixed.{name}: not an engine setting")
     # Strings are expressions only where the engine setting is numeric; elsewhere they are values.
-    numeric = {n for n, f in fields.items() if isinstance(f.default, int | float) and not isinstance(f.default, bool)}
-    fixed = {k: _resolve(v, facts, f"{label}: fixed.{k}") if k in numeric else v for k, v in fixed.items()}
-    constraints = doc.get("constraints") or []
+    numeric = {n for n, f in _FIELDS.items() if isinstance(f.default, int | float) and not isinstance(f.default, bool)}
+    return {k: _resolve(v, facts, f"{label}: fixed.{k}") if k in numeric else v for k, v in fixed.items()}
+
+
+def _parse_constraints(raw: Any, known: set[str], label: str) -> list[str]:
+    """Constraint expressions, each parsed now and using only ``known`` names (or true/false)."""
+    constraints = raw or []
     if not isinstance(constraints, list) or not all(isinstance(c, str) for c in constraints):
         raise ConfigError(f"{label}: 'constraints' must be a list of expression strings")
-    known = set(facts) | {p.name for p in params} | set(fixed) | {"true", "false", "True", "False"}
+    known = known | {"true", "false", "True", "False"}
     for i, expr in enumerate(constraints):
         tree = expressions.parse(expr, f"{label}: constraints[{i}]")
         missing = expressions.names(tree) - known
         if missing:
             raise ConfigError(f"{label}: constraints[{i}]: unknown name(s) {', '.join(sorted(missing))}")
-    defaults = doc.get("defaults") or {}
+    return constraints
+
+
+def _parse_defaults(raw: Any, params: list[Param], facts: Mapping[str, Any], label: str) -> dict[str, Any]:
+    """Trial 0's values by parameter; ranged ones may be expressions over machine facts."""
+    defaults = raw or {}
     if not isinstance(defaults, dict):
         raise ConfigError(f"{label}: 'defaults' must be a mapping")
     pnames = {p.name for p in params}
@@ -266,30 +347,10 @@ def load_space(space: str | Path, *, machine_facts: Mapping[str, Any], device: s
         if k not in pnames:
             raise ConfigError(f"{label}: defaults.{k}: not a parameter of this space")
     ranged = {p.name for p in params if p.type != "categorical"}
-    defaults = {
+    return {
         k: _resolve_number(v, facts, f"{label}: defaults.{k}") if k in ranged and v is not None else v
         for k, v in defaults.items()
     }
-    for p in params:
-        _check_categorical_default(p, defaults.get(p.name), dropped.get(p.name, {}), f"{label}: defaults.{p.name}")
-    space_obj = SearchSpace(
-        name=str(doc.get("name", path.stem)),
-        device=dev,
-        params=tuple(params),
-        fixed=fixed,
-        constraints=tuple(constraints),
-        defaults=defaults,
-        facts=facts,
-        source=src,
-        path=label,
-    )
-    bad_default = space_obj.violations(space_obj.default_params())
-    if bad_default:
-        i = constraints.index(bad_default[0])
-        raise ConfigError(
-            f"{label}: constraints[{i}]: the defaults break constraint {bad_default[0]!r} on this machine"
-        )
-    return space_obj
 
 
 def _check_categorical_default(param: Param, value: Any, dropped: Mapping[Any, str], where: str) -> None:
@@ -306,12 +367,9 @@ def _check_categorical_default(param: Param, value: Any, dropped: Mapping[Any, s
 
 def _usable_backends(choices: list[Any], where: str) -> tuple[list[Any], dict[Any, str]]:
     """Backend choices this machine can run (eager always stays), and why each dropped one cannot run."""
-    from autotune.engine.config import CPU_BACKENDS
-    from autotune.models.backends import backend_unavailable
-
     unknown = [c for c in choices if c not in CPU_BACKENDS]
     if unknown:
         raise ConfigError(f"{where}.choices: unknown backend(s) {', '.join(map(str, unknown))}")
-    reasons = {c: backend_unavailable(str(c), "cpu") for c in choices}
+    reasons = {c: backends.backend_unavailable(str(c), "cpu") for c in choices}
     usable = [c for c in choices if reasons[c] is None]
     return usable or ["eager"], {c: why for c, why in reasons.items() if why is not None}

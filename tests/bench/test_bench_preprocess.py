@@ -39,7 +39,7 @@ KEYS = {
 
 def test_bench_generated_corpus(tiny_model: str) -> None:
     """A generated corpus of 8: every figure present, flat, finite and plausible."""
-    figures = bench_preprocess(n=8, model=tiny_model, progress=False)
+    figures = bench_preprocess(n=8, model=tiny_model)
     assert set(figures) == KEYS
     assert all(isinstance(v, int | float | str) for v in figures.values())
     assert (figures["n"], figures["measured"], figures["skipped"], figures["cosine_n"]) == (8, 8, 0, 8)
@@ -69,7 +69,7 @@ def test_bench_dataset_with_bad_files(small_dataset: Path, tmp_path: Path, tiny_
     expected = write_bad_images(folder / "bad")
     bad = sum(reason != "ok" for reason in expected.values())
     total = 4 + len(expected)
-    figures = bench_preprocess(n=total, dataset=folder, model=tiny_model, progress=False)
+    figures = bench_preprocess(n=total, dataset=folder, model=tiny_model)
     assert figures["n"] == total
     assert figures["skipped"] == bad
     assert figures["measured"] == total - bad
@@ -83,4 +83,4 @@ def test_bench_dataset_with_bad_files(small_dataset: Path, tmp_path: Path, tiny_
 def test_bench_rejects_zero(tiny_model: str) -> None:
     """n must be positive."""
     with pytest.raises(ConfigError):
-        bench_preprocess(n=0, model=tiny_model, progress=False)
+        bench_preprocess(n=0, model=tiny_model)

@@ -25,7 +25,7 @@ def trained(trained_model: str) -> Path:
 def figures(trained: Path) -> dict:
     """bench_quality on 68 held-out images (4 per label)."""
     corpus = trained.parent / "train"
-    return bench_quality(str(trained), corpus, n=68, seed=777, progress=False)
+    return bench_quality(str(trained), corpus, n=68, seed=777)
 
 
 def test_figures(figures: dict, trained: Path) -> None:
@@ -57,7 +57,7 @@ def test_refuses_labels_the_held_out_images_lack(trained: Path, tmp_path: Path) 
     (tmp_path / "Canis lupus").mkdir()
     Image.new("RGB", (64, 64), (120, 80, 40)).save(tmp_path / "Canis lupus" / "a.jpg")
     with pytest.raises(DataError, match="held-out images lack"):
-        bench_quality(str(trained), tmp_path, n=17, progress=False)
+        bench_quality(str(trained), tmp_path, n=17)
 
 
 def test_precision_at_k_ties_and_counts() -> None:

@@ -26,7 +26,7 @@ def test_ground_truth_is_a_full_factorial_of_feasible_points() -> None:
 def test_bench_tuner_on_the_fake_backend(tmp_path: Path, small_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOTUNE_STUDIES", str(tmp_path / "studies"))
     res = bench_tuner(
-        model="fake:32", dataset=str(small_dataset), images=32, repeats=1, trials=2, progress=False,
+        model="fake:32", dataset=str(small_dataset), images=32, repeats=1, trials=2,
         backends=["eager"], batches=(8,), study_options={"validate_repeats": 1, "validate_rounds": 2, "rounds": 2},
         grid_out=tmp_path / "grid.json", replay_seeds=3,
     )  # fmt: skip

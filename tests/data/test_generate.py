@@ -78,9 +78,9 @@ def test_grayscale_sources_come_out_tinted(small_dataset: Path) -> None:
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
     """Generation is deterministic per seed."""
-    make_dataset(tmp_path / "a", n=20, seed=3, progress=False)
-    make_dataset(tmp_path / "b", n=20, seed=3, progress=False)
-    make_dataset(tmp_path / "c", n=20, seed=4, progress=False)
+    make_dataset(tmp_path / "a", n=20, seed=3)
+    make_dataset(tmp_path / "b", n=20, seed=3)
+    make_dataset(tmp_path / "c", n=20, seed=4)
     a, b, c = _files(tmp_path / "a"), _files(tmp_path / "b"), _files(tmp_path / "c")
     assert a == b
     assert a.keys() == c.keys()
@@ -89,8 +89,8 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
 
 def test_parallel_generation_matches_serial(tmp_path: Path) -> None:
     """Spawned workers write exactly the bytes a single process writes."""
-    serial = make_dataset(tmp_path / "serial", n=200, seed=7, progress=False, workers=1)
-    parallel = make_dataset(tmp_path / "parallel", n=200, seed=7, progress=False, workers=2)
+    serial = make_dataset(tmp_path / "serial", n=200, seed=7, workers=1)
+    parallel = make_dataset(tmp_path / "parallel", n=200, seed=7, workers=2)
     assert _files(tmp_path / "serial") == _files(tmp_path / "parallel")
     assert serial["bytes"] == parallel["bytes"]
     assert set(parallel) == {"out", "images", "labels", "bytes", "mb", "seconds", "images_per_s"}
@@ -99,7 +99,7 @@ def test_parallel_generation_matches_serial(tmp_path: Path) -> None:
 
 def test_fewer_images_than_labels(tmp_path: Path) -> None:
     """With n < 17 only the first n labels exist, and the summary says so."""
-    summary = make_dataset(tmp_path / "few", n=5, seed=0, progress=False)
+    summary = make_dataset(tmp_path / "few", n=5, seed=0)
     assert summary["labels"] == 5
     assert sorted(p.name for p in (tmp_path / "few").iterdir() if p.is_dir()) == LABELS[:5]
 
@@ -110,20 +110,59 @@ def test_refuses_non_empty_output(tmp_path: Path) -> None:
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
     with pytest.raises(DataError, match="not an empty folder"):
-        make_dataset(busy, n=2, progress=False)
+        make_dataset(busy, n=2)
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(DataError):
-        make_dataset(a_file, n=2, progress=False)
+        make_dataset(a_file, n=2)
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert make_dataset(empty, n=2, progress=False)["images"] == 2
+    assert make_dataset(empty, n=2)["images"] == 2
 
 
-def test_progress_bar_runs(tmp_path: Path) -> None:
-    """progress=True draws a Rich bar without failing."""
-    assert make_dataset(tmp_path / "bar", n=3, progress=True)["images"] == 3
+class _Recorder:
+    """A progress factory that records every task's description, total, advances and closing."""
+
+    def __init__(self) -> None:
+        """No task yet."""
+        self.tasks: list[tuple[str, int]] = []
+        self.done = 0
+        self.closed = 0
+
+    def __call__(self, description: str, total: int) -> _Recorder:
+        """Start a task (this recorder is its own task)."""
+        self.tasks.append((description, total))
+        return self
+
+    def advance(self, k: int = 1, info: str = "") -> None:
+        """Count ``k`` more units."""
+        self.done += k
+
+    def update(self, completed: int, info: str = "") -> None:
+        """Set the count."""
+        self.done = completed
+
+    def close(self) -> None:
+        """Count the closing."""
+        self.closed += 1
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["serial", "parallel"])
+def test_progress_reports_every_image(tmp_path: Path, workers: int) -> None:
+    """One make-dataset task, advanced once per image (serially or by chunks), then closed."""
+    recorder = _Recorder()
+    n = 200 if workers > 1 else 3  # workers are used from 200 images up
+    assert make_dataset(tmp_path / "rec", n=n, progress=recorder, workers=workers)["images"] == n
+    assert recorder.tasks == [("make-dataset", n)]
+    assert (recorder.done, recorder.closed) == (n, 1)
+
+
+def test_console_bar_runs(tmp_path: Path) -> None:
+    """The console's Rich bar renders the task without failing."""
+    from autotune.console import bar
+
+    assert make_dataset(tmp_path / "bar", n=3, progress=bar)["images"] == 3
 
 
 def test_loads_as_folder_and_as_hf_imagefolder(small_dataset: Path, hf_cache: Path) -> None:

@@ -34,7 +34,7 @@ def runs(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     out = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         folder = base / name
-        summary = train_model(small_dataset, folder, seed=seed, steps=STEPS, batch_size=BATCH, progress=False)
+        summary = train_model(small_dataset, folder, seed=seed, steps=STEPS, batch_size=BATCH)
         out[name] = (folder, summary)
     return out
 
@@ -112,16 +112,16 @@ def test_refuses_non_empty_out(small_dataset: Path, tmp_path: Path) -> None:
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(DataError, match="not an empty folder") as info:
-        train_model(small_dataset, out, steps=1, batch_size=BATCH, progress=False)
+        train_model(small_dataset, out, steps=1, batch_size=BATCH)
     assert "\n" not in str(info.value)
     assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
     file_out = tmp_path / "file"
     file_out.write_text("x")
     with pytest.raises(DataError):
-        train_model(small_dataset, file_out, steps=1, batch_size=BATCH, progress=False)
+        train_model(small_dataset, file_out, steps=1, batch_size=BATCH)
     empty = tmp_path / "empty"
     empty.mkdir()
-    summary = train_model(small_dataset, empty, steps=1, batch_size=BATCH, progress=False, minutes=10)
+    summary = train_model(small_dataset, empty, steps=1, batch_size=BATCH, minutes=10)
     assert summary["steps"] == 1 and (empty / "model.safetensors").is_file()
     # No temporary folders left beside the model.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "model"]
@@ -134,7 +134,7 @@ def test_refuses_unlabelled_dataset(small_dataset: Path, tmp_path: Path) -> None
     for src in sorted(small_dataset.rglob("*.jpg"))[:3]:
         shutil.copy(src, data / src.name)
     with pytest.raises(DataError, match="no labelled images"):
-        train_model(data, tmp_path / "out", steps=1, progress=False)
+        train_model(data, tmp_path / "out", steps=1)
     assert not (tmp_path / "out").exists()
 
 
@@ -142,14 +142,53 @@ def test_bad_arguments(small_dataset: Path, tmp_path: Path) -> None:
     """Zero steps, a non-positive cap, batch size or thread count are refused before any work."""
     for kwargs in ({"steps": 0}, {"minutes": 0}, {"batch_size": 0}, {"threads": 0}):
         with pytest.raises(AutotuneError):
-            train_model(small_dataset, tmp_path / "out", progress=False, **kwargs)  # type: ignore[arg-type]
+            train_model(small_dataset, tmp_path / "out", **kwargs)  # type: ignore[arg-type]
+
+
+class _Recorder:
+    """A progress factory that records each task's description and total, its advances and status lines."""
+
+    def __init__(self) -> None:
+        """No task yet."""
+        self.tasks: list[tuple[str, int]] = []
+        self.advanced: dict[str, int] = {}
+        self.infos: list[str] = []
+        self.closed = 0
+
+    def __call__(self, description: str, total: int) -> _Recorder:
+        """Start a task (this recorder is its own task; advances count against the latest one)."""
+        self.tasks.append((description, total))
+        self.advanced[description] = 0
+        return self
+
+    def advance(self, k: int = 1, info: str = "") -> None:
+        """Count ``k`` more units of the latest task."""
+        self.advanced[self.tasks[-1][0]] += k
+        if info:
+            self.infos.append(info)
+
+    def update(self, completed: int, info: str = "") -> None:
+        """Set the latest task's count."""
+        self.advanced[self.tasks[-1][0]] = completed
+
+    def close(self) -> None:
+        """Count the closing."""
+        self.closed += 1
+
+
+def test_progress_reports_preprocessing_and_steps(small_dataset: Path, tmp_path: Path) -> None:
+    """A preprocess task over every image, then a make-model task advanced once per step with its loss."""
+    recorder = _Recorder()
+    summary = train_model(small_dataset, tmp_path / "m", steps=2, batch_size=BATCH, progress=recorder)
+    images = summary["images"] + summary["skipped"]
+    assert recorder.tasks == [("preprocess", images), ("make-model", 2)]
+    assert recorder.advanced == {"preprocess": images, "make-model": 2}
+    assert recorder.closed == 2 and len(recorder.infos) == 2 and recorder.infos[0].startswith("loss ")
 
 
 def test_minutes_cap_stops_early(small_dataset: Path, tmp_path: Path) -> None:
     """A wall-clock cap that expires stops after the current step and says so."""
-    summary = train_model(
-        small_dataset, tmp_path / "m", steps=50, batch_size=BATCH, minutes=1e-6, progress=False
-    )
+    summary = train_model(small_dataset, tmp_path / "m", steps=50, batch_size=BATCH, minutes=1e-6)
     assert summary["stopped_early"] is True and summary["steps"] == 1
     assert json.loads((tmp_path / "m" / MARKER_NAME).read_text())["steps"] == 1
 

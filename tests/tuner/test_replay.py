@@ -31,35 +31,6 @@ def synthetic_rows(*, infeasible: bool = True) -> list[dict[str, Any]]:
     return rows
 
 
-def test_grid_from_rows() -> None:
-    grid = make_grid(synthetic_rows(), DEFAULT)
-    assert grid.names == ("a", "b", "c") and grid.size == 45 and len(grid.table) == 44
-    assert grid.values[2] == ("eager", "int8", "onnx")
-    assert grid.best == 110.0
-    assert grid.default is not None and grid.params(grid.default) == DEFAULT
-    assert grid.ordinal(0) and grid.ordinal(1) and not grid.ordinal(2)
-    # Nested params and measurement lists beside the parameters read the same.
-    nested = make_grid([{"params": {"a": 1}, "images_per_s": 3.0}, {"a": 2, "images_per_s": 4.0, "runs": [4.0]}])
-    assert nested.names == ("a",) and nested.best == 4.0
-
-
-@pytest.mark.parametrize(
-    ("rows", "default", "message"),
-    [
-        ([], None, "non-empty list"),
-        ([{"a": 1, "images_per_s": None}], None, "no row has a measured"),
-        ([{"a": 1, "images_per_s": 1.0}, {"b": 1, "images_per_s": 1.0}], None, "row 1 has parameters"),
-        ([{"a": 1, "images_per_s": 1.0}, {"a": 1, "images_per_s": 2.0}], None, "rows 0 and 1 are the same"),
-        ([{"a": 1, "images_per_s": "fast"}], None, "finite number"),
-        ([{"a": 1, "images_per_s": 1.0}], {"b": 1}, "the default names"),
-    ],
-)
-def test_bad_grids_are_one_line_errors(rows: list[Any], default: Any, message: str) -> None:
-    with pytest.raises(ConfigError, match=message) as info:
-        make_grid(rows, default)
-    assert "\n" not in str(info.value)
-
-
 def test_every_sampler_finds_the_optimum_given_a_large_budget() -> None:
     rows = synthetic_rows()
     budgets = {"tpe": 60, "random": 300, "hill": 100}

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from autotune import preprocess as pp
-from autotune.errors import BadImageError, ConfigError
+from autotune.errors import BadImageError
 from autotune.preprocess import (
     PreprocessSpec,
+    decode,
     decode_image,
     fast_preprocess,
     normalize,
@@ -25,20 +25,6 @@ from autotune.preprocess import (
 # Measured on generated corpora: 99.7% of values identical, the rest 1 grey level off, a few per ten million
 # (torch's shorter fixed-point weights) 2 off. Upscales and odd shapes go through PIL and are exact.
 MAX_GREY = 2
-
-
-@pytest.fixture(scope="module")
-def processor():  # type: ignore[no-untyped-def]
-    """The reference image processor (PIL backend: torchvision is absent)."""
-    from transformers import CLIPImageProcessor
-
-    return CLIPImageProcessor()
-
-
-@pytest.fixture(scope="module")
-def spec(processor) -> PreprocessSpec:  # type: ignore[no-untyped-def]
-    """The fast path's spec, read off the reference processor."""
-    return PreprocessSpec.from_processor(processor)
 
 
 def _grey(ref: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -320,7 +306,7 @@ def test_every_truncation_is_a_bad_image_error(spec: PreprocessSpec) -> None:
 
 def test_too_large_on_every_path(monkeypatch: pytest.MonkeyPatch, processor, spec: PreprocessSpec) -> None:  # type: ignore[no-untyped-def]
     """Above MAX_IMAGE_PIXELS: too-large from the header, on the simplejpeg path and the PIL path alike."""
-    monkeypatch.setattr(pp, "MAX_IMAGE_PIXELS", 100 * 100)
+    monkeypatch.setattr(decode, "MAX_IMAGE_PIXELS", 100 * 100)  # the limit decoding enforces
     for fmt in ("JPEG", "PNG"):
         _assert_reason(_encode(_photo(101, 100), fmt), "too-large", processor, spec)
         fast_preprocess(_encode(_photo(100, 100), fmt), spec)  # at the limit: fine
@@ -379,65 +365,11 @@ def test_draft_decode_is_close_and_smaller(spec: PreprocessSpec) -> None:
 # ----------------------------------------------------------------------------------------- normalise
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_normalize_matches_formula(dtype: torch.dtype, spec: PreprocessSpec) -> None:
-    """(x/255 - mean)/std within 1e-6 (float32), NCHW shape, dtype respected, input untouched."""
-    x = torch.randint(0, 256, (5, 224, 224, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    before = x.clone()
-    y = normalize(x, spec, dtype=dtype)
-    mean = torch.tensor(spec.mean, dtype=torch.float64).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, dtype=torch.float64).view(1, 3, 1, 1)
-    expected = (x.permute(0, 3, 1, 2).double() / 255.0 - mean) / std
-    assert y.shape == (5, 3, 224, 224) and y.dtype == dtype
-    tol = 1e-6 if dtype == torch.float32 else 2e-2
-    assert float((y.double() - expected).abs().max()) <= tol
-    assert torch.equal(x, before)
-    if dtype == torch.float32:
-        assert y.is_contiguous(memory_format=torch.channels_last)
-
-
 def test_normalize_matches_reference_pixels(processor, spec: PreprocessSpec) -> None:  # type: ignore[no-untyped-def]
     """Normalising the reference's own uint8 grey levels reproduces its float output."""
     ref = reference_preprocess(_encode(_photo(500, 375), "PNG"), processor)
     grey = torch.from_numpy(_grey(ref, spec).astype(np.uint8))[None]
     assert float((normalize(grey, spec)[0] - torch.from_numpy(ref)).abs().max()) < 1e-5
-
-
-def test_normalize_rejects_bad_shapes(spec: PreprocessSpec) -> None:
-    """Only NHWC with 3 channels is accepted."""
-    with pytest.raises(ValueError):
-        normalize(torch.zeros(2, 3, 224, 224, dtype=torch.uint8), spec)
-
-
-# ------------------------------------------------------------------------------------------------ spec
-
-
-def test_spec_from_processor(processor) -> None:  # type: ignore[no-untyped-def]
-    """Defaults equal OpenAI CLIP's; sizes, crop, mean/std and resample are read off the processor."""
-    from transformers import CLIPImageProcessor
-
-    assert PreprocessSpec.from_processor(processor) == PreprocessSpec()
-    custom = CLIPImageProcessor(
-        size={"shortest_edge": 256}, crop_size={"height": 240, "width": 240}, image_mean=[0.5] * 3, resample=2
-    )
-    spec = PreprocessSpec.from_processor(custom)
-    assert (spec.shortest_edge, spec.crop, spec.mean, spec.resample) == (256, 240, (0.5, 0.5, 0.5), 2)
-    with pytest.raises(ConfigError):
-        PreprocessSpec.from_processor(CLIPImageProcessor(size={"height": 224, "width": 224}))
-    with pytest.raises(ConfigError):
-        PreprocessSpec.from_processor(CLIPImageProcessor(crop_size={"height": 224, "width": 200}))
-    with pytest.raises(ConfigError):
-        PreprocessSpec.from_processor(CLIPImageProcessor(size={"shortest_edge": 224, "longest_edge": 400}))
-
-
-def test_spec_from_clip_processor(tiny_model: str) -> None:
-    """A full CLIPProcessor (image processor inside) works as well."""
-    from autotune.models import load_clip
-
-    loaded = load_clip(tiny_model)
-    spec = PreprocessSpec.from_processor(loaded.processor)
-    assert spec.crop == loaded.image_size
-    assert spec.mean == pytest.approx(loaded.image_mean)
 
 
 def test_bilinear_spec_matches_reference(spec: PreprocessSpec) -> None:
@@ -448,8 +380,3 @@ def test_bilinear_spec_matches_reference(spec: PreprocessSpec) -> None:
     bilinear = PreprocessSpec.from_processor(proc)
     assert bilinear.resample == 2
     assert _grey_diff(_encode(_photo(500, 375), "JPEG"), proc, bilinear).max() <= MAX_GREY
-
-
-def test_version_is_a_string() -> None:
-    """Indexes key on PREPROCESS_VERSION."""
-    assert isinstance(pp.PREPROCESS_VERSION, str) and pp.PREPROCESS_VERSION
