@@ -13,7 +13,10 @@ from collections.abc import Callable
 
 import typer
 
-from autotune.cli import bench, data, search, tuning
+import autotune.cli.bench as bench
+import autotune.cli.data as data
+import autotune.cli.search as search
+import autotune.cli.tuning as tuning
 from autotune.engine.lifecycle import terminate_as_interrupt
 from autotune.errors import INTERRUPTED, AutotuneError
 

@@ -9,10 +9,7 @@ from typing import Annotated
 import typer
 
 from autotune import console
-from autotune.bench.backends import bench_backends
 from autotune.bench.index import bench_index, bench_index_update
-from autotune.bench.ladder import run_ladder
-from autotune.bench.quality import bench_quality
 from autotune.bench.tuner import bench_tuner
 from autotune.cli.options import DatasetPathOpt, JsonOpt, ModelOpt, SplitOpt
 from autotune.engine.config import EngineConfig
@@ -52,6 +49,8 @@ def bench_quality_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Zero-shot label accuracy and per-label precision@9 on held-out images (generated with another seed)."""
+    from autotune.bench.quality import bench_quality  # imports torch: not for --help
+
     figures = bench_quality(
         model=model, dataset=dataset, n=n, seed=seed, progress=console.progress_for(not as_json), split=split
     )
@@ -84,6 +83,8 @@ def bench_ladder_cmd(
     """
     prof = _load_profile_opt(profile, model)
     say = console.log_for(not as_json)
+    from autotune.bench.ladder import run_ladder  # imports torch: not for --help
+
     result = run_ladder(
         n=n, dataset=dataset, model=model, query=query, batch=batch, profile=prof, plot=plot, log=say, split=split
     )
@@ -218,6 +219,8 @@ def bench_backends_cmd(
     """Bare image-tower throughput per inference backend, side by side on the same batches and threads, with
     setup time (cold and cached) and the accuracy guard's figures (embedding cosine against fp32 eager)."""
     say = console.log_for(not as_json)
+    from autotune.bench.backends import bench_backends  # imports torch: not for --help
+
     result = bench_backends(model=model, batch=batch, threads=threads, n=n, backends=backend, repeats=repeats, log=say)
     if as_json:
         console.emit_json(result)

@@ -13,6 +13,7 @@ from autotune.data import open_source
 from autotune.defaults import default_dataset
 from autotune.errors import ConfigError
 from autotune.machine import detect_machine
+from autotune.models.guard import DEFAULT_THRESHOLD
 from autotune.tuner.profile import (
     Profile,
     arch_short,
@@ -244,7 +245,9 @@ def verify_cmd(
         str | None, typer.Option("--model", help="The model retrievals will run (default: the profile's).")
     ] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Images for the validation sample.")] = None,
-    threshold: Annotated[float, typer.Option("--threshold", help="Minimum embedding cosine against fp32.")] = 0.99,
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="Minimum embedding cosine against fp32.")
+    ] = DEFAULT_THRESHOLD,
     split: SplitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:

@@ -18,6 +18,7 @@ from autotune.defaults import DEFAULT_MODEL, default_dataset
 from autotune.engine.runner import preprocess_spec_for
 from autotune.errors import ConfigError
 from autotune.machine import MachineInfo, detect_machine
+from autotune.models.guard import DEFAULT_THRESHOLD
 from autotune.tuner.objective import ScanSpec
 from autotune.tuner.profile import model_arch
 from autotune.tuner.space import SearchSpace, load_space
@@ -50,7 +51,7 @@ class StudyOptions:
     seed: int = 0
     save: bool = True
     save_profile: bool = False  # make the pick the profile in use even if it validates slower
-    guard_threshold: float = 0.99
+    guard_threshold: float = DEFAULT_THRESHOLD
     guard_sample: int = 256
 
 
