@@ -70,8 +70,8 @@ def progress_for(enabled: bool) -> ProgressFactory | None:
 
 
 def log(message: str) -> None:
-    """A :data:`~autotune.progress.Log` printing dim lines on stderr."""
-    err_console.print(f"[dim]{message}[/dim]", highlight=False)
+    """A :data:`~autotune.progress.Log` printing dim lines on stderr (as written: configs show in brackets)."""
+    err_console.print(message, style="dim", markup=False, highlight=False)
 
 
 def log_for(enabled: bool) -> Log | None:
@@ -89,9 +89,9 @@ def warn(message: str) -> None:
     err_console.print(message, style="yellow", markup=False, highlight=False)
 
 
-def echo(text: str) -> None:
-    """One line of Rich markup on stdout."""
-    console.print(text)
+def echo(text: str, markup: bool = True) -> None:
+    """Text on stdout: Rich markup, or as written with ``markup=False`` (blocks that hold brackets)."""
+    console.print(text, markup=markup, highlight=markup)
 
 
 def rule(title: str) -> None:

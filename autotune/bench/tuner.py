@@ -32,6 +32,7 @@ from autotune.models import guard
 from autotune.progress import Log, ProgressFactory, quiet
 from autotune.tuner import SearchSpace, StudyOptions, StudyOutcome, load_space, run_study
 from autotune.tuner.replay import recommend, replay
+from autotune.tuner.storage import load_study
 
 # The knobs varied on top of the space's defaults: every pair of (replicas, threads) that fits 2 cores and the
 # two batch sizes people pick first. Producers, scheduling and pinning stay at the space's defaults.
@@ -265,9 +266,7 @@ def _guarded_backends(space: SearchSpace, dataset: str, model: str, split: str |
 
 def _study_figures(outcome: StudyOutcome) -> dict[str, Any]:
     """Trials and minutes to the pick, and why trials were infeasible, read from the study's storage."""
-    import optuna
-
-    study = optuna.load_study(study_name=outcome.study_name, storage=outcome.storage)
+    study = load_study(outcome.storage, outcome.study_name)
     trials = study.trials
     infeasible = [t for t in trials if t.user_attrs.get("infeasible")]
     by_size = [t for t in infeasible if any("--scan-size" in r for r in t.user_attrs["infeasible"])]

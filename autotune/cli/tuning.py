@@ -24,7 +24,7 @@ from autotune.tuner.profile import (
     short_config,
     use_profile,
 )
-from autotune.tuner.report import serve_dashboard, study_report
+from autotune.tuner.report import serve_dashboard, study_report, top_text
 from autotune.tuner.study import StudyOptions, run_study
 
 # The study's options, declared here so that the handler itself stays a readable page.
@@ -217,7 +217,7 @@ def dashboard_cmd(
     storage: StorageOpt = None,
 ) -> None:
     """Serve optuna-dashboard for the study storage on http://127.0.0.1:PORT (Ctrl-C to stop)."""
-    serve_dashboard(storage, port)
+    serve_dashboard(storage, port, log=lambda line: console.echo(line, markup=False))
 
 
 def report_cmd(
@@ -235,7 +235,8 @@ def report_cmd(
     if as_json:
         console.emit_json(data)
         return
-    console.print_rows(f"study {data['study']}: top configurations", data["top"])
+    console.echo(f"study {data['study']}: top configurations")
+    console.echo(top_text(data["top"]), markup=False)
     console.print_figures("summary", {k: v for k, v in data.items() if k not in ("top",)})
 
 
