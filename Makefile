@@ -27,8 +27,10 @@ test-deps:
 		echo "note: chromium not installed; the dashboard browser test will be skipped"
 
 # `slow` checks (ViT-B/32-sized models, compiled backends, the tuner benchmark) run in `make test-all`.
+# Two xdist workers, a test file each at a time: most tests wait on spawned workers and disk, so two share 2
+# cores well. The trained model is built once for both (a file lock in tests/conftest.py).
 test: install test-deps
-	$(BIN)/python -m pytest -q -m "not gpu and not slow" -p no:cacheprovider
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not gpu and not slow" -p no:cacheprovider
 
 test-all: install test-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -43,23 +43,39 @@ def tiny_model(_isolated_cache: Path) -> str:
 
 
 # ---------------------------------------------- a small CLIP trained offline (rankings that mean something)
-# The quick model: 340 training images (20 per label), 180 steps of 64 (about 45 s). One thread: on an idle
-# machine two are about 1.5x faster, but next to other busy processes two contending OpenMP threads were
-# measured 4x slower than one (1.4 s against 0.33 s a step), enough to hit the test timeout.
+# The quick model: 340 training images (20 per label), 110 steps of 64 (about 35 s; every label still ranks
+# first). One thread: on an idle machine two are about 1.5x faster, but next to other busy processes (the
+# other xdist worker) two contending OpenMP threads were measured 4x slower than one (1.4 s against 0.33 s a
+# step), enough to hit the test timeout.
 TRAIN_N = 340
 TRAIN_SEED = 7
-QUICK_STEPS = 180
+QUICK_STEPS = 110
 QUICK_BATCH = 64
 QUICK_THREADS = 1
 # Held-out images: another seed, 10 per label, so a label's top 9 can be all its own.
 HELDOUT_N = 170
 HELDOUT_SEED = 4242
+
+
+def _shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where session-wide builds go: under xdist, the folder all workers' temporary folders share."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 def _build_once(folder: Path, done: Callable[[Path], bool], build: Callable[[Path], object]) -> Path:
-    """Build ``folder`` unless a complete one is there (a leftover incomplete one is rebuilt)."""
-    if done(folder):
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    build(folder)
+    """Build ``folder`` unless a complete one is there (a leftover incomplete one is rebuilt).
+
+    A file lock makes one xdist worker build it while another that needs it waits, instead of both training.
+    """
+    from filelock import FileLock
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if done(folder):
+            return folder
+        shutil.rmtree(folder, ignore_errors=True)
+        build(folder)
     assert done(folder), f"building {folder} left it incomplete"
     return folder
 
@@ -67,7 +83,7 @@ def _build_once(folder: Path, done: Callable[[Path], bool], build: Callable[[Pat
 def heldout_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The held-out corpus (``HELDOUT_N`` images, seed ``HELDOUT_SEED``), generated once per session."""
     return _build_once(
-        tmp_path_factory.getbasetemp() / "rankings-heldout",
+        _shared_root(tmp_path_factory) / "rankings-heldout",
         lambda p: (p / "metadata.json").is_file(),
         lambda p: _make_dataset(p, n=HELDOUT_N, seed=HELDOUT_SEED),
     )
@@ -75,7 +91,7 @@ def heldout_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def trained_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The quick trained model (a plain CLIP checkpoint folder), trained once per session."""
-    base = tmp_path_factory.getbasetemp() / "rankings-trained"
+    base = _shared_root(tmp_path_factory) / "rankings-trained"
     corpus = _build_once(
         base / "train",
         lambda p: (p / "metadata.json").is_file(),

@@ -45,7 +45,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, small_dataset: Path) -> Ite
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AUTOTUNE_STUDIES", str(tmp / "studies"))
         out = run_study(StudyOptions(space=str(space), trials=2, rounds=2, model="fake:32",
-                                     dataset=str(small_dataset), validate_repeats=0, save=False))
+                                     dataset=str(small_dataset), validate_repeats=0, save=False, min_timed_images=0))
     server = ws.make_server("127.0.0.1", 0, dashboard_app(out.storage), server_class=_Server,
                             handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

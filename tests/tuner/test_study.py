@@ -192,7 +192,7 @@ def test_resuming_a_study_with_another_space_is_one_line(small_dataset, tmp_path
     listed = tmp_path / "b.yaml"
     listed.write_text(head + "  cpu_batch: {type: categorical, choices: [2, 4]}\n")
     common = dict(trials=1, rounds=2, model="fake:32", dataset=str(small_dataset),
-                  validate_repeats=0, save=False, study_name="same-name")
+                  validate_repeats=0, save=False, study_name="same-name", min_timed_images=0)
     run_study(StudyOptions(space=str(ranged), **common))
     with pytest.raises(ConfigError, match="another search space"):
         run_study(StudyOptions(space=str(listed), **common))
@@ -212,7 +212,7 @@ def test_profile_with_a_guarded_backend_records_its_guard(small_dataset, tmp_pat
         "params:\n  cpu_batch: {type: int, low: 2, high: 4}\n"
     )
     out = run_study(StudyOptions(space=str(space), trials=1, rounds=2, model="synthetic:tiny",
-                                 dataset=str(small_dataset), validate_repeats=0, guard_sample=16))
+                                 dataset=str(small_dataset), validate_repeats=0, guard_sample=16, min_timed_images=0))
     assert out.profile is not None and out.profile.config.cpu_backend == "onnx-int8"
     assert out.profile.guard["passed"] and out.profile.guard["backend"] == "onnx-int8"
     assert guard_ok_for(out.profile, weights_hash(resolve_model("synthetic:tiny")[0]))
