@@ -10,18 +10,17 @@ is the guard's: raw and centred cosines of each backend's embeddings against eag
 from __future__ import annotations
 
 import gc
-import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from autotune.bench.common import torch_threads
+from autotune.bench.common import env_restored, torch_threads
 from autotune.data import make_dataset, open_source
 from autotune.engine.config import logical_cores
 from autotune.errors import ConfigError, one_line
@@ -138,17 +137,9 @@ def _interleaved_passes(
     return seconds, outputs
 
 
-@contextmanager
-def _inductor_dir_restored() -> Iterator[None]:
+def _inductor_dir_restored() -> AbstractContextManager[None]:
     """Give the process its own TORCHINDUCTOR_CACHE_DIR back: compiled backends point it at the bench's folder."""
-    inductor_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    try:
-        yield
-    finally:
-        if inductor_dir is None:
-            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-        else:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_dir
+    return env_restored("TORCHINDUCTOR_CACHE_DIR")
 
 
 def _fill_figures(

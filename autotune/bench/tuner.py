@@ -11,7 +11,6 @@ written as JSON so that `autotune bench samplers --grid FILE` can replay sampler
 from __future__ import annotations
 
 import itertools
-import os
 import statistics
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.atomic import atomic_write_json
+from autotune.bench.common import env_restored
 from autotune.data import open_source
 from autotune.defaults import default_dataset
 from autotune.engine import embed_queries, run_scan
@@ -45,16 +45,8 @@ GOAL_PREDICTION = (0.90, 1.10)
 @contextmanager
 def _scratch_studies() -> Iterator[Path]:
     """Point AUTOTUNE_STUDIES at a temporary folder: the bench never touches the user's profiles."""
-    old = os.environ.get("AUTOTUNE_STUDIES")
-    with tempfile.TemporaryDirectory(prefix="autotune-bench-tuner-") as tmp:
-        os.environ["AUTOTUNE_STUDIES"] = tmp
-        try:
-            yield Path(tmp)
-        finally:
-            if old is None:
-                os.environ.pop("AUTOTUNE_STUDIES", None)
-            else:
-                os.environ["AUTOTUNE_STUDIES"] = old
+    with tempfile.TemporaryDirectory(prefix="autotune-bench-tuner-") as tmp, env_restored("AUTOTUNE_STUDIES", tmp):
+        yield Path(tmp)
 
 
 def ground_truth_configs(
