@@ -110,7 +110,7 @@ def study_cmd(
         split=split, validate_repeats=validate_repeats, save_profile=save_profile, sampler=sampler,
         patience=patience, trial_timeout_s=trial_timeout, seed=seed,
     )  # fmt: skip
-    outcome = run_study(options, log=console.log_for(not as_json))
+    outcome = run_study(options, log=console.log_for(not as_json), progress=console.progress_for(not as_json))
     console.show(outcome.summary(), "study", as_json)
 
 

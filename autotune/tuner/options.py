@@ -19,6 +19,7 @@ from autotune.engine.runner import preprocess_spec_for
 from autotune.errors import ConfigError
 from autotune.machine import MachineInfo, detect_machine
 from autotune.models.guard import DEFAULT_THRESHOLD
+from autotune.progress import ProgressFactory
 from autotune.tuner.objective import ScanSpec
 from autotune.tuner.profile import model_arch
 from autotune.tuner.space import SearchSpace, load_space
@@ -116,8 +117,11 @@ def _study_name(options: StudyOptions, setup_id: tuple[str, str, str, str], sign
     return f"{default_study_name(*setup_id)}.m{digest}"
 
 
-def prepare_study(options: StudyOptions) -> StudySetup:
-    """Load the space, open the data, fix the measurement rule, and refuse a scan size too small for it."""
+def prepare_study(options: StudyOptions, progress: ProgressFactory | None = None) -> StudySetup:
+    """Load the space, open the data, fix the measurement rule, and refuse a scan size too small for it.
+
+    ``progress`` reports the generation of the embedded corpus when no dataset is given and it is not built yet.
+    """
     machine = detect_machine()
     space = load_space(
         options.space or options.device,
@@ -127,7 +131,8 @@ def prepare_study(options: StudyOptions) -> StudySetup:
     if options.rounds < 2:
         raise ConfigError(f"--rounds must be at least 2 (got {options.rounds}): one round is all noise")
     model = options.model or DEFAULT_MODEL
-    dataset = options.dataset or str(default_dataset())  # may build the embedded data set: after the checks
+    # May build the embedded data set: after the checks.
+    dataset = options.dataset or str(default_dataset(progress=progress))
     source = open_source(dataset, options.image_column, options.split)
     spec = _scan_spec(options, dataset, model)
     need = max_trial_images(space, spec, machine.gpu_count)

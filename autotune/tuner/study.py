@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from autotune.engine.config import EngineConfig
 from autotune.errors import AutotuneError, ConfigError
 from autotune.machine import MachineInfo
-from autotune.progress import Log, quiet
+from autotune.progress import Log, ProgressFactory, quiet
 from autotune.tuner.objective import ScanSpec
 from autotune.tuner.options import StudyOptions, StudySetup, prepare_study
 from autotune.tuner.profile import (
@@ -138,7 +138,9 @@ def _open_study(setup: StudySetup, options: StudyOptions) -> tuple[Study, set[in
     return study, before
 
 
-def run_study(options: StudyOptions, log: Log | None = None) -> StudyOutcome:
+def run_study(
+    options: StudyOptions, log: Log | None = None, progress: ProgressFactory | None = None
+) -> StudyOutcome:
     """Search the space for the fastest engine configuration on this machine, validate it, save a profile.
 
     Each trial runs the engine in a fresh process and times its steady state over ``rounds`` batch rounds
@@ -147,7 +149,8 @@ def run_study(options: StudyOptions, log: Log | None = None) -> StudyOutcome:
     run. The pick (best trial) is then validated against trial 0 and the profile in use on a longer scan of
     images the trials did not use, interleaved; its profile keeps the trial figure, the validated figure and
     their ratio, and becomes the one in use only when it validates faster than the current one (or with
-    ``save_profile``). ``log`` receives one line per trial and step; nothing is printed.
+    ``save_profile``). ``log`` receives one line per trial and step, ``progress`` the generation of the embedded
+    corpus if it must be built; nothing is printed.
 
     Example:
         >>> out = run_study(StudyOptions(device="cpu", trials=10), log=console.log)
@@ -158,7 +161,7 @@ def run_study(options: StudyOptions, log: Log | None = None) -> StudyOutcome:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     say = log or quiet
     t_start = time.perf_counter()
-    setup = prepare_study(options)
+    setup = prepare_study(options, progress)
     study, before = _open_study(setup, options)
     say(f"study {setup.name} ({len(before)} trials so far) on {setup.machine.summary()}")
     say(f"each trial: {setup.spec.rounds} timed batch rounds, at most {setup.trial_images} images")

@@ -245,3 +245,24 @@ def test_a_study_measured_differently_is_never_resumed(tmp_path: Path, small_dat
     with pytest.raises(ConfigError, match="measured differently \\(rounds changed\\)"):
         run_study(_options(tmp_path, small_dataset, trials=1, validate_repeats=0, save=False, rounds=3,
                            study_name=first.study_name))
+
+
+def test_the_embedded_corpus_is_built_with_the_callers_progress(
+    tmp_path: Path, small_dataset: Path, _studies: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No --dataset: the study builds the default corpus through the progress factory it was given."""
+    from autotune.progress import silent
+    from autotune.tuner import options as options_module
+    from autotune.tuner.options import prepare_study
+
+    given: list[object] = []
+
+    def default_dataset(progress: object = None) -> Path:
+        given.append(progress)
+        return small_dataset
+
+    monkeypatch.setattr(options_module, "default_dataset", default_dataset)
+    opts = _options(tmp_path, small_dataset)
+    opts.dataset = None
+    setup = prepare_study(opts, progress=silent)
+    assert given == [silent] and setup.dataset == str(small_dataset)
