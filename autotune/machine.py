@@ -98,14 +98,17 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _cpu_flags() -> tuple[str, ...]:
-    """The vector extensions that matter for inference speed."""
+_SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "fma")
+
+
+def cpu_flags(keep: tuple[str, ...] = _SPEED_FLAGS) -> tuple[str, ...]:
+    """Which of the CPU flags in ``keep`` this machine has, in ``keep``'s order (default: the vector extensions
+    that matter for inference speed); empty where /proc/cpuinfo cannot be read."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
-                    keep = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "fma")
                     return tuple(f for f in keep if f in flags)
     except OSError:
         pass
@@ -132,5 +135,5 @@ def detect_machine() -> MachineInfo:
         gpus=tuple(gpus),
         torch_version=torch.__version__,
         cuda_version=torch.version.cuda if gpus else None,
-        cpu_flags=_cpu_flags(),
+        cpu_flags=cpu_flags(),
     )

@@ -175,7 +175,10 @@ def test_killed_update_resumes_to_the_same_index(small_dataset: Path, tiny_model
     deadline = time.monotonic() + 120
     while not list(idx.glob("shard-*.npz")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    # SIGKILL to the build process alone, as the kernel's OOM killer sends it: its workers die with it (parent-
+    # death signal), and multiprocessing's resource tracker, still alive, unlinks the build's semaphores. Killing
+    # the whole group would take the tracker too and leave them in /dev/shm for good.
+    os.kill(proc.pid, signal.SIGKILL)
     proc.wait(30)
     assert proc.returncode == -signal.SIGKILL, "the build ended before it could be killed"
     resumed = _ask(db, tiny_model, idx, top_k=24)

@@ -19,8 +19,10 @@ from autotune.bench.ladder_stages import (
     references,
 )
 from autotune.data import make_dataset
+from autotune.machine import detect_machine
 from autotune.progress import Log, ProgressFactory, quiet
-from autotune.tuner.profile import Profile
+from autotune.roofline import load_roofline
+from autotune.tuner.profile import Profile, model_arch
 
 DEFAULT_QUERY = "a photo of Felis catus"
 
@@ -129,10 +131,24 @@ def _summary(rows: list[dict[str, Any]], inputs: Inputs, bare: float, plot: Path
     same = next((r for r in rows if r["stage"] == "parallel preprocessing"), None)
     if same and same["steady_images_per_s"]:
         result["engine_steady_vs_bare_forward"] = round(same["steady_images_per_s"] / bare, 3)
+    _add_roofline_shares(result, rows, inputs.model)
     if plot is not None:
         plot_ladder(rows, plot, title=f"{inputs.model}, {len(inputs.records)} images, {inputs.cores} cores")
         result["plot"] = str(plot)
     return result
+
+
+def _add_roofline_shares(result: dict[str, Any], rows: list[dict[str, Any]], model: str) -> None:
+    """Each stage's images/s as a share of this machine's stored ceiling (`autotune bench roofline`), if any."""
+    roof = load_roofline(detect_machine().machine_id, model_arch(model))
+    if roof is None or not roof.ceiling_images_per_s:
+        result["roofline"] = "not measured on this machine: run `autotune bench roofline`"
+        return
+    result["ceiling_images_per_s"] = round(roof.ceiling_images_per_s, 2)
+    for row in rows:
+        row["roofline_share"] = roof.share(row["images_per_s"])
+    if "best_stage" in result:
+        result["best_roofline_share"] = next(r["roofline_share"] for r in rows if r["stage"] == result["best_stage"])
 
 
 def plot_ladder(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:

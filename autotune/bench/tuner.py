@@ -272,7 +272,28 @@ def _study_figures(outcome: StudyOutcome) -> dict[str, Any]:
         "infeasible_share": round(len(infeasible) / len(trials), 3) if trials else 0.0,
         "infeasible_by_scan_size": len(by_size),
         "study_trial_states": dict(outcome.trials),
+        # Every trial, so that a pick that misses the ground truth's best can be explained afterwards (the
+        # study's storage lives in a scratch folder that is gone when the bench ends).
+        "study_trials_table": [_trial_row(t) for t in trials],
     }
+
+
+def _trial_row(trial: Any) -> dict[str, Any]:
+    """One study trial as the bench reports it: state, configuration, value, and why it was cut short."""
+    attrs = trial.user_attrs
+    row: dict[str, Any] = {
+        "trial": trial.number,
+        "state": "infeasible" if attrs.get("infeasible") else trial.state.name.lower(),
+        "config": attrs.get("config"),
+        "images_per_s": round(trial.value, 3) if trial.value is not None else None,
+    }
+    if attrs.get("infeasible"):
+        row["reason"] = attrs["infeasible"][0]
+    if trial.intermediate_values:
+        row["round_images_per_s"] = [round(v, 2) for _, v in sorted(trial.intermediate_values.items())]
+    if attrs.get("repeat_of") is not None:
+        row["repeat_of"] = attrs["repeat_of"]
+    return row
 
 
 def _replay(

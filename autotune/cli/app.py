@@ -66,6 +66,7 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., None]]] = [
     (bench_app, "index-update", bench.bench_index_update_cmd),
     (bench_app, "backends", bench.bench_backends_cmd),
     (bench_app, "samplers", bench.bench_samplers_cmd),
+    (bench_app, "roofline", bench.bench_roofline_cmd),
     (profile_app, "list", tuning.profile_list_cmd),
     (profile_app, "use", tuning.profile_use_cmd),
     (profile_app, "show", tuning.profile_show_cmd),

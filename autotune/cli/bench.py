@@ -10,7 +10,7 @@ import typer
 
 from autotune import console
 from autotune.bench.index import bench_index, bench_index_update
-from autotune.bench.tuner import bench_tuner
+from autotune.bench.tuner import SPLITS, bench_tuner
 from autotune.cli.options import DatasetPathOpt, JsonOpt, ModelOpt, SplitOpt
 from autotune.engine.config import EngineConfig
 from autotune.errors import ConfigError, reraise_as
@@ -103,6 +103,7 @@ def bench_ladder_cmd(
             "speedup",
             "exact_vs_bruteforce",
             "overlap_with_baseline",
+            "roofline_share",
         ],
     )
     console.print_figures("summary", {k: v for k, v in result.items() if k != "stages"})
@@ -127,6 +128,13 @@ def bench_tuner_cmd(
         list[str] | None,
         typer.Option("--backend", help="Backend of the ground truth (repeatable; default: all that pass the guard)."),
     ] = None,
+    layout: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--layout",
+            help="Replicas x threads of the ground truth, e.g. 2x1 (repeatable; default: 1x1, 1x2 and 2x1).",
+        ),
+    ] = None,
     grid_out: Annotated[
         Path | None, typer.Option("--grid-out", help="Write the measured table here (for `bench samplers`).")
     ] = None,
@@ -144,7 +152,7 @@ def bench_tuner_cmd(
     result = bench_tuner(
         model=model, dataset=dataset, images=images, repeats=repeats, trials=trials,
         progress=console.progress_for(not as_json), log=console.log_for(not as_json), split=split, backends=backend,
-        grid_out=grid_out,
+        grid_out=grid_out, splits=[_layout(v) for v in layout] if layout else SPLITS,
     )  # fmt: skip
     if as_json:
         console.emit_json(result)
@@ -153,12 +161,70 @@ def bench_tuner_cmd(
         {"config": f"{r['cpu_models']}x{r['cpu_threads']} b{r['cpu_batch']} {r['cpu_backend']}",
          "images_per_s": r["images_per_s"]} for r in result["ground_truth"]
     ])  # fmt: skip
-    keep = {k: v for k, v in result.items() if k not in ("ground_truth", "samplers", "runs", "study_trial_states")}
+    tables = ("ground_truth", "samplers", "runs", "study_trial_states", "study_trials_table")
+    keep = {k: v for k, v in result.items() if k not in tables}
     console.print_figures("bench tuner", keep)
     if result.get("samplers"):
         console.print_figures("samplers (trials to 95% of the best, median)", {
             name: r.get("trials_to_95_median") for name, r in result["samplers"]["results"]["samplers"].items()
         } | {"recommended": result["samplers"]["recommended"]})  # fmt: skip
+
+
+def _layout(text: str) -> tuple[int, int]:
+    """Parse ``RxT`` (replicas x threads each) into a pair, or a one-line usage error."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(f"--layout {text!r}: expected replicas x threads, like 2x1")
+    return int(parts[0]), int(parts[1])
+
+
+def bench_roofline_cmd(
+    model: ModelOpt = STAND_IN,
+    dataset: Annotated[
+        str | None,
+        typer.Option("--dataset", help="Images to time the preprocessing on (default: the generated corpus)."),
+    ] = None,
+    seconds: Annotated[
+        float, typer.Option("--seconds", min=0.05, help="Seconds each precision's matrix products are timed for.")
+    ] = 1.0,
+    save: Annotated[
+        bool,
+        typer.Option("--save/--no-save", help="Store it beside this machine's profiles (ladder and report use it)."),
+    ] = True,
+    split: SplitOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """This machine's limit for a model: matrix-product GFLOP/s per precision (fp32, bf16, int8) at the image
+    tower's own shapes on every core, the kernel oneDNN chose (AMX, VNNI, AVX-512...), and the ceilings in
+    images/s they imply, with and without the preprocessing's cost per image per core.
+
+    Stored per machine id and architecture under studies/profiles/<machine-id>/; `bench ladder`, `report` and
+    `profile show` then state their figures as a share of the ceiling.
+    """
+    from autotune.bench.roofline import measure_roofline  # imports torch: not for --help
+    from autotune.roofline import save_roofline
+
+    roof = measure_roofline(model, dataset, split=split, seconds=seconds, log=console.log_for(not as_json))
+    data = roof.to_dict()
+    if save:
+        data["saved_to"] = str(save_roofline(roof))
+    if as_json:
+        console.emit_json(data)
+        return
+    console.print_rows(
+        f"matrix products at {model}'s shapes ({roof.cores} cores; {', '.join(roof.isa) or 'no vector flags read'})",
+        [
+            {
+                "precision": p.precision,
+                "gflops": p.gflops,
+                "images_per_s": data["ceilings_images_per_s"].get(p.precision),
+                "kernel": p.kernel or p.error,
+            }
+            for p in roof.peaks
+        ],
+        ["precision", "gflops", "images_per_s", "kernel"],
+    )
+    console.print_figures("roofline", {k: v for k, v in data.items() if k not in ("peaks", "ceilings_images_per_s")})
 
 
 def bench_index_cmd(

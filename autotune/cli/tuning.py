@@ -14,6 +14,7 @@ from autotune.defaults import default_dataset
 from autotune.errors import ConfigError
 from autotune.machine import detect_machine
 from autotune.models.guard import DEFAULT_THRESHOLD
+from autotune.roofline import roofline_share
 from autotune.tuner.profile import (
     Profile,
     arch_short,
@@ -201,6 +202,7 @@ def profile_show_cmd(
     prof = _found(find_profile(profile, model=model, say=console.note), model)
     data = prof.to_dict()
     data["config"] = prof.config.describe()
+    data.update(roofline_share(prof.images_per_s, prof.machine_id, prof.model_arch))
     console.show(data, f"profile {prof.id or prof.machine_id}", as_json)
 
 

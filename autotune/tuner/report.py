@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from autotune.errors import ConfigError, one_line
 from autotune.progress import Log, quiet
+from autotune.roofline import roofline_share
 from autotune.tuner.plots import write_plots
 from autotune.tuner.profile import REFERENCE_IMAGES
 from autotune.tuner.storage import (
@@ -119,6 +120,10 @@ def study_report(
         "predicted_seconds_500k": round(REFERENCE_IMAGES / best_value, 1) if best_value else None,
         "top": _top_rows(complete, fig, top),
     }
+    machine_id, arch = study.user_attrs.get("machine_id"), study.user_attrs.get("arch")
+    if best_value and machine_id and arch:
+        # The best figure as a share of this machine's measured ceiling (`autotune bench roofline`), if stored.
+        data.update(roofline_share(best_value, machine_id, arch))
     if plots is not None:
         written, skipped = write_plots(study, trials, complete, Path(plots), fig.default)
         data["plots"] = [str(p) for p in written]

@@ -128,6 +128,7 @@ def _open_study(setup: StudySetup, options: StudyOptions) -> tuple[Study, set[in
     study.set_user_attr("signature", setup.signature)
     study.set_user_attr("machine", setup.machine.summary())
     study.set_user_attr("machine_id", setup.machine.machine_id)
+    study.set_user_attr("arch", setup.arch)  # with machine_id: which stored roofline `report` compares against
     study.set_user_attr("space", setup.space.source)
     study.set_user_attr("scan", {"dataset": setup.dataset, "model": setup.model, **setup.spec.describe()})
     _save_note(study, setup.machine, setup.space, setup.spec)

@@ -38,5 +38,19 @@ def test_bench_tuner_on_the_fake_backend(tmp_path: Path, small_dataset: Path, mo
     assert res["ground_truth_configs"] == len(res["ground_truth"]) >= 1
     assert res["pick_over_best"] > 0 and res["predicted_over_full_run"] > 0
     assert res["infeasible_by_scan_size"] == 0
+    table = res["study_trials_table"]  # every trial kept, so a missed pick can be explained afterwards
+    assert len(table) == res["study_trials"] and table[0]["trial"] == 0 and table[0]["config"]
+    assert {r["state"] for r in table} <= {"complete", "pruned", "infeasible", "fail"}
     assert json.loads((tmp_path / "grid.json").read_text())["rows"]
     assert not (tmp_path / "studies").exists()  # the bench keeps its study in a temporary folder
+
+
+def test_layout_option_parses_replicas_by_threads() -> None:
+    """`--layout 2x1` is two replicas of one thread; anything else is a one-line usage error."""
+    from autotune.cli.bench import _layout
+    from autotune.errors import ConfigError
+
+    assert _layout("2x1") == (2, 1) and _layout("1X2") == (1, 2)
+    for bad in ("2by1", "0x2", "2x", "x1"):
+        with pytest.raises(ConfigError, match="expected replicas x threads"):
+            _layout(bad)

@@ -1,0 +1,69 @@
+"""bench roofline: measured on the tiny model, stored beside the profiles, and used by the ladder's figures."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from autotune.bench.ladder import _add_roofline_shares
+from autotune.bench.roofline import measure_precision, measure_roofline
+from autotune.cli import main
+from autotune.machine import detect_machine
+from autotune.roofline import load_roofline
+from autotune.tuner.profile import model_arch
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    """Run the command line in-process: exit code and stdout."""
+    with CliRunner().isolation() as (out, _err, _):
+        code = main(list(args))
+        sys.stdout.flush()
+        return code, out.getvalue().decode()
+
+
+def test_every_precision_is_measured_or_says_why(tiny_model: str, small_dataset: Path) -> None:
+    """fp32 always runs; bf16 and int8 either report GFLOP/s or a one-line reason; preprocessing is timed."""
+    roof = measure_roofline(tiny_model, str(small_dataset), seconds=0.05)
+    by_name = {p.precision: p for p in roof.peaks}
+    assert set(by_name) == {"fp32", "bf16", "int8"}
+    assert by_name["fp32"].gflops and by_name["fp32"].gflops > 0
+    for peak in by_name.values():
+        assert (peak.gflops or 0) > 0 or (peak.error and "\n" not in peak.error)
+    assert roof.preprocess_s_per_image_per_core and roof.preprocess_s_per_image_per_core > 0
+    assert roof.ceiling_images_per_s < roof.model_ceiling_images_per_s
+    assert roof.arch == model_arch(tiny_model) and roof.cores >= 1
+
+
+def test_an_unsupported_product_is_reported_not_raised() -> None:
+    """A product the CPU build cannot run (int8 with a K not a multiple of 8) becomes an error line."""
+    peak = measure_precision("int8", [(17, 13, 24, 1)], threads=1, seconds=0.01)
+    assert peak.gflops is not None or peak.error
+
+
+def test_cli_stores_it_for_this_machine(tiny_model: str, small_dataset: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """`bench roofline --json` prints plainly named figures and stores the file the other commands read."""
+    monkeypatch.setenv("AUTOTUNE_STUDIES", str(tmp_path / "studies"))
+    code, out = _cli("bench", "roofline", "--model", tiny_model, "--dataset", str(small_dataset),
+                     "--seconds", "0.05", "--json")  # fmt: skip
+    assert code == 0
+    data = json.loads(out)
+    assert {"ceiling_images_per_s", "model_ceiling_images_per_s", "gflop_per_image", "best_precision"} <= set(data)
+    assert Path(data["saved_to"]).is_file()
+    stored = load_roofline(detect_machine().machine_id, model_arch(tiny_model))
+    assert stored is not None and stored.ceiling_images_per_s == pytest.approx(data["ceiling_images_per_s"], rel=1e-3)
+    # The ladder states each stage as a share of the stored ceiling.
+    rows = [{"stage": "a", "images_per_s": stored.ceiling_images_per_s / 2}, {"stage": "b", "images_per_s": 1.0}]
+    result: dict[str, object] = {"best_stage": "a"}
+    _add_roofline_shares(result, rows, tiny_model)
+    assert rows[0]["roofline_share"] == pytest.approx(0.5, abs=1e-3) and result["best_roofline_share"] == rows[0][
+        "roofline_share"
+    ]
+    monkeypatch.setenv("AUTOTUNE_STUDIES", str(tmp_path / "elsewhere"))
+    result = {}
+    _add_roofline_shares(result, rows, tiny_model)
+    assert "bench roofline" in str(result["roofline"])
