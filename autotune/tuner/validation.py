@@ -91,8 +91,11 @@ def validate(
     spec: ScanSpec,
     repeats: int = 3,
     log: Log | None = None,
+    *,
+    again: bool = True,
 ) -> Validation:
-    """Measure every candidate ``repeats`` times, interleaved; the pick (first) again if its runs disagree.
+    """Measure every candidate ``repeats`` times, interleaved; the pick (first) again if its runs disagree
+    (unless ``again`` is False).
 
     Candidates with the same configuration share their runs (measured once per round). A failed run counts
     as 0 images/s, so an unreliable configuration cannot win.
@@ -123,7 +126,7 @@ def validate(
 
     one_pass("validation")
     pick = candidates[0]
-    if pick.spread > MAX_SPREAD:
+    if again and pick.spread > MAX_SPREAD:
         say(f"the pick's validation runs spread {pick.spread:.0%} (over {MAX_SPREAD:.0%}): measuring again")
         one_pass("validation (again)")
     return Validation(candidates, spec, unstable=pick.spread > MAX_SPREAD)

@@ -266,3 +266,28 @@ def test_the_embedded_corpus_is_built_with_the_callers_progress(
     opts.dataset = None
     setup = prepare_study(opts, progress=silent)
     assert given == [silent] and setup.dataset == str(small_dataset)
+
+
+def test_the_pick_is_the_best_finalist_scanned_again(tmp_path: Path, small_dataset: Path) -> None:
+    """The best distinct trials are scanned again back to back; the fastest there is the pick, validated afresh."""
+    lines: list[str] = []
+    out = run_study(_options(tmp_path, small_dataset, trials=4, finalists=2), log=lines.append)
+    study = optuna.load_study(study_name=out.study_name, storage=out.storage)
+    final = study.user_attrs["final"]
+    assert len(final) == 2 and final[0]["config"] != final[1]["config"]
+    assert all(len(f["runs"]) == 1 for f in final)  # one scan each: the final only chooses
+    chosen = max(final, key=lambda f: f["images_per_s"])
+    assert out.best_trial == chosen["trial"] and out.config.describe() == chosen["config"]
+    # The pick's reported figure is the validation's, measured after the final, not the run that chose it.
+    pick = out.validation["candidates"][0]
+    assert pick["config"] == chosen["config"] and out.images_per_s == pytest.approx(pick["images_per_s"], abs=1e-3)
+    assert any(line.startswith("final: the 2 best distinct trials") for line in lines)
+    assert any(line.startswith("final 1/1: trial ") for line in lines)
+
+
+def test_one_finalist_is_the_best_trial(tmp_path: Path, small_dataset: Path) -> None:
+    """finalists=1 skips the final: the pick is the best trial, as before."""
+    out = run_study(_options(tmp_path, small_dataset, trials=3, finalists=1))
+    study = optuna.load_study(study_name=out.study_name, storage=out.storage)
+    assert "final" not in study.user_attrs
+    assert out.trial_images_per_s == pytest.approx(max(t.value for t in study.trials if t.value is not None))
