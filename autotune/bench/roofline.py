@@ -125,16 +125,27 @@ def measure_precision(
 def preprocess_seconds_per_image(dataset: str | None, model: str, n: int = 64, split: str | None = None) -> float:
     """Seconds to decode and preprocess one image of the dataset with the fast path, on one core (best of 3)."""
     from autotune.bench.common import torch_threads
+    from autotune.bench.preprocess import _read_corpus
     from autotune.data import open_source
     from autotune.defaults import default_dataset
+    from autotune.errors import BadImageError
     from autotune.models.facts import model_facts
     from autotune.preprocess import fast_preprocess
+    from autotune.progress import silent
 
     source = open_source(str(dataset) if dataset else str(default_dataset()), split=split)
     spec = model_facts(model).preprocess
-    datas = [source.read_bytes(r) for r in source.records()[:n]]
+    datas, _ = _read_corpus(source, n, silent)  # unreadable files are left out, as the preprocess bench does
+    decodable = []
+    for data in datas:  # broken images are skipped: the figure is the cost of the ones a scan embeds
+        try:
+            fast_preprocess(data, spec)
+            decodable.append(data)
+        except BadImageError:
+            continue
+    datas = decodable
     if not datas:
-        raise ConfigError("the dataset has no images to time the preprocessing on")
+        raise ConfigError("the dataset has no decodable images to time the preprocessing on")
     best = float("inf")
     with torch_threads(1):
         for _ in range(3):  # noise on a shared machine only ever adds time: keep the best pass

@@ -199,7 +199,7 @@ def _final(
     finalists = distinct_top(complete, max(options.finalists, 1))
     if len(finalists) < 2 or options.validate_repeats == 0:
         return finalists[0]
-    vspec = validation_spec(setup.spec, setup.trial_images, options.validate_rounds, options.validate_min_images)
+    vspec = _validation_rule(setup, options)
     say(f"final: the {len(finalists)} best distinct trials scanned again, one after another")
     runs = [Candidate(f"trial {t.number}", setup.space.to_config(t.params), trial_value(t)) for t in finalists]
     validate(runs, vspec, repeats=1, log=lambda m: say(m.replace("validation", "final", 1)), again=False)
@@ -208,6 +208,11 @@ def _final(
     if winner:
         say(f"final: trial {finalists[winner].number} ran faster than trial {finalists[0].number}: it is the pick")
     return finalists[winner]
+
+
+def _validation_rule(setup: StudySetup, options: StudyOptions) -> ScanSpec:
+    """How the final and the validation scan: longer windows, on images the trials did not use."""
+    return validation_spec(setup.spec, setup.trial_images, options.validate_rounds, options.validate_min_images)
 
 
 def _candidates(
@@ -269,7 +274,7 @@ def _validate_and_save(
     candidates = _candidates(setup, best, default, current)
     validation: Validation | None = None
     if options.validate_repeats > 0:
-        vspec = validation_spec(setup.spec, setup.trial_images, options.validate_rounds, options.validate_min_images)
+        vspec = _validation_rule(setup, options)
         say(f"validation: {len(candidates)} candidates x {options.validate_repeats} runs on unseen images")
         validation = validate(candidates, vspec, options.validate_repeats, say)
         study.set_user_attr("validation", validation.to_dict())

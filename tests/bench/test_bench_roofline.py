@@ -67,3 +67,21 @@ def test_cli_stores_it_for_this_machine(tiny_model: str, small_dataset: Path, tm
     result = {}
     _add_roofline_shares(result, rows, tiny_model)
     assert "bench roofline" in str(result["roofline"])
+
+
+def test_preprocessing_cost_skips_broken_images(tiny_model: str, tmp_path: Path) -> None:
+    """A corrupt file is left out of the preprocessing figure; a folder of only broken ones is one line."""
+    from autotune.bench.roofline import preprocess_seconds_per_image
+    from autotune.data import make_dataset
+    from autotune.errors import ConfigError
+
+    folder = tmp_path / "db"
+    make_dataset(folder, n=4, seed=2)
+    first = sorted(folder.rglob("*.jpg"))[0]
+    (first.parent / "broken.jpg").write_bytes(b"\xff\xd8not a jpeg")
+    assert preprocess_seconds_per_image(str(folder), tiny_model, n=8) > 0
+    bad = tmp_path / "bad" / "label"
+    bad.mkdir(parents=True)
+    (bad / "x.jpg").write_bytes(b"\xff\xd8not a jpeg")
+    with pytest.raises(ConfigError, match="no decodable images"):
+        preprocess_seconds_per_image(str(tmp_path / "bad"), tiny_model)
