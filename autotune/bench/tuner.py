@@ -275,6 +275,9 @@ def _study_figures(outcome: StudyOutcome) -> dict[str, Any]:
         # Every trial, so that a pick that misses the ground truth's best can be explained afterwards (the
         # study's storage lives in a scratch folder that is gone when the bench ends).
         "study_trials_table": [_trial_row(t) for t in trials],
+        # The finalists the pick was chosen from, with their interleaved runs (see autotune.tuner.final).
+        "study_final": study.user_attrs.get("final", []),
+        "pick_is_layout_variant": best.user_attrs.get("final_variant_of") is not None,
     }
 
 
@@ -291,8 +294,9 @@ def _trial_row(trial: Any) -> dict[str, Any]:
         row["reason"] = attrs["infeasible"][0]
     if trial.intermediate_values:
         row["round_images_per_s"] = [round(v, 2) for _, v in sorted(trial.intermediate_values.items())]
-    if attrs.get("repeat_of") is not None:
-        row["repeat_of"] = attrs["repeat_of"]
+    for key in ("repeat_of", "final_variant_of"):
+        if attrs.get(key) is not None:
+            row[key] = attrs[key]
     return row
 
 

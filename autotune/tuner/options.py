@@ -39,7 +39,8 @@ class StudyOptions:
     validate_rounds: int = 12  # timed rounds of each validation run
     validate_min_images: int = 480  # ... or more, as for trials: a validation window of a few seconds is noise
     validate_repeats: int = 3  # interleaved validation runs per candidate (0: no validation)
-    finalists: int = 3  # best distinct trials scanned again side by side to choose the pick (1: the best trial)
+    finalists: int = 3  # best kinds (backend x layout) whose best trials meet in the final (1: no final)
+    final_repeats: int = 2  # interleaved runs of each finalist (0: no final, the best trial is the pick)
     space: str | None = None
     storage: str | None = None
     study_name: str | None = None

@@ -130,7 +130,7 @@ class _Trials:
             m = measure(config, self.setup.spec, on_round)
         except TrialStopped as stop:
             trial.set_user_attr("round_images_per_s", stop.args[0] if stop.args else [])
-            raise optuna.TrialPruned("pruned: slower than the median at the same round") from None
+            raise optuna.TrialPruned("pruned: among the slowest quarter at the same round") from None
         except TrialFailed as exc:
             trial.set_user_attr("fail_reason", str(exc))
             raise

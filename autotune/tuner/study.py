@@ -17,6 +17,7 @@ from autotune.engine.config import EngineConfig
 from autotune.errors import AutotuneError, ConfigError
 from autotune.machine import MachineInfo
 from autotune.progress import Log, ProgressFactory, quiet
+from autotune.tuner import final
 from autotune.tuner.objective import ScanSpec
 from autotune.tuner.options import StudyOptions, StudySetup, prepare_study
 from autotune.tuner.profile import (
@@ -33,7 +34,6 @@ from autotune.tuner.search import TrialGuard, search
 from autotune.tuner.space import SearchSpace
 from autotune.tuner.storage import (
     complete_trials,
-    distinct_top,
     fail_orphaned_running,
     state_counts,
     trial_value,
@@ -122,7 +122,9 @@ def _open_study(setup: StudySetup, options: StudyOptions) -> tuple[Study, set[in
         direction="maximize",
         load_if_exists=True,
         sampler=make_sampler(options.sampler, options.seed, options.trials),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        # Prune only the clearly slow (bottom quarter at the same round), not everything under the median: on a
+        # machine whose speed drifts, every trial run in a slow phase is under the median of the earlier ones.
+        pruner=optuna.pruners.PercentilePruner(25.0, n_startup_trials=3, n_warmup_steps=1),
     )
     stored = study.user_attrs.get("signature")
     if stored is not None and stored != setup.signature:
@@ -189,25 +191,24 @@ def run_study(
 def _final(
     study: Study, setup: StudySetup, options: StudyOptions, complete: list[FrozenTrial], say: Log
 ) -> FrozenTrial:
-    """The pick: the best of the top distinct trials, scanned again one after another on unseen images.
-
-    Trials run minutes apart, and a shared machine's speed drifts within minutes (by up to 3x on the 2-core
-    development VM): a trial measured in a fast minute beats a better configuration measured in a slow one.
-    Scanning the finalists back to back ranks them under the same conditions. This pass only chooses; the
-    validation that follows measures the winner afresh, so its reported figure is not the one that chose it.
-    """
-    finalists = distinct_top(complete, max(options.finalists, 1))
-    if len(finalists) < 2 or options.validate_repeats == 0:
-        return finalists[0]
-    vspec = _validation_rule(setup, options)
-    say(f"final: the {len(finalists)} best distinct trials scanned again, one after another")
-    runs = [Candidate(f"trial {t.number}", setup.space.to_config(t.params), trial_value(t)) for t in finalists]
-    validate(runs, vspec, repeats=1, log=lambda m: say(m.replace("validation", "final", 1)), again=False)
-    winner = max(range(len(runs)), key=lambda i: runs[i].images_per_s)
-    study.set_user_attr("final", [{**c.to_dict(), "trial": t.number} for c, t in zip(runs, finalists, strict=True)])
+    """The pick: the fastest of diverse finalists scanned again side by side (see :mod:`autotune.tuner.final`)."""
+    chosen = final.finalists(setup, complete, options.finalists) if options.finalists > 1 else []
+    if len(chosen) < 2 or options.validate_repeats == 0 or options.final_repeats == 0:
+        return max(complete, key=trial_value)  # ties: the earlier trial
+    say(
+        f"final: {len(chosen)} finalists (the best of each of the best kinds, and the best trial's layout "
+        f"neighbours) x {options.final_repeats} runs, interleaved"
+    )
+    winner, runs = final.run_final(study, setup, chosen, _validation_rule(setup, options), options.final_repeats, say)
+    picked: FrozenTrial | None = chosen[winner].trial
+    for f, run in zip(chosen, runs, strict=True):
+        if f.trial is None:
+            recorded = final.record_variant(study, setup, f, run)
+            picked = recorded if f is chosen[winner] else picked
+    assert picked is not None
     if winner:
-        say(f"final: trial {finalists[winner].number} ran faster than trial {finalists[0].number}: it is the pick")
-    return finalists[winner]
+        say(f"final: {runs[winner].name} ran fastest ({runs[winner].images_per_s:.1f} images/s): it is the pick")
+    return picked
 
 
 def _validation_rule(setup: StudySetup, options: StudyOptions) -> ScanSpec:

@@ -28,7 +28,7 @@ def test_bench_tuner_on_the_fake_backend(tmp_path: Path, small_dataset: Path, mo
     res = bench_tuner(
         model="fake:32", dataset=str(small_dataset), images=32, repeats=1, trials=2,
         backends=["eager"], batches=(8,), study_options={
-            "validate_repeats": 1, "validate_rounds": 2, "rounds": 2, "min_timed_images": 0,
+            "validate_repeats": 1, "validate_rounds": 2, "rounds": 2, "min_timed_images": 0, "final_repeats": 1,
         },
         grid_out=tmp_path / "grid.json", replay_seeds=3,
     )  # fmt: skip
@@ -41,6 +41,7 @@ def test_bench_tuner_on_the_fake_backend(tmp_path: Path, small_dataset: Path, mo
     table = res["study_trials_table"]  # every trial kept, so a missed pick can be explained afterwards
     assert len(table) == res["study_trials"] and table[0]["trial"] == 0 and table[0]["config"]
     assert {r["state"] for r in table} <= {"complete", "pruned", "infeasible", "fail"}
+    assert all(len(f["runs"]) == 1 for f in res["study_final"])  # the finalists the pick was chosen from
     assert json.loads((tmp_path / "grid.json").read_text())["rows"]
     assert not (tmp_path / "studies").exists()  # the bench keeps its study in a temporary folder
 

@@ -64,9 +64,18 @@ def _studies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _options(tmp_path: Path, dataset: Path, text: str = SMALL_SPACE, **kw: Any) -> StudyOptions:
     space = tmp_path / "space.yaml"
     space.write_text(text)
-    base: dict[str, Any] = dict(space=str(space), trials=3, rounds=2, model=FAKE, dataset=str(dataset),
-                                validate_repeats=1, validate_rounds=2, trial_timeout_s=120, min_timed_images=0,
-                                validate_min_images=0)
+    base: dict[str, Any] = dict(
+        space=str(space),
+        trials=3,
+        rounds=2,
+        model=FAKE,
+        dataset=str(dataset),
+        validate_repeats=1,
+        validate_rounds=2,
+        trial_timeout_s=120,
+        min_timed_images=0,
+        validate_min_images=0,
+    )
     base.update(kw)
     return StudyOptions(**base)
 
@@ -101,9 +110,27 @@ def test_study_default_first_profile_and_resume(tmp_path: Path, small_dataset: P
     assert out.profile_path is not None and out.profile_path.is_file()
     assert out.profile_path.parent == _studies / "profiles" / machine.machine_id
     data = json.loads(out.profile_path.read_text())
-    for key in ("machine_id", "machine", "config", "images_per_s", "spread", "study", "storage", "trial",
-                "model", "model_arch", "dataset", "dataset_fingerprint", "device", "versions", "date",
-                "trial_images_per_s", "validated_images_per_s", "validation", "predicted_seconds_500k"):
+    for key in (
+        "machine_id",
+        "machine",
+        "config",
+        "images_per_s",
+        "spread",
+        "study",
+        "storage",
+        "trial",
+        "model",
+        "model_arch",
+        "dataset",
+        "dataset_fingerprint",
+        "device",
+        "versions",
+        "date",
+        "trial_images_per_s",
+        "validated_images_per_s",
+        "validation",
+        "predicted_seconds_500k",
+    ):
         assert key in data, key
     assert data["study"] == out.study_name and data["model"] == FAKE
     assert data["validated_images_per_s"] == pytest.approx(out.images_per_s)
@@ -191,8 +218,16 @@ def test_resuming_a_study_with_another_space_is_one_line(small_dataset, tmp_path
     ranged.write_text(head + "  cpu_batch: {type: int, low: 2, high: 4}\n")
     listed = tmp_path / "b.yaml"
     listed.write_text(head + "  cpu_batch: {type: categorical, choices: [2, 4]}\n")
-    common = dict(trials=1, rounds=2, model="fake:32", dataset=str(small_dataset),
-                  validate_repeats=0, save=False, study_name="same-name", min_timed_images=0)
+    common = dict(
+        trials=1,
+        rounds=2,
+        model="fake:32",
+        dataset=str(small_dataset),
+        validate_repeats=0,
+        save=False,
+        study_name="same-name",
+        min_timed_images=0,
+    )
     run_study(StudyOptions(space=str(ranged), **common))
     with pytest.raises(ConfigError, match="another search space"):
         run_study(StudyOptions(space=str(listed), **common))
@@ -211,8 +246,18 @@ def test_profile_with_a_guarded_backend_records_its_guard(small_dataset, tmp_pat
         "device: cpu\nfixed: {gpu_models: 0, cpu_models: 1, cpu_threads: 1, producers: 1, cpu_backend: onnx-int8}\n"
         "params:\n  cpu_batch: {type: int, low: 2, high: 4}\n"
     )
-    out = run_study(StudyOptions(space=str(space), trials=1, rounds=2, model="synthetic:tiny",
-                                 dataset=str(small_dataset), validate_repeats=0, guard_sample=16, min_timed_images=0))
+    out = run_study(
+        StudyOptions(
+            space=str(space),
+            trials=1,
+            rounds=2,
+            model="synthetic:tiny",
+            dataset=str(small_dataset),
+            validate_repeats=0,
+            guard_sample=16,
+            min_timed_images=0,
+        )
+    )
     assert out.profile is not None and out.profile.config.cpu_backend == "onnx-int8"
     assert out.profile.guard["passed"] and out.profile.guard["backend"] == "onnx-int8"
     assert guard_ok_for(out.profile, weights_hash(resolve_model("synthetic:tiny")[0]))
@@ -243,8 +288,11 @@ def test_a_study_measured_differently_is_never_resumed(tmp_path: Path, small_dat
     other = run_study(_options(tmp_path, small_dataset, trials=1, validate_repeats=0, save=False, rounds=3))
     assert other.study_name != first.study_name
     with pytest.raises(ConfigError, match="measured differently \\(rounds changed\\)"):
-        run_study(_options(tmp_path, small_dataset, trials=1, validate_repeats=0, save=False, rounds=3,
-                           study_name=first.study_name))
+        run_study(
+            _options(
+                tmp_path, small_dataset, trials=1, validate_repeats=0, save=False, rounds=3, study_name=first.study_name
+            )
+        )
 
 
 def test_the_embedded_corpus_is_built_with_the_callers_progress(
@@ -268,21 +316,56 @@ def test_the_embedded_corpus_is_built_with_the_callers_progress(
     assert given == [silent] and setup.dataset == str(small_dataset)
 
 
-def test_the_pick_is_the_best_finalist_scanned_again(tmp_path: Path, small_dataset: Path) -> None:
-    """The best distinct trials are scanned again back to back; the fastest there is the pick, validated afresh."""
+# Replica layouts as a parameter pair: the final adds the best trial's untried layout neighbours.
+LAYOUT_SPACE = """\
+name: layouts
+device: cpu
+params:
+  cpu_models:  {type: int, low: 1, high: 2}
+  cpu_threads: {type: int, low: 1, high: 2}
+  cpu_batch:   {type: categorical, choices: [4, 8]}
+fixed:
+  producers: 1
+  gpu_models: 0
+constraints:
+  - "cpu_models * cpu_threads <= 2"
+defaults:
+  cpu_models: 1
+  cpu_threads: 1
+  cpu_batch: 8
+"""
+
+
+def test_the_pick_is_the_fastest_finalist_scanned_again(tmp_path: Path, small_dataset: Path) -> None:
+    """The best of each kind and their layout neighbours meet in an interleaved final; the fastest median is
+    the pick, validated afresh; neighbours no trial measured are recorded as trials of their own."""
     lines: list[str] = []
-    out = run_study(_options(tmp_path, small_dataset, trials=4, finalists=2), log=lines.append)
+    out = run_study(_options(tmp_path, small_dataset, LAYOUT_SPACE, trials=3, finalists=3), log=lines.append)
     study = optuna.load_study(study_name=out.study_name, storage=out.storage)
     final = study.user_attrs["final"]
-    assert len(final) == 2 and final[0]["config"] != final[1]["config"]
-    assert all(len(f["runs"]) == 1 for f in final)  # one scan each: the final only chooses
+    assert len({f["config"] for f in final}) == len(final) >= 2
+    assert all(len(f["runs"]) == 2 for f in final)  # interleaved: every finalist twice
+    measured = [
+        t
+        for t in study.trials
+        if t.state == optuna.trial.TrialState.COMPLETE and "final_variant_of" not in t.user_attrs
+    ]
+    best = max(measured, key=lambda t: t.value)
+    assert final[0]["trial"] == best.number and final[0]["why"] == "best of its kind"
+    layouts = {(t.params["cpu_models"], t.params["cpu_threads"]) for t in measured}  # complete trials' layouts
+    variants = [f for f in final if f["trial"] is None]
+    sources = {f["trial"] for f in final if f["trial"] is not None}
+    assert all(int(f["why"].removeprefix("layout of trial ")) in sources for f in variants)
+    recorded = [t for t in study.trials if "final_variant_of" in t.user_attrs]
+    assert len(recorded) == len(variants) and all(t.user_attrs["final_variant_of"] in sources for t in recorded)
+    assert all((t.params["cpu_models"], t.params["cpu_threads"]) not in layouts for t in recorded)
     chosen = max(final, key=lambda f: f["images_per_s"])
-    assert out.best_trial == chosen["trial"] and out.config.describe() == chosen["config"]
-    # The pick's reported figure is the validation's, measured after the final, not the run that chose it.
+    assert out.config.describe() == chosen["config"]
+    # The pick's reported figure is the validation's, measured after the final, not the runs that chose it.
     pick = out.validation["candidates"][0]
     assert pick["config"] == chosen["config"] and out.images_per_s == pytest.approx(pick["images_per_s"], abs=1e-3)
-    assert any(line.startswith("final: the 2 best distinct trials") for line in lines)
-    assert any(line.startswith("final 1/1: trial ") for line in lines)
+    assert any(line.startswith(f"final: {len(final)} finalists") for line in lines)
+    assert any(line.startswith("final 2/2: ") for line in lines)
 
 
 def test_one_finalist_is_the_best_trial(tmp_path: Path, small_dataset: Path) -> None:
