@@ -25,6 +25,7 @@ from autotune.data import make_dataset, open_source
 from autotune.engine.config import logical_cores
 from autotune.errors import ConfigError, one_line
 from autotune.models import backends as model_backends
+from autotune.models.calibration import CALIBRATION_IMAGES, needs_calibration, store_calibration
 from autotune.models.facts import model_facts
 from autotune.models.guard import DEFAULT_THRESHOLD, agreement
 from autotune.preprocess import PreprocessSpec, fast_preprocess
@@ -43,8 +44,17 @@ ROW_KEYS = (
     "setup_cached_s",
     "cached_hit",
     "pass_images_per_s",
+    "precision",
+    "gflop_per_s",
+    "peak_share",
     "error",
 )
+# The matrix-product precision each CPU backend runs its linear layers in (what the roofline measured).
+BACKEND_PRECISION = {
+    "eager": "fp32", "compile": "fp32", "onnx": "fp32", "openvino": "fp32",
+    "bf16": "bf16", "openvino-bf16": "bf16",
+    "int8": "int8", "onnx-int8": "int8", "onnx-int8s": "int8", "openvino-int8": "int8",
+}  # fmt: skip
 # One row per backend, keys ROW_KEYS.
 Row = dict[str, Any]
 
@@ -98,7 +108,14 @@ def _build_twice(spec: model_backends.BackendSpec, root: Path, row: Row, warmup:
 def _build_all(
     names: list[str], model: str, batch: int, pixels: np.ndarray, folder: Path, say: Callable[[str], None]
 ) -> tuple[dict[str, Row], dict[str, model_backends.Backend]]:
-    """A row per backend, and the backends that could be built (a failure is its row's ``error``)."""
+    """A row per backend, and the backends that could be built (a failure is its row's ``error``).
+
+    Statically quantised backends are calibrated on other generated photos than the ones timed and compared.
+    """
+    calibration = None
+    if any(needs_calibration(n) for n in names):
+        crop = pixels.shape[1]
+        calibration = store_calibration(bench_images(CALIBRATION_IMAGES, crop, seed=12), folder).path
     rows: dict[str, Row] = {}
     built: dict[str, model_backends.Backend] = {}
     for name in names:
@@ -110,7 +127,8 @@ def _build_all(
             row["error"] = reason
             say(f"{name}: skipped ({reason})")
             continue
-        spec = model_backends.BackendSpec(model_id=model, backend=name, batch=batch)
+        cal = calibration if needs_calibration(name) else None
+        spec = model_backends.BackendSpec(model_id=model, backend=name, batch=batch, calibration=cal)
         try:
             built[name] = _build_twice(spec, folder / name, row, pixels[:batch])
             say(f"{name}: ready (setup {row['setup_cold_s']} s cold, {row['setup_cached_s']} s cached)")
@@ -161,6 +179,30 @@ def _fill_figures(
     return eager_rate
 
 
+def _fill_peaks(rows: dict[str, Row], model: str, threads: int) -> None:
+    """GFLOP/s of each backend's run, and its share of the stored roofline's peak at the backend's precision.
+
+    The share says whether a backend runs the hardware it should: bf16 far below the bf16 peak (AMX) while
+    near the fp32 one means its products fell back to fp32 kernels. No stored roofline (`autotune bench
+    roofline`), or one measured on another thread count: no share.
+    """
+    from autotune.machine import detect_machine
+    from autotune.roofline import load_roofline, tower_flops
+    from autotune.tuner.profile import model_arch
+
+    gflop = tower_flops(model_facts(model).vision) / 1e9
+    roof = load_roofline(detect_machine().machine_id, model_arch(model))
+    for name, row in rows.items():
+        precision = BACKEND_PRECISION.get(name)
+        row["precision"] = precision
+        if not row["images_per_s"]:
+            continue
+        row["gflop_per_s"] = round(row["images_per_s"] * gflop, 3)
+        peak = next((p for p in roof.peaks if p.precision == precision), None) if roof else None
+        if roof is not None and roof.cores == threads and peak is not None and peak.gflops:
+            row["peak_share"] = round(row["gflop_per_s"] / peak.gflops, 3)
+
+
 def bench_backends(
     model: str = DEFAULT_MODEL,
     batch: int = 32,
@@ -204,6 +246,7 @@ def bench_backends(
         built.clear()
         gc.collect()
     eager_rate = _fill_figures(rows, seconds, outputs, len(pixels), threshold)
+    _fill_peaks(rows, model, threads)
     ranked = [r for r in rows.values() if r["images_per_s"] and r["guard_ok"]]
     best = max(ranked, key=lambda r: r["images_per_s"]) if ranked else None
     return {

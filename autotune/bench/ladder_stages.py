@@ -18,6 +18,7 @@ from autotune.data.records import ImageSource, Record
 from autotune.engine import EngineConfig, logical_cores, run_scan
 from autotune.engine.topk import select_topk
 from autotune.models.backends import BackendSpec, build_backend
+from autotune.models.calibration import calibration_for
 from autotune.models.loading import ImageTower, LoadedClip, encode_texts, image_tower, load_clip
 from autotune.preprocess import PreprocessSpec, fast_preprocess, normalize
 from autotune.progress import Log
@@ -259,7 +260,9 @@ def _backend_reference(inputs: Inputs, cfg: EngineConfig, fast_u8: np.ndarray) -
     A bf16/int8 stage is checked against itself; its difference from fp32 is what the accuracy guard measures.
     """
     with torch_threads(cfg.cpu_threads):
-        be = build_backend(BackendSpec(model_id=inputs.model, backend=cfg.cpu_backend, batch=cfg.cpu_batch))
+        cal = calibration_for(inputs.source, inputs.model, cfg.cpu_backend)  # what the stage's scan drew
+        spec = BackendSpec(model_id=inputs.model, backend=cfg.cpu_backend, batch=cfg.cpu_batch, calibration=cal)
+        be = build_backend(spec)
         emb = np.concatenate(
             [be.embed(fast_u8[i : i + cfg.cpu_batch]) for i in range(0, len(fast_u8), cfg.cpu_batch)]
         )

@@ -29,6 +29,7 @@ from autotune.engine.config import EngineConfig
 from autotune.errors import AutotuneError, ConfigError
 from autotune.machine import MachineInfo, detect_machine
 from autotune.models import guard
+from autotune.models.calibration import calibration_for
 from autotune.progress import Log, ProgressFactory, quiet
 from autotune.tuner import SearchSpace, StudyOptions, StudyOutcome, load_space, run_study
 from autotune.tuner.replay import recommend, replay
@@ -249,7 +250,8 @@ def _guarded_backends(space: SearchSpace, dataset: str, model: str, split: str |
             continue
         if reference is None:
             reference = guard.build_reference(open_source(dataset, split=split), model, sample=64)
-        ok = all(r.passed for r in guard.check_config(reference, model, cfg, guard.DEFAULT_THRESHOLD))
+        cal = calibration_for(open_source(dataset, split=split), model, name)
+        ok = all(r.passed for r in guard.check_config(reference, model, cfg, guard.DEFAULT_THRESHOLD, cal))
         say(f"accuracy guard: {name} {'passed' if ok else 'failed: left out'}")
         if ok:
             passed.append(name)

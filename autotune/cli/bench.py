@@ -283,7 +283,9 @@ def bench_backends_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Bare image-tower throughput per inference backend, side by side on the same batches and threads, with
-    setup time (cold and cached) and the accuracy guard's figures (embedding cosine against fp32 eager)."""
+    setup time (cold and cached), the accuracy guard's figures (embedding cosine against fp32 eager), and
+    GFLOP/s with their share of this machine's measured peak at the backend's precision (`bench roofline`
+    first): a bf16 or int8 backend far below its peak is not running the AMX/VNNI kernels it should."""
     say = console.log_for(not as_json)
     from autotune.bench.backends import bench_backends  # imports torch: not for --help
 

@@ -24,6 +24,7 @@ from autotune.engine.sink import ShardSinkFactory
 from autotune.engine.workers import ScanAborted, ScanJob, Workers, replicas_for
 from autotune.errors import AutotuneError, DataError
 from autotune.models.backends import fake_text_embeddings
+from autotune.models.calibration import calibration_for
 from autotune.progress import ProgressFactory, Task, rate_info
 
 if TYPE_CHECKING:  # the module imports torch; workers and model_facts import it only when needed
@@ -138,6 +139,11 @@ def _query_matrix(queries: np.ndarray | None) -> np.ndarray:
     return q
 
 
+def scan_calibration(source: ImageSource, model_id: str, config: EngineConfig) -> str | None:
+    """The calibration set's file for a statically quantised CPU backend (drawn from ``source``), else None."""
+    return calibration_for(source, model_id, config.cpu_backend) if config.cpu_models else None
+
+
 def run_scan(
     source: ImageSource,
     model_id: str,
@@ -150,6 +156,7 @@ def run_scan(
     progress: ProgressFactory | None = None,
     on_batch: Callable[[ScanProgress], None] | None = None,
     fake_delay_s: float = 0.0,
+    calibration: str | None = None,
 ) -> ScanResult:
     """Scan ``records`` (default: every record of ``source``) with the producer-consumer engine.
 
@@ -160,7 +167,8 @@ def run_scan(
     cleanly. No process or shared memory survives either. Every scan ends by checking that each requested
     record was embedded or skipped, none twice (:class:`ScanMismatch`). Every error is one line.
     ``progress`` starts one task ("scan", records) that counts records embedded or skipped; the library
-    itself never draws.
+    itself never draws. ``calibration``: the stored calibration set a statically quantised CPU backend runs
+    with (default: one drawn from ``source``).
 
     Example:
         >>> src = open_source("data/")
@@ -172,7 +180,10 @@ def run_scan(
     recs = _scan_records(source, records)
     q = _query_matrix(queries)
     pre = preprocess_spec_for(model_id)
-    job = ScanJob(source, model_id, config, pre, q, top_k, sink_factory, fake_delay_s, replicas_for(config))
+    job = ScanJob(
+        source, model_id, config, pre, q, top_k, sink_factory, fake_delay_s, replicas_for(config),
+        calibration=calibration or scan_calibration(source, model_id, config),
+    )  # fmt: skip
     workers = Workers(job)
     books = ScanBooks(start=time.perf_counter())
     task = progress("scan", len(recs)) if progress is not None else None

@@ -68,6 +68,7 @@ class ScanJob:
     sink_factory: Callable[[int], EmbeddingSink] | None
     fake_delay_s: float
     replicas: list[Replica]
+    calibration: str | None = None  # the stored calibration set of a statically quantised CPU backend
 
     @property
     def static(self) -> bool:
@@ -142,6 +143,7 @@ class Workers:
                     backend=job.config.cpu_backend if rep.device == "cpu" else "eager",
                     fake_delay_s=job.fake_delay_s,
                     batch=rep.batch,
+                    calibration=job.calibration if rep.device == "cpu" else None,
                 ),
                 layout=self.pool.layout,
                 queries=job.queries,

@@ -23,6 +23,7 @@ from autotune.index import (
     plan_update,
     skipped_rows,
 )
+from autotune.models.calibration import Calibration, calibration_set, needs_calibration, stored_calibration
 from autotune.models.facts import model_facts
 from autotune.progress import Log, ProgressFactory, quiet
 from autotune.retrieval._result import Hit, NoReadableImages, RetrievalResult
@@ -99,19 +100,43 @@ def retrieve(
     if rescan or not use_index:
         result = _scan_answer(source, records, model, cfg, texts, q, top_k, progress)
     else:
-        key = _index_key(model, cfg, index_dtype)
-        index = EmbeddingIndex(index_dir or default_index_dir(str(source.path), model, key.recipe, split))
-        result = _index_answer(index, key, source, cfg, texts, q, top_k, rebuild_index, progress, shard_images, say)
+        index = EmbeddingIndex(index_dir or default_index_dir(str(source.path), model, embedding_recipe(cfg), split))
+        calibration = _index_calibration(index, source, model, cfg, rebuild_index)
+        key = _index_key(model, cfg, index_dtype, calibration)
+        result = _index_answer(
+            index, key, source, cfg, texts, q, top_k, rebuild_index, progress, shard_images, say, calibration
+        )
     result.source, result.splits = source.describe(), splits
     return result
 
 
-def _index_key(model: str, cfg: EngineConfig, dtype: str) -> IndexKey:
-    """What an index's embeddings depend on: a change of any of it rebuilds the index."""
+def _index_key(model: str, cfg: EngineConfig, dtype: str, calibration: Calibration | None = None) -> IndexKey:
+    """What an index's embeddings depend on: a change of any of it rebuilds the index.
+
+    A statically quantised backend's recipe carries its calibration set's digest (``cpu:onnx-int8s@cal:...``).
+    """
     facts = model_facts(model)  # weights hash and width from the cached sidecar: no second model load
-    return IndexKey(
-        model, facts.weights_hash, embedding_recipe(cfg), preprocess_spec_for(model).digest(), facts.embed_dim, dtype
-    )
+    recipe = embedding_recipe(cfg) + (f"@cal:{calibration.digest}" if calibration else "")
+    return IndexKey(model, facts.weights_hash, recipe, preprocess_spec_for(model).digest(), facts.embed_dim, dtype)
+
+
+def _index_calibration(
+    index: EmbeddingIndex, source: ImageSource, model: str, cfg: EngineConfig, rebuild: bool
+) -> Calibration | None:
+    """The calibration set of a statically quantised backend: the index's own while its file is kept.
+
+    A calibration set is drawn from the database, so a changed database would draw another one, and with it
+    another model and a full rebuild of the index; an index therefore keeps the set it was built with, and
+    its updates embed new images with the same quantised model. ``--rebuild-index`` draws a new set.
+    """
+    if not cfg.cpu_models or not needs_calibration(cfg.cpu_backend):
+        return None
+    meta = None if rebuild else index.read_meta()
+    if meta is not None and "@cal:" in meta.key.recipe:
+        kept = stored_calibration(meta.key.recipe.rsplit("@cal:", 1)[1])
+        if kept is not None:
+            return kept
+    return calibration_set(source, model)
 
 
 def _scan_answer(
@@ -157,11 +182,12 @@ def _index_answer(
     progress: ProgressFactory | None,
     shard_images: int,
     log: Log,
+    calibration: Calibration | None = None,
 ) -> RetrievalResult:
     """Bring the index up to date, then answer from it."""
     notes: list[str] = []
     index.claim()
-    sync = _sync_index(index, key, source, cfg, rebuild, progress, shard_images, notes, log)
+    sync = _sync_index(index, key, source, cfg, rebuild, progress, shard_images, notes, log, calibration)
     t0 = time.perf_counter()
     index.load()
     load_s = time.perf_counter() - t0
@@ -201,6 +227,7 @@ def _sync_index(
     shard_images: int,
     notes: list[str],
     log: Log,
+    calibration: Calibration | None = None,
 ) -> _Sync:
     """Bring the index up to date with the database: nothing, a build, an update or a resumed one.
 
@@ -241,7 +268,7 @@ def _sync_index(
             log(f"embedding {len(plan.todo):,} images into {index.path}")
             scan = run_scan(
                 source, key.model, cfg, records=plan.todo, sink_factory=index.sink(key.dtype, shard_images),
-                progress=progress,
+                progress=progress, calibration=calibration.path if calibration else None,
             )  # fmt: skip
             skipped = scan.skipped
         commit_update(index, meta, plan, skipped)

@@ -196,7 +196,7 @@ def _final(
     if len(chosen) < 2 or options.validate_repeats == 0 or options.final_repeats == 0:
         return max(complete, key=trial_value)  # ties: the earlier trial
     say(
-        f"final: {len(chosen)} finalists (the best of each of the best kinds, and the best trial's layout "
+        f"final: {len(chosen)} finalists (the best of each of the best kinds, and their untried layout "
         f"neighbours) x {options.final_repeats} runs, interleaved"
     )
     winner, runs = final.run_final(study, setup, chosen, _validation_rule(setup, options), options.final_repeats, say)

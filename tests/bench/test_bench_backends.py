@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -50,3 +52,31 @@ def test_bench_images() -> None:
     """Generated photos, preprocessed to the crop."""
     pixels = bench_images(3, 64)
     assert pixels.shape == (3, 64, 64, 3) and pixels.dtype == np.uint8 and pixels.std() > 10
+
+
+def test_each_backend_is_stated_against_its_precisions_peak(
+    tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GFLOP/s from images/s and the tower's flops; the share of the stored peak of the backend's precision,
+    only when the roofline was measured on the same thread count."""
+    from autotune.machine import detect_machine
+    from autotune.models.facts import model_facts
+    from autotune.roofline import PrecisionPeak, Roofline, save_roofline, tower_flops
+    from autotune.tuner.profile import model_arch
+
+    monkeypatch.setenv("AUTOTUNE_STUDIES", str(tmp_path / "studies"))
+    roof = Roofline(
+        machine_id=detect_machine().machine_id, arch=model_arch(tiny_model), cores=1, isa=(), gflop_per_image=0.1,
+        peaks=(PrecisionPeak("fp32", 1, 50.0), PrecisionPeak("int8", 1, 400.0)),
+        preprocess_s_per_image_per_core=None, torch_version="x", measured_at="now",
+    )  # fmt: skip
+    save_roofline(roof)
+    out = bench_backends(tiny_model, batch=4, threads=1, n=4, backends=["eager", "int8"], repeats=1)
+    gflop = tower_flops(model_facts(tiny_model).vision) / 1e9
+    eager, int8 = out["rows"]
+    assert (eager["precision"], int8["precision"]) == ("fp32", "int8")
+    assert eager["gflop_per_s"] == pytest.approx(eager["images_per_s"] * gflop, rel=1e-2)
+    assert eager["peak_share"] == pytest.approx(eager["gflop_per_s"] / 50.0, abs=2e-3)
+    assert int8["peak_share"] == pytest.approx(int8["gflop_per_s"] / 400.0, abs=2e-3)
+    two = bench_backends(tiny_model, batch=4, threads=2, n=4, backends=["eager"], repeats=1)
+    assert two["rows"][0]["peak_share"] is None  # measured on 1 thread: no share for a 2-thread run

@@ -116,3 +116,31 @@ def test_unverified_backend_profile_is_refused_until_verified(
     assert json.loads(capsys.readouterr().out)["passed"] is True
     assert main([*args, "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["queries"][0]["hits"]) == 9
+
+
+def test_static_int8_index_keeps_its_calibration_set_across_updates(
+    small_dataset: Path, tiny_model: str, tmp_path: Path
+) -> None:
+    """The index key names the calibration set; an added image is an update with the same set, not a rebuild;
+    --rebuild-index draws the set again (here the same database: the same digest)."""
+    from autotune.data import open_source
+    from autotune.models.backends import backend_unavailable
+    from autotune.models.calibration import calibration_set
+
+    if backend_unavailable("onnx-int8s"):
+        pytest.skip("onnxruntime missing")
+    import shutil
+
+    data = tmp_path / "db"
+    shutil.copytree(small_dataset, data)
+    cfg = EngineConfig(producers=1, cpu_models=1, cpu_threads=1, cpu_batch=8, cpu_backend="onnx-int8s")
+    first = retrieve([QUERY], dataset=str(data), model=tiny_model, config=cfg, index_dir=tmp_path / "i")
+    meta = json.loads((tmp_path / "i" / "meta.json").read_text())
+    digest = calibration_set(open_source(data), tiny_model).digest
+    assert first.mode == "index-new" and meta["key"]["recipe"] == f"cpu:onnx-int8s@cal:{digest}"
+    images = sorted(p for p in data.rglob("*.jpg"))
+    for n, src in enumerate(images[:9]):  # nine new files: the set a new draw would pick changes
+        shutil.copy(src, src.with_name(f"added-{n}.jpg"))
+    second = retrieve([QUERY], dataset=str(data), model=tiny_model, config=cfg, index_dir=tmp_path / "i")
+    assert second.mode == "index-updated" and second.images == 9
+    assert json.loads((tmp_path / "i" / "meta.json").read_text())["key"]["recipe"] == meta["key"]["recipe"]

@@ -13,9 +13,14 @@ bf16           bfloat16 weights compiled by ``torch.compile`` (inductor, frozen 
 compile        fp32 ``torch.compile`` (inductor, frozen weights)
 onnx           ONNX Runtime fp32 on an ONNX export with a dynamic batch axis
 onnx-int8      ONNX Runtime, dynamic int8 (per-channel qint8 weights, MatMul only) of that export
+onnx-int8s     ONNX Runtime, static int8 (QDQ, uint8 activations, int8 weights) calibrated on the database
 openvino       OpenVINO fp32 on the same export
 openvino-bf16  OpenVINO with a bfloat16 inference precision (AMX / AVX512-BF16; fp32 where the CPU lacks it)
+openvino-int8  OpenVINO on an NNCF int8 copy of the export calibrated on the database (VNNI / AMX int8)
 ============== ==================================================================================
+
+Static int8 backends are calibrated on a set drawn from the database scanned (:mod:`autotune.models.calibration`,
+passed as ``BackendSpec.calibration``): its digest keys their artefact and the embedding index.
 
 GPU replicas run :class:`TorchBackend` at the GPU precision, as ``eager``, ``compile`` or ``channels-last``.
 

@@ -17,7 +17,7 @@ REFERENCE_BACKEND = "eager"
 # Backends whose replica runs no torch (ONNX Runtime, OpenVINO): their workers skip importing it. Kept here,
 # not derived from the registry, because the registry imports the backend classes, which import this module;
 # a test checks that it lists exactly the registry's exported backends.
-TORCH_FREE_BACKENDS = ("onnx", "onnx-int8", "openvino", "openvino-bf16")
+TORCH_FREE_BACKENDS = ("onnx", "onnx-int8", "onnx-int8s", "openvino", "openvino-bf16", "openvino-int8")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +29,8 @@ class BackendSpec:
     ``batch`` is the replica's batch size: compiled backends build their kernels for it during setup
     (without it, on the first batch, and that compile time still counts as setup). ``threads``: the
     replica's intra-op thread count for ONNX Runtime and OpenVINO (default: torch's current count).
+    ``calibration``: the stored calibration set (:mod:`autotune.models.calibration`) that statically
+    quantised backends (``onnx-int8s``, ``openvino-int8``) are calibrated on; its digest keys their artefact.
 
     Example:
         >>> BackendSpec(model_id="fake:16").is_fake
@@ -44,6 +46,7 @@ class BackendSpec:
     fake_delay_s: float = 0.0
     batch: int | None = None
     threads: int | None = None
+    calibration: str | None = None
 
     @property
     def is_fake(self) -> bool:

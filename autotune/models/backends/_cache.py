@@ -38,6 +38,8 @@ _ARTEFACT_LIBS: dict[str, tuple[str, ...]] = {
     "int8": ("torch",),
     "compile": ("torch",),
     "openvino": ("openvino",),
+    "onnx-int8s": ("torch", "transformers", "onnx", "onnxruntime"),
+    "openvino-int8": ("torch", "transformers", "openvino", "nncf"),
 }
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ import numpy as np
 
 from autotune.models.backends._base import Backend, BackendSpec, _quiet, _Timed
 from autotune.models.backends._cache import artefact_path, backends_cache, materialise
+from autotune.models.calibration import load_calibration
 from autotune.models.facts import model_facts
 
 ONNX_OPSET = 17
@@ -71,14 +72,73 @@ def _quantise_onnx(source: Path, dest: Path) -> None:
         )
 
 
+class _CalibrationReader:
+    """ONNX Runtime's calibration input: the calibration pixels, normalised, a few images per run."""
+
+    def __init__(self, pixels: np.ndarray, normalise: Any, input_name: str, batch: int = 8) -> None:
+        """Batches of ``batch`` images, normalised by the backend's own numpy recipe."""
+        self.batches = [normalise(pixels[i : i + batch]) for i in range(0, len(pixels), batch)]
+        self.input_name = input_name
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next batch, or None when all were given."""
+        return {self.input_name: self.batches.pop(0)} if self.batches else None
+
+    def rewind(self) -> None:  # pragma: no cover - ORT calls it only for some calibration methods
+        """Nothing to rewind: each batch is given once."""
+
+
+def _quantise_onnx_static(source: Path, dest: Path, reader: _CalibrationReader) -> None:
+    """Static int8 (QDQ): per-channel int8 MatMul weights, uint8 activations with ranges from the calibration set.
+
+    uint8 activations with int8 weights (U8S8) is what ONNX Runtime's x86 kernels run fastest on VNNI and AMX
+    CPUs; only the MatMuls are quantised, as for the dynamic backend (the patch convolution and the layer norms
+    stay fp32, where most of the accuracy loss of full quantisation comes from).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    with _quiet():
+        quantize_static(
+            str(source),
+            str(dest),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+
+
+def _quantise_openvino(source: Path, folder: Path, pixels: np.ndarray, normalise: Any) -> Path:
+    """NNCF post-training int8 quantisation of the OpenVINO model (transformer preset), saved as IR in ``folder``."""
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(source))
+    data = nncf.Dataset([normalise(pixels[i : i + 1]) for i in range(len(pixels))])
+    with _quiet():
+        quantised = nncf.quantize(model, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(pixels))
+    shutil.rmtree(folder, ignore_errors=True)  # whatever a crashed first quantisation left
+    folder.mkdir(parents=True, exist_ok=True)
+    xml = folder / "model.xml"
+    ov.save_model(quantised, str(xml), compress_to_fp16=False)  # the weights go beside it, in model.bin
+    return xml
+
+
 class _ExportedBackend(_Timed, Backend):
     """Shared setup of the ONNX Runtime and OpenVINO backends: the cached ONNX export (and its int8 copy).
 
     A cache hit runs no torch at all (normalisation is numpy), so a replica's worker never imports it.
     """
 
-    def _prepare(self, spec: BackendSpec, cache_root: Path | None, *, int8: bool) -> Path:
-        """Materialise the export the backend runs; sets normalisation, size, cache_hit; returns its path."""
+    def _prepare(self, spec: BackendSpec, cache_root: Path | None, *, int8: bool | str) -> Path:
+        """Materialise the export the backend runs; sets normalisation, size, cache_hit; returns its path.
+
+        ``int8``: False (the fp32 export), True (its dynamic int8 copy), "static" (its QDQ copy calibrated on
+        ``spec.calibration``) or "openvino" (the fp32 export; the NNCF copy is made by the OpenVINO backend).
+        """
         self.name = spec.backend
         facts = model_facts(spec.model_id)
         self.facts = facts
@@ -88,9 +148,20 @@ class _ExportedBackend(_Timed, Backend):
         fp32 = artefact_path(root, facts.weights_hash, "onnx", ".onnx", opset=ONNX_OPSET)
         hit, waited = materialise(fp32, lambda tmp: _export_onnx(spec.model_id, tmp))
         path = fp32
-        if int8:
+        self.calibration: str | None = None
+        if int8 is True:
             path = artefact_path(root, facts.weights_hash, "onnx-int8", ".onnx", opset=ONNX_OPSET, scheme="pc-matmul")
             hit8, waited8 = materialise(path, lambda tmp: _quantise_onnx(fp32, tmp))
+            hit, waited = hit and hit8, waited + waited8
+        elif int8 == "static":
+            pixels, digest = load_calibration(spec.calibration, spec.backend)
+            self.calibration = digest
+            path = artefact_path(
+                root, facts.weights_hash, "onnx-int8s", ".onnx", opset=ONNX_OPSET, scheme="qdq-u8s8-pc-matmul",
+                calibration=digest,
+            )  # fmt: skip
+            reader = lambda: _CalibrationReader(pixels, self._pixels, "pixel_values")  # noqa: E731
+            hit8, waited8 = materialise(path, lambda tmp: _quantise_onnx_static(fp32, tmp, reader()))
             hit, waited = hit and hit8, waited + waited8
         self.cache_hit, self.wait_seconds = hit, waited
         self.artefact = str(path)
@@ -150,7 +221,8 @@ def _intra_op_threads(spec: BackendSpec) -> int:
 
 
 class OnnxRuntimeBackend(_ExportedBackend):
-    """ONNX Runtime (CPU execution provider) on the cached export: fp32 (``onnx``) or int8 (``onnx-int8``).
+    """ONNX Runtime (CPU execution provider) on the cached export: fp32 (``onnx``), dynamic int8 (``onnx-int8``)
+    or static int8 calibrated on the database (``onnx-int8s``).
 
     Intra-op threads follow the consumer's thread count; spinning is off so idle workers leave the cores to
     the producers the engine runs beside them.
@@ -162,7 +234,8 @@ class OnnxRuntimeBackend(_ExportedBackend):
 
         start = time.perf_counter()
         super().__init__()
-        path = self._prepare(spec, cache_root, int8=spec.backend == "onnx-int8")
+        int8: bool | str = "static" if spec.backend == "onnx-int8s" else spec.backend == "onnx-int8"
+        path = self._prepare(spec, cache_root, int8=int8)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
@@ -190,7 +263,8 @@ def _cpu_signature() -> str:
 
 
 class OpenVinoBackend(_ExportedBackend):
-    """OpenVINO (CPU plugin) on the cached fp32 export, with an fp32 or bf16 inference precision.
+    """OpenVINO (CPU plugin) on the cached fp32 export, with an fp32 or bf16 inference precision, or on its
+    NNCF int8 copy calibrated on the database (``openvino-int8``: int8 matrix products, fp32 elsewhere).
 
     ``openvino-bf16`` asks for bfloat16 execution, which the CPU plugin runs on AMX / AVX512-BF16 and quietly
     replaces by fp32 on CPUs without them. One stream, latency mode, the consumer's thread count.
@@ -209,6 +283,9 @@ class OpenVinoBackend(_ExportedBackend):
         start = time.perf_counter()
         super().__init__()
         path = self._prepare(spec, cache_root, int8=False)
+        root = backends_cache(cache_root)
+        if spec.backend == "openvino-int8":
+            path = self._quantised(spec, root, path)
         core = ov.Core()
         config = {
             "INFERENCE_NUM_THREADS": self.threads,
@@ -216,10 +293,10 @@ class OpenVinoBackend(_ExportedBackend):
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
         }
-        root = backends_cache(cache_root)
         settings = {key.lower(): value for key, value in config.items()}
         marker = artefact_path(
-            root, self.facts.weights_hash, "openvino", ".done", source=path.name, cpu=_cpu_signature(), **settings
+            root, self.facts.weights_hash, "openvino", ".done", source=path.relative_to(root).as_posix(),
+            cpu=_cpu_signature(), **settings,
         )
         blobs = root / "openvino" / marker.stem
         compiled: list[Any] = []
@@ -240,6 +317,23 @@ class OpenVinoBackend(_ExportedBackend):
         self.compiled = compiled[0]
         self.request = self.compiled.create_infer_request()
         self.setup_seconds = time.perf_counter() - start
+
+    def _quantised(self, spec: BackendSpec, root: Path, fp32: Path) -> Path:
+        """The NNCF int8 IR of the export, calibrated on ``spec.calibration`` (made once, under a build lock)."""
+        pixels, digest = load_calibration(spec.calibration, spec.backend)
+        self.calibration = digest
+        marker = artefact_path(root, self.facts.weights_hash, "openvino-int8", ".done", calibration=digest)
+        folder = root / "openvino-int8" / marker.stem
+
+        def build(tmp: Path) -> None:
+            """Quantise into the IR folder, then write the marker at ``tmp``."""
+            _quantise_openvino(fp32, folder, pixels, self._pixels)
+            tmp.write_text(json.dumps({"pid": os.getpid(), "time": time.time()}), encoding="utf-8")
+
+        hit, waited = materialise(marker, build)
+        self.cache_hit, self.wait_seconds = self.cache_hit and hit, self.wait_seconds + waited
+        self.artefact = str(folder / "model.xml")
+        return folder / "model.xml"
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         """One synchronous inference; the output is copied out of the request's reused buffer."""

@@ -44,8 +44,14 @@ CPU_BACKEND_TABLE: dict[str, BackendEntry] = {
     "onnx-int8": BackendEntry(
         ("onnxruntime", "onnx"), False, "ONNX Runtime dynamic int8 (per-channel, MatMul)", OnnxRuntimeBackend
     ),
+    "onnx-int8s": BackendEntry(
+        ("onnxruntime", "onnx"), False, "ONNX Runtime static int8 (QDQ, calibrated on the database)", OnnxRuntimeBackend
+    ),
     "openvino": BackendEntry(("openvino",), False, "OpenVINO fp32", OpenVinoBackend),
     "openvino-bf16": BackendEntry(("openvino",), False, "OpenVINO, bfloat16 inference precision", OpenVinoBackend),
+    "openvino-int8": BackendEntry(
+        ("openvino", "nncf"), False, "OpenVINO int8 (NNCF, calibrated on the database)", OpenVinoBackend
+    ),
 }
 CPU_BACKEND_NAMES: tuple[str, ...] = tuple(CPU_BACKEND_TABLE)
 # GPU replicas all run TorchBackend, at the GPU precision.

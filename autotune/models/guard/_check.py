@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autotune.errors import AutotuneError, ConfigError, one_line
@@ -34,13 +35,16 @@ if TYPE_CHECKING:
 _MEMO: dict[tuple[str, str, str, str, float], GuardResult] = {}
 
 
-def _check_key(reference: GuardReference, backend: str, precision: str, device: str, threshold: float) -> str:
-    """Cache key of one check: reference, candidate, device kind, threshold and the libraries' versions."""
-    versions = backends.library_versions("torch", "transformers", "onnx", "onnxruntime", "openvino")
-    return _digest(
-        {"format": GUARD_FORMAT, "reference": reference.key, "backend": backend, "precision": precision,
-         "device": device.split(":")[0], "threshold": threshold, "versions": versions}
-    )
+def _check_key(
+    reference: GuardReference, backend: str, precision: str, device: str, threshold: float, calibration: str
+) -> str:
+    """Cache key of one check: reference, candidate (and its calibration set), device kind, threshold, libraries."""
+    versions = backends.library_versions("torch", "transformers", "onnx", "onnxruntime", "openvino", "nncf")
+    record = {"format": GUARD_FORMAT, "reference": reference.key, "backend": backend, "precision": precision,
+              "device": device.split(":")[0], "threshold": threshold, "versions": versions}  # fmt: skip
+    if calibration:  # only then: the keys of existing checks stay valid
+        record["calibration"] = calibration
+    return _digest(record)
 
 
 def _reference_result(
@@ -80,8 +84,12 @@ def check_backend(
     threshold: float = DEFAULT_THRESHOLD,
     *,
     cache: bool = True,
+    calibration: str | None = None,
 ) -> GuardResult:
     """Check one backend/precision against the reference (cached per reference, backend, precision, device).
+
+    ``calibration`` is the stored calibration set a statically quantised backend is built with (its digest
+    keys the check); without one such a backend cannot be built and does not pass.
 
     The eager fp32 reference passes without running. A backend that cannot be built or fails while embedding
     does not pass (``reason`` says why). A study calls this once per backend, not per trial.
@@ -98,10 +106,11 @@ def check_backend(
         )
     if is_reference(backend, precision):
         return _reference_result(reference, model_id, backend, precision, device, threshold)
-    memo_key = (reference.key, backend, precision, device.split(":")[0], threshold)
+    cal = Path(calibration).stem if calibration else ""
+    memo_key = (reference.key, backend + (f"@cal:{cal}" if cal else ""), precision, device.split(":")[0], threshold)
     if cache and memo_key in _MEMO:
         return _MEMO[memo_key]
-    path = _guard_dir() / f"check-{_check_key(reference, backend, precision, device, threshold)}.json"
+    path = _guard_dir() / f"check-{_check_key(reference, backend, precision, device, threshold, cal)}.json"
     if cache and path.is_file():
         with contextlib.suppress(OSError, ValueError, TypeError):
             result = GuardResult.from_dict(json.loads(path.read_text()))
@@ -111,7 +120,7 @@ def check_backend(
     start = time.perf_counter()
     try:
         spec = backends.BackendSpec(model_id=model_id, device=device, precision=precision, backend=backend,
-                                    batch=_BATCH)
+                                    batch=_BATCH, calibration=calibration)
         runner = backends.build_backend(spec)
         embeddings = _embed_all(runner, reference.pixels)
         setup = runner.setup_seconds
@@ -143,11 +152,16 @@ def non_reference_parts(config: EngineConfig) -> list[tuple[str, str, str]]:
 
 
 def check_config(
-    reference: GuardReference, model_id: str, config: EngineConfig, threshold: float = DEFAULT_THRESHOLD
+    reference: GuardReference,
+    model_id: str,
+    config: EngineConfig,
+    threshold: float = DEFAULT_THRESHOLD,
+    calibration: str | None = None,
 ) -> list[GuardResult]:
     """Guard results for every non-reference part of an engine config (empty for fp32 eager).
 
-    CPU parts are checked on the CPU, GPU parts on this machine's first GPU.
+    CPU parts are checked on the CPU (a statically quantised one with ``calibration``), GPU parts on this
+    machine's first GPU.
 
     Example:
         >>> [r.passed for r in check_config(ref, "synthetic:tiny", EngineConfig(cpu_backend="int8"))]  # doctest: +SKIP
@@ -156,5 +170,6 @@ def check_config(
     out = []
     for kind, backend, precision in non_reference_parts(config):
         device = "cpu" if kind == "cpu" else "cuda:0"
-        out.append(check_backend(reference, model_id, backend, precision, device, threshold))
+        cal = calibration if kind == "cpu" else None
+        out.append(check_backend(reference, model_id, backend, precision, device, threshold, calibration=cal))
     return out

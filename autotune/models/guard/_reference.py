@@ -19,45 +19,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from autotune.data import ImageSource, open_source
-from autotune.errors import BadImageError, ConfigError, DataError
+from autotune.errors import ConfigError
 from autotune.models import backends
+from autotune.models.calibration import sample_pixels
 from autotune.models.facts import ModelFacts, model_facts
 from autotune.models.guard._figures import DEFAULT_SAMPLE, GUARD_FORMAT, GuardReference, probe_texts_for, top_rows
 from autotune.models.guard._store import _cache_write, _digest, _guard_dir
 
 if TYPE_CHECKING:
-    from autotune.preprocess import PreprocessSpec
+    pass
 
 # Images per embed call while checking: small enough for any backend, large enough to amortise the call.
 _BATCH = 32
-
-
-def _sample_pixels(source: ImageSource, sample: int, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Fast-preprocess ``sample`` records evenly spaced over the source (undecodable ones skipped)."""
-    from autotune.preprocess import fast_preprocess
-
-    records = source.records()
-    if not records:
-        raise DataError(f"nothing to check the guard on: {source.describe()} has no records")
-    n = min(sample, len(records))
-    picks = np.unique(np.linspace(0, len(records) - 1, n).round().astype(int))
-    pixels = np.empty((len(picks), spec.crop, spec.crop, 3), np.uint8)
-    ids: list[int] = []
-    labels: list[str] = []
-    k = 0
-    for i in picks:
-        record = records[int(i)]
-        try:
-            fast_preprocess(source.read_bytes(record), spec, out=pixels[k])
-        except (BadImageError, OSError):
-            continue
-        ids.append(record.id)
-        if record.label is not None:
-            labels.append(record.label)
-        k += 1
-    if k == 0:
-        raise DataError(f"no image of the guard sample could be decoded in {source.describe()}")
-    return pixels[:k], np.asarray(ids, np.int64), labels
 
 
 def _embed_all(backend: backends.Backend, pixels: np.ndarray, batch: int = _BATCH) -> np.ndarray:
@@ -94,7 +67,7 @@ def _compute_reference(
     """Run eager fp32 on the sample and the text tower on the probes."""
     from autotune.models.loading import encode_texts, load_clip
 
-    pixels, ids, labels = _sample_pixels(source, sample, facts.preprocess)
+    pixels, ids, labels = sample_pixels(source, sample, facts.preprocess)
     backend = backends.build_backend(backends.BackendSpec(model_id=model_id, backend=backends.REFERENCE_BACKEND))
     embeddings = _embed_all(backend, pixels)
     del backend  # free the image tower before the text tower loads

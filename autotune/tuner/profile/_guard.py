@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autotune.data import ImageSource
+from autotune.data import ImageSource, open_source
+from autotune.models.calibration import calibration_for
 from autotune.models.guard import (
     DEFAULT_SAMPLE,
     DEFAULT_THRESHOLD,
@@ -96,8 +97,11 @@ def verify_profile(
         >>> result.passed, prof.guard["min_cosine"]  # doctest: +SKIP
         (True, 0.9998)
     """
-    reference = build_reference(dataset, model_id, sample=sample, image_column=image_column)
-    checked = check_config(reference, model_id, profile.config, threshold)
+    source = dataset if isinstance(dataset, ImageSource) else open_source(dataset, image_column)
+    reference = build_reference(source, model_id, sample=sample, image_column=image_column)
+    cfg = profile.config
+    cal = calibration_for(source, model_id, cfg.cpu_backend) if cfg.cpu_models else None
+    checked = check_config(reference, model_id, cfg, threshold, cal)
     if not checked:
         checked = [check_backend(reference, model_id, "eager", "fp32", threshold=threshold)]
     failed = [r for r in checked if not r.passed]
