@@ -24,7 +24,7 @@ from autotune.engine.sink import ShardSinkFactory
 from autotune.engine.workers import ScanAborted, ScanJob, Workers, replicas_for
 from autotune.errors import AutotuneError, DataError
 from autotune.models.backends import fake_text_embeddings
-from autotune.models.calibration import calibration_for
+from autotune.models.calibration import config_calibration
 from autotune.progress import ProgressFactory, Task, rate_info
 
 if TYPE_CHECKING:  # the module imports torch; workers and model_facts import it only when needed
@@ -139,11 +139,6 @@ def _query_matrix(queries: np.ndarray | None) -> np.ndarray:
     return q
 
 
-def scan_calibration(source: ImageSource, model_id: str, config: EngineConfig) -> str | None:
-    """The calibration set's file for a statically quantised CPU backend (drawn from ``source``), else None."""
-    return calibration_for(source, model_id, config.cpu_backend) if config.cpu_models else None
-
-
 def run_scan(
     source: ImageSource,
     model_id: str,
@@ -182,7 +177,7 @@ def run_scan(
     pre = preprocess_spec_for(model_id)
     job = ScanJob(
         source, model_id, config, pre, q, top_k, sink_factory, fake_delay_s, replicas_for(config),
-        calibration=calibration or scan_calibration(source, model_id, config),
+        calibration=calibration or config_calibration(source, model_id, config),
     )  # fmt: skip
     workers = Workers(job)
     books = ScanBooks(start=time.perf_counter())

@@ -25,6 +25,7 @@ from autotune.errors import BadImageError, ConfigError, DataError
 
 if TYPE_CHECKING:
     from autotune.data.sources import ImageSource
+    from autotune.engine.config import EngineConfig
     from autotune.preprocess import PreprocessSpec
 
 # Images in a calibration set: ORT and NNCF calibrate on a few hundred by default; 64 evenly spaced images hold
@@ -62,6 +63,11 @@ def calibration_for(source: ImageSource, model_id: str, backend: str) -> str | N
 def evenly_spaced(count: int, sample: int) -> np.ndarray:
     """Positions of ``sample`` of ``count`` records, evenly spaced, the first and the last included."""
     return np.unique(np.linspace(0, count - 1, min(sample, count)).round().astype(int))
+
+
+def config_calibration(source: ImageSource, model_id: str, config: EngineConfig) -> str | None:
+    """The calibration set's file when ``config``'s CPU replicas are quantised statically, else None."""
+    return calibration_for(source, model_id, config.cpu_backend) if config.cpu_models else None
 
 
 def sample_pixels(

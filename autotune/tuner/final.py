@@ -46,6 +46,7 @@ class Finalist:
     params: dict[str, Any]
     trial: FrozenTrial | None  # None: a layout neighbour no trial measured
     why: str  # "best of its kind" | "layout of trial N"
+    variant_of: int | None = None  # the trial a layout neighbour was derived from
 
 
 def kind(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -113,7 +114,7 @@ def finalists(setup: StudySetup, trials: list[FrozenTrial], top: int) -> list[Fi
             if kind(params) in kinds:
                 continue  # that layout of the same backend is already a finalist, with its own best batch
             kinds.add(kind(params))
-            out.append(Finalist(params, None, f"layout of trial {f.trial.number}"))
+            out.append(Finalist(params, None, f"layout of trial {f.trial.number}", f.trial.number))
     return out
 
 
@@ -144,14 +145,13 @@ def record_variant(study: Study, setup: StudySetup, finalist: Finalist, run: Can
     """Add a layout neighbour measured in the final to the study as a complete trial; return it."""
     import optuna
 
-    source = finalist.why.rsplit(" ", 1)[-1]
     trial = optuna.trial.create_trial(
         params=finalist.params,
         distributions=setup.space.distributions(),
         value=run.images_per_s,
         user_attrs={
             "config": run.config.describe(),
-            "final_variant_of": int(source) if source.isdigit() else None,
+            "final_variant_of": finalist.variant_of,
             "round_images_per_s": list(run.runs),
             "overhead_s": run.overhead_s,
         },

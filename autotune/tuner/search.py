@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from autotune.engine.config import EngineConfig
 from autotune.errors import AutotuneError, ConfigError
 from autotune.models import guard
-from autotune.models.calibration import calibration_for
+from autotune.models.calibration import config_calibration
 from autotune.progress import Log
 from autotune.tuner.objective import TrialFailed, TrialStopped, measure
 from autotune.tuner.options import StudyOptions, StudySetup
@@ -45,7 +45,7 @@ class TrialGuard:
                 sample=self.options.guard_sample,
                 image_column=self.options.image_column,
             )
-        cal = calibration_for(self.setup.source, self.setup.model, config.cpu_backend) if config.cpu_models else None
+        cal = config_calibration(self.setup.source, self.setup.model, config)
         return guard.check_config(self.reference, self.setup.model, config, self.options.guard_threshold, cal)
 
     def violations(self, config: EngineConfig, trial: Trial) -> list[str]:

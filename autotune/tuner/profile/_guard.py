@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.data import ImageSource, open_source
-from autotune.models.calibration import calibration_for
+from autotune.models.calibration import config_calibration
 from autotune.models.guard import (
     DEFAULT_SAMPLE,
     DEFAULT_THRESHOLD,
@@ -99,9 +99,8 @@ def verify_profile(
     """
     source = dataset if isinstance(dataset, ImageSource) else open_source(dataset, image_column)
     reference = build_reference(source, model_id, sample=sample, image_column=image_column)
-    cfg = profile.config
-    cal = calibration_for(source, model_id, cfg.cpu_backend) if cfg.cpu_models else None
-    checked = check_config(reference, model_id, cfg, threshold, cal)
+    cal = config_calibration(source, model_id, profile.config)
+    checked = check_config(reference, model_id, profile.config, threshold, cal)
     if not checked:
         checked = [check_backend(reference, model_id, "eager", "fp32", threshold=threshold)]
     failed = [r for r in checked if not r.passed]
