@@ -80,3 +80,21 @@ def test_each_backend_is_stated_against_its_precisions_peak(
     assert int8["peak_share"] == pytest.approx(int8["gflop_per_s"] / 400.0, abs=2e-3)
     two = bench_backends(tiny_model, batch=4, threads=2, n=4, backends=["eager"], repeats=1)
     assert two["rows"][0]["peak_share"] is None  # measured on 1 thread: no share for a 2-thread run
+
+
+def test_json_stays_parseable_through_a_cold_nncf_build(
+    tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NNCF draws progress bars on stdout while it quantises; `--json` output must stay one JSON document."""
+    import json
+
+    from autotune.cli import main
+
+    if backend_unavailable("openvino-int8"):
+        pytest.skip("openvino or nncf missing")
+    monkeypatch.setenv("AUTOTUNE_CACHE", str(tmp_path / "cache"))
+    code = main(["bench", "backends", "--model", tiny_model, "--backend", "openvino-int8", "--batch", "4", "--n", "4",
+                 "--repeats", "1", "--threads", "1", "--json"])  # fmt: skip
+    assert code in (0, None)
+    data = json.loads(capsys.readouterr().out)
+    assert [r["backend"] for r in data["rows"]] == ["eager", "openvino-int8"] and data["rows"][1]["error"] is None

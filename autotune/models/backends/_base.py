@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -113,12 +114,15 @@ class _Timed:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence exporter/quantiser chatter (deprecation notes, 'consider pre-processing' hints)."""
+    """Silence exporter/quantiser chatter (deprecation notes, 'consider pre-processing' hints).
+
+    What they still print goes to stderr: NNCF draws progress bars on stdout, which broke `--json` output.
+    """
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
             warnings.simplefilter("ignore")
             yield
     finally:
