@@ -160,3 +160,72 @@ def bench_index_update(
         "update_over_rebuild_scan": round(upd["scan_seconds"] / full["scan_seconds"], 4),
         "update_over_rebuild_wall": round(upd["wall_seconds"] / full["wall_seconds"], 4),
     }
+
+
+def bench_first_run(
+    n: int = 10_000,
+    repeats: int = 3,
+    model: str = "synthetic:clip-vit-base-patch32",
+    config: EngineConfig | None = None,
+    log: Log | None = None,
+) -> dict[str, Any]:
+    """The first retrieval (which builds the index) against a ``--rescan`` of the same database, interleaved.
+
+    Both run through :func:`autotune.retrieval.retrieve` on a generated corpus of ``n`` images (cached once
+    made), with the same engine configuration; each round builds a new index in an empty folder and runs one
+    full scan without an index, in alternating order (ABBA: a machine that drifts within the hour favours
+    neither). One unmeasured rescan first warms the page cache and builds the backend's artefacts. Figures
+    are medians over ``repeats`` rounds; ``first_over_rescan`` compares scan images/s, ``..._by_wall`` the whole
+    calls (listing, planning and the commit included), start-up stated apart.
+
+    Example:
+        >>> bench_first_run(n=200, repeats=1, model="synthetic:tiny")["first_over_rescan"]  # doctest: +SKIP
+        1.02
+    """
+    say = log or quiet
+    cfg = (config or safe_default_config()).validate()
+    data = str(default_dataset(n=n))
+    query = ["a photo of Felis catus"]
+    runs: dict[str, list[dict[str, Any]]] = {"first_run": [], "rescan": []}
+    with tempfile.TemporaryDirectory(prefix="autotune-firstrun-") as tmp:
+
+        def run(name: str, round_no: int) -> None:
+            """One timed retrieval: an index build into a new folder, or a rescan."""
+            t0 = time.perf_counter()
+            if name == "first_run":
+                res = retrieve(query, dataset=data, model=model, config=cfg, index_dir=Path(tmp) / f"idx-{round_no}")
+            else:
+                res = retrieve(query, dataset=data, model=model, config=cfg, rescan=True)
+            wall = time.perf_counter() - t0
+            runs[name].append(
+                {"mode": res.mode, "images": res.images, "images_per_s": round(res.images_per_s or 0.0, 2),
+                 "wall_seconds": round(wall, 3),
+                 "startup_s": round(res.startup_s, 3), "scan_seconds": round(res.scan_seconds, 3)}
+            )  # fmt: skip
+            say(f"round {round_no + 1}/{repeats} {name}: {runs[name][-1]['images_per_s']} images/s, {wall:.1f} s")
+
+        say("warm-up: one rescan (page cache, backend artefacts), not measured")
+        retrieve(query, dataset=data, model=model, config=cfg, rescan=True)
+        for r in range(repeats):
+            for name in ("first_run", "rescan") if r % 2 == 0 else ("rescan", "first_run"):
+                run(name, r)
+
+    def median(name: str, key: str) -> float:
+        """Median of one figure over the rounds."""
+        return float(np.median([row[key] for row in runs[name]]))
+
+    first, rescan = median("first_run", "images_per_s"), median("rescan", "images_per_s")
+    return {
+        "n": n,
+        "repeats": repeats,
+        "model": model,
+        "config": cfg.describe(),
+        "first_run_images_per_s": first,
+        "rescan_images_per_s": rescan,
+        "first_over_rescan": round(first / rescan, 4) if rescan else None,
+        "first_run_wall_s": median("first_run", "wall_seconds"),
+        "rescan_wall_s": median("rescan", "wall_seconds"),
+        # The same comparison over whole calls: a speed ratio, so above 1 means the first run was quicker.
+        "first_over_rescan_by_wall": round(median("rescan", "wall_seconds") / median("first_run", "wall_seconds"), 4),
+        "runs": runs,
+    }

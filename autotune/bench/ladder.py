@@ -106,6 +106,8 @@ def _row(st: Stage, base: Stage, check: dict[str, Any]) -> dict[str, Any]:
         ),
         "detail": st.detail,
         **{k: v for k, v in st.extra.items()},
+        # Engine stages: the share of the machine's core-seconds that the producers' preprocessing took.
+        "preprocess_core_share": st.extra.get("time_per_image", {}).get("preprocess_core_share"),
     }
 
 
@@ -131,6 +133,13 @@ def _summary(rows: list[dict[str, Any]], inputs: Inputs, bare: float, plot: Path
     same = next((r for r in rows if r["stage"] == "parallel preprocessing"), None)
     if same and same["steady_images_per_s"]:
         result["engine_steady_vs_bare_forward"] = round(same["steady_images_per_s"] / bare, 3)
+        # Where the rest goes: the model itself slower inside the engine (cores shared with the producers),
+        # waits for batches, copies in, scoring; and what preprocessing costs the machine.
+        per = same.get("time_per_image") or {}
+        if per.get("forward_ms"):
+            result["bare_forward_ms_per_image"] = round(1000 / bare, 3)
+            result["engine_forward_vs_bare_forward"] = round(1000 / bare / per["forward_ms"], 3)
+            result["engine_time_per_image"] = per
     _add_roofline_shares(result, rows, inputs.model)
     if plot is not None:
         plot_ladder(rows, plot, title=f"{inputs.model}, {len(inputs.records)} images, {inputs.cores} cores")

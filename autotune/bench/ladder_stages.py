@@ -16,6 +16,7 @@ from autotune.bench.common import torch_threads
 from autotune.data import open_source
 from autotune.data.records import ImageSource, Record
 from autotune.engine import EngineConfig, logical_cores, run_scan
+from autotune.engine.telemetry import time_per_image
 from autotune.engine.topk import select_topk
 from autotune.models.backends import BackendSpec, build_backend
 from autotune.models.calibration import calibration_for
@@ -246,7 +247,8 @@ def engine_stages(
                 res.topk_scores[0].tolist(),
                 f"{what}: {cfg.describe()}",
                 steady_images_per_s=res.steady_images_per_s,
-                extra={"startup_s": res.startup_s, "bottleneck": res.bottleneck},
+                extra={"startup_s": res.startup_s, "bottleneck": res.bottleneck,
+                       "time_per_image": time_per_image(res.workers, res.images, res.scan_seconds, inputs.cores)},
             )
         )
         if cfg.cpu_backend != "eager":

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from autotune import console
-from autotune.bench.index import bench_index, bench_index_update
+from autotune.bench.index import bench_first_run, bench_index, bench_index_update
 from autotune.bench.tuner import SPLITS, bench_tuner
 from autotune.cli.options import DatasetPathOpt, JsonOpt, ModelOpt, SplitOpt
 from autotune.engine.config import EngineConfig
@@ -103,6 +103,7 @@ def bench_ladder_cmd(
             "speedup",
             "exact_vs_bruteforce",
             "overlap_with_baseline",
+            "preprocess_core_share",
             "roofline_share",
         ],
     )
@@ -238,24 +239,52 @@ def bench_index_cmd(
     console.show(bench_index(n=n, dim=dim, queries=queries, dtype=dtype), "bench index", as_json)
 
 
+ConfigJsonOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        help='Engine settings as JSON, e.g. \'{"cpu_models": 2, "cpu_backend": "onnx-int8", "cpu_batch": 16}\' '
+        "(default: the safe default configuration).",
+    ),
+]
+
+
+def _config_json(text: str | None) -> EngineConfig | None:
+    """The engine configuration given as JSON on the command line (None: the command's default)."""
+    with reraise_as(ConfigError, "--config must be a JSON object of engine settings", ValueError, TypeError):
+        return EngineConfig.from_dict(json.loads(text)) if text else None
+
+
+def bench_first_run_cmd(
+    n: Annotated[int, typer.Option("--n", min=10, help="Images in the generated corpus (cached once made).")] = 10_000,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Rounds of one build and one rescan.")] = 3,
+    model: ModelOpt = STAND_IN,
+    config: ConfigJsonOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The first retrieval, which builds the index, against a --rescan of the same database: images/s of each
+    (median of interleaved rounds) and their ratio, both through the real retrieval path."""
+    cfg = _config_json(config)
+    say = console.log_for(not as_json)
+    result = bench_first_run(n=n, repeats=repeats, model=model, config=cfg, log=say)
+    if as_json:
+        console.emit_json(result)
+        return
+    rows = [{"run": name, "round": i + 1, **row} for name, rs in result["runs"].items() for i, row in enumerate(rs)]
+    console.print_rows("first retrieval (index build) vs --rescan", rows)
+    console.print_figures("summary", {k: v for k, v in result.items() if k != "runs"})
+
+
 def bench_index_update_cmd(
     n: Annotated[int, typer.Option("--n", min=100, help="Images in the generated corpus (cached once made).")] = 20_000,
     added: Annotated[float, typer.Option("--added", min=0.0001, max=1.0, help="Share of new images to add.")] = 0.01,
     model: ModelOpt = STAND_IN,
-    config: Annotated[
-        str | None,
-        typer.Option(
-            "--config",
-            help='Engine settings as JSON, e.g. \'{"cpu_models": 2, "cpu_backend": "onnx-int8", "cpu_batch": 16}\' '
-            "(default: the safe default configuration).",
-        ),
-    ] = None,
+    config: ConfigJsonOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """An index update after adding new images, against a full rebuild of the same database: scan seconds of
     each and their ratio (start-up stated apart), both through the real retrieval path."""
-    with reraise_as(ConfigError, "--config must be a JSON object of engine settings", ValueError, TypeError):
-        cfg = EngineConfig.from_dict(json.loads(config)) if config else None
+    cfg = _config_json(config)
     say = console.log_for(not as_json)
     result = bench_index_update(n=n, added=added, model=model, config=cfg, log=say)
     if as_json:

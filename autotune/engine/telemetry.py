@@ -92,3 +92,34 @@ def bottleneck(workers: Sequence[dict[str, Any]]) -> str:
     if blocked > 0.10:
         return f"consumers (producers waited {blocked:.0%} of their time for free slots)"
     return "balanced"
+
+
+# Producer stages that are preprocessing work (reading the file, decoding and resizing), not waiting.
+PREPROCESS_STAGES = ("read", "decode_resize")
+
+
+def time_per_image(workers: Sequence[dict[str, Any]], images: int, scan_seconds: float, cores: int) -> dict[str, float]:
+    """Where a scan's time went, in milliseconds per image, from the workers' stage timers.
+
+    Producers: ``preprocess_ms`` (read + decode + resize, all producers together) and ``preprocess_core_share``,
+    the share of the machine's core-seconds that preprocessing took during the scan. Consumers (summed over
+    replicas, so per replica-image): ``forward_ms`` (the model), ``transfer_ms`` (batch assembly and copies in),
+    ``score_ms`` (scoring, top-k, the sink), ``wait_ms`` (no batch ready: producers behind).
+    """
+    if images <= 0:
+        return {}
+
+    def total(role: str, stages: Sequence[str]) -> float:
+        """Seconds the workers of ``role`` spent in ``stages``."""
+        return sum(w["stats"]["seconds"].get(s, 0.0) for w in workers if w["role"] == role for s in stages)
+
+    pre = total("producer", PREPROCESS_STAGES)
+    out = {
+        "preprocess_ms": 1000 * pre / images,
+        "preprocess_core_share": pre / (scan_seconds * cores) if scan_seconds > 0 and cores else 0.0,
+        "forward_ms": 1000 * total("consumer", ("forward",)) / images,
+        "transfer_ms": 1000 * total("consumer", ("transfer",)) / images,
+        "score_ms": 1000 * total("consumer", ("score",)) / images,
+        "wait_ms": 1000 * total("consumer", (CONSUMER_WAIT,)) / images,
+    }
+    return {k: round(v, 3 if k.endswith("ms") else 4) for k, v in out.items()}

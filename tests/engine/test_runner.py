@@ -19,6 +19,7 @@ from autotune.atomic import TMP_MARK, DiskFullError, temporary_name
 from autotune.data import open_source
 from autotune.engine import EngineConfig, ScanAborted, ScanMismatch, ScanProgress, embed_queries, run_scan
 from autotune.engine.sink import ShardSinkFactory, read_shards
+from autotune.engine.telemetry import time_per_image
 from autotune.engine.transport import segment_names
 from autotune.models.backends import FakeBackend
 from autotune.preprocess import PreprocessSpec, fast_preprocess
@@ -88,6 +89,11 @@ def test_scan_is_exact_and_covers_every_record_once(source, cfg: EngineConfig, t
     assert res.steady_images_per_s > 0 and res.bottleneck
     roles = sorted(w["role"] for w in res.workers)
     assert roles.count("consumer") == cfg.cpu_models and roles.count("producer") == cfg.producers
+    # Where the time went: every image was preprocessed and embedded, so both stages took time; the producers'
+    # share of the machine's core-seconds is a share.
+    per = time_per_image(res.workers, res.images, res.scan_seconds, cores=2)
+    assert per["preprocess_ms"] > 0 and per["forward_ms"] > 0 and 0 < per["preprocess_core_share"] <= 1
+    assert set(per) == {"preprocess_ms", "preprocess_core_share", "forward_ms", "transfer_ms", "score_ms", "wait_ms"}
     assert not _worker_children()
     assert not _shm_segments()
 
