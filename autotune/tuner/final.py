@@ -23,10 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from autotune.errors import ConfigError
 from autotune.progress import Log
 from autotune.tuner.options import StudySetup
-from autotune.tuner.storage import complete_trials, trial_value
+from autotune.tuner.storage import distinct_top, trial_value
 from autotune.tuner.validation import Candidate, validate
 
 if TYPE_CHECKING:
@@ -56,16 +55,7 @@ def kind(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 def best_of_each_kind(trials: list[FrozenTrial], top: int) -> list[FrozenTrial]:
     """The best complete trial of each kind, best first, ``top`` kinds at most."""
-    seen: set[tuple[tuple[str, Any], ...]] = set()
-    out: list[FrozenTrial] = []
-    for t in sorted(complete_trials(trials), key=lambda t: -trial_value(t)):
-        if kind(t.params) in seen:
-            continue
-        seen.add(kind(t.params))
-        out.append(t)
-        if len(out) == top:
-            break
-    return out
+    return distinct_top(trials, top, key=kind)
 
 
 def layout_neighbours(setup: StudySetup, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -95,13 +85,8 @@ def _within(param: Any, value: int) -> bool:
 
 def _feasible(setup: StudySetup, params: dict[str, Any]) -> bool:
     """Whether the space's constraints and the engine's own checks accept ``params``."""
-    if setup.space.violations(params):
-        return False
-    try:
-        setup.space.to_config(params).validate(cores=setup.machine.logical_cores, gpus=setup.machine.gpu_count)
-    except ConfigError:
-        return False
-    return True
+    config, _bad = setup.space.checked_config(params, setup.machine.logical_cores, setup.machine.gpu_count)
+    return config is not None
 
 
 def finalists(setup: StudySetup, trials: list[FrozenTrial], top: int) -> list[Finalist]:

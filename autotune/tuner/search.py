@@ -103,14 +103,8 @@ class _Trials:
         """The proposal's validated config; an infeasible one is recorded and pruned, never run."""
         import optuna
 
-        space, machine = self.setup.space, self.setup.machine
-        bad = space.violations(params)
-        config = None
-        if not bad:
-            try:
-                config = space.to_config(params).validate(cores=machine.logical_cores, gpus=machine.gpu_count)
-            except ConfigError as exc:
-                bad = [str(exc)]
+        machine = self.setup.machine
+        config, bad = self.setup.space.checked_config(params, machine.logical_cores, machine.gpu_count)
         if not bad and config is not None:
             small = self.setup.spec.too_small_for(config)
             bad = [small] if small else self.guard.violations(config, trial)

@@ -106,6 +106,16 @@ class SearchSpace:
                 bad.append(expr)
         return bad
 
+    def checked_config(self, params: Mapping[str, Any], cores: int, gpus: int) -> tuple[EngineConfig | None, list[str]]:
+        """A proposal's validated engine configuration, or None and why not (broken constraints, engine checks)."""
+        bad = self.violations(params)
+        if bad:
+            return None, bad
+        try:
+            return self.to_config(params).validate(cores=cores, gpus=gpus), []
+        except ConfigError as exc:
+            return None, [str(exc)]
+
     def to_config(self, params: Mapping[str, Any]) -> EngineConfig:
         """Engine configuration for a proposal (fixed settings merged in)."""
         return EngineConfig.from_dict({**self.fixed, **params})

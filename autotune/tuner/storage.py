@@ -7,7 +7,7 @@ that does not exist rather than create an empty one. Optuna is imported only whe
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -142,18 +142,26 @@ def complete_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
 
 
-def distinct_top(trials: Sequence[FrozenTrial], top: int | None = None) -> list[FrozenTrial]:
-    """Complete trials best first, one per parameter set (a repeat of measured params counts once), ``top`` at most.
+def _param_set(params: dict[str, Any]) -> Hashable:
+    """A trial's whole parameter set, as a key."""
+    return tuple(sorted(params.items()))
+
+
+def distinct_top(
+    trials: Sequence[FrozenTrial], top: int | None = None, key: Callable[[dict[str, Any]], Hashable] = _param_set
+) -> list[FrozenTrial]:
+    """Complete trials best first, one per ``key`` of their params (default: per parameter set, so a repeat of
+    measured params counts once), ``top`` at most.
 
     Ties keep the earlier trial, since the sort is stable on trial order.
     """
     out: list[FrozenTrial] = []
-    seen: set[tuple[tuple[str, Any], ...]] = set()
+    seen: set[Hashable] = set()
     for t in sorted(complete_trials(trials), key=lambda t: -trial_value(t)):
-        key = tuple(sorted(t.params.items()))
-        if key in seen:
+        k = key(t.params)
+        if k in seen:
             continue
-        seen.add(key)
+        seen.add(k)
         out.append(t)
         if top is not None and len(out) == top:
             break
