@@ -14,6 +14,7 @@ from autotune.bench.ladder_stages import (
     bare_forward,
     baseline,
     batched,
+    engine_against_bare,
     engine_stages,
     load_inputs,
     references,
@@ -46,6 +47,7 @@ def run_ladder(
     progress: ProgressFactory | None = None,
     log: Log | None = None,
     split: str | None = None,
+    paired_rounds: int = 3,
 ) -> dict[str, Any]:
     """Time the paper's stages on the same ``n`` images and return per-stage figures.
 
@@ -55,7 +57,8 @@ def run_ladder(
     profile, when one is given. Every stage's top-k is checked against a brute-force top-k computed with
     the same preprocessing and backend; overlap with the baseline's top-k is reported as information.
     Without ``dataset`` a corpus of ``n`` images is generated (reported to ``progress``); ``log`` gets a
-    line per stage.
+    line per stage. ``engine_steady_vs_bare_forward`` comes from ``paired_rounds`` alternating runs of stage 3
+    and the bare forward (the median of their ratios; 0: stage 3's single run against the one bare forward).
 
     Example:
         >>> result = run_ladder(n=32, model="synthetic:tiny")  # doctest: +SKIP
@@ -70,12 +73,18 @@ def run_ladder(
         bare = bare_forward(inputs, refs.fast_u8)
         engine, backend_refs = engine_stages(inputs, profile, refs.fast_u8, say)
         stages += engine
+        say(f"engine against the bare forward: {paired_rounds} paired rounds")
+        paired = engine_against_bare(inputs, refs.fast_u8, paired_rounds) if paired_rounds else None
     base = stages[0]
     rows = []
     for st in stages:
         ref = refs.reference if st.name in ("baseline", "batched") else backend_refs.get(st.name, refs.fast)
         rows.append(_row(st, base, _check(st, *ref)))
-    return _summary(rows, inputs, bare, plot)
+    result = _summary(rows, inputs, bare, plot)
+    if paired is not None:
+        result["engine_vs_bare_paired"] = paired
+        result["engine_steady_vs_bare_forward"] = paired["engine_steady_vs_bare_forward"]
+    return result
 
 
 @contextmanager

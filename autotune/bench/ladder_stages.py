@@ -197,6 +197,33 @@ def bare_forward(inputs: Inputs, fast_u8: np.ndarray) -> float:
     return reps * len(x) / seconds
 
 
+def engine_against_bare(inputs: Inputs, fast_u8: np.ndarray, rounds: int = 3) -> dict[str, Any]:
+    """The engine's steady state against the bare forward of the same backend and threads, in paired rounds.
+
+    Stage 3's configuration (one replica on every core, the producers beside it) and the bare forward run in
+    alternating order ``rounds`` times; the figure is the median of the per-round ratios. Measured once each,
+    a machine whose speed drifts within minutes gave 0.95 in one run and 0.75 in the next.
+    """
+    cfg = _engine_configs(inputs, None)[0][1]
+    bare: list[float] = []
+    steady: list[float] = []
+    for r in range(rounds):
+        for what in ("bare", "engine") if r % 2 == 0 else ("engine", "bare"):
+            if what == "bare":
+                bare.append(bare_forward(inputs, fast_u8))
+            else:
+                res = run_scan(inputs.source, inputs.model, cfg, records=inputs.records, progress=None)
+                steady.append(res.steady_images_per_s)
+    ratios = [e / b for e, b in zip(steady, bare, strict=True) if b > 0]
+    return {
+        "rounds": rounds,
+        "config": cfg.describe(),
+        "bare_forward_images_per_s": [round(b, 3) for b in bare],
+        "engine_steady_images_per_s": [round(e, 3) for e in steady],
+        "engine_steady_vs_bare_forward": round(float(np.median(ratios)), 3) if ratios else None,
+    }
+
+
 def _engine_configs(inputs: Inputs, profile: Profile | None) -> list[tuple[str, EngineConfig, str]]:
     """Stages 3 and up: one replica, several (dynamic, then static scheduling), and the tuned profile."""
     cores, batch = inputs.cores, inputs.batch

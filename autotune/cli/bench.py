@@ -70,6 +70,10 @@ def bench_ladder_cmd(
         Path | None, typer.Option("--plot", help="Write a bar chart PNG (like the paper's Fig. 10).")
     ] = None,
     split: SplitOpt = None,
+    paired_rounds: Annotated[
+        int,
+        typer.Option("--paired-rounds", min=0, help="Alternating runs of stage 3 and the bare forward: their ratio."),
+    ] = 3,
     as_json: JsonOpt = False,
 ) -> None:
     """The paper's speed-up ladder on the same N images, in one run: baseline, batched, producers + one model,
@@ -77,7 +81,10 @@ def bench_ladder_cmd(
 
     Every stage's clock starts with its model loaded (stages 1-2 load it before, engine stages once every
     replica reports ready); engine start-up (spawn + model load) is shown apart, with steady-state images/s.
-    Each stage's top-9 is checked against a brute-force top-9 with the same preprocessing and backend; the
+    The engine's steady state against the bare forward of the same backend and threads is the median of
+    paired, alternating runs (a drifting machine makes one-off figures of either meaningless); each engine
+    stage states where its time went per image (preprocessing and its share of the cores, forward, copies,
+    waits). Each stage's top-9 is checked against a brute-force top-9 with the same preprocessing and backend; the
     overlap with the baseline's top-9 is information only (on the random-weight stand-in, scores crowd so
     closely that any numerical change reorders them).
     """
@@ -86,8 +93,9 @@ def bench_ladder_cmd(
     from autotune.bench.ladder import run_ladder  # imports torch: not for --help
 
     result = run_ladder(
-        n=n, dataset=dataset, model=model, query=query, batch=batch, profile=prof, plot=plot, log=say, split=split
-    )
+        n=n, dataset=dataset, model=model, query=query, batch=batch, profile=prof, plot=plot, log=say, split=split,
+        paired_rounds=paired_rounds,
+    )  # fmt: skip
     if as_json:
         console.emit_json(result)
         return
