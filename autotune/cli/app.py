@@ -65,6 +65,7 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., None]]] = [
     (bench_app, "index", bench.bench_index_cmd),
     (bench_app, "index-update", bench.bench_index_update_cmd),
     (bench_app, "first-run", bench.bench_first_run_cmd),
+    (bench_app, "configs", bench.bench_configs_cmd),
     (bench_app, "backends", bench.bench_backends_cmd),
     (bench_app, "samplers", bench.bench_samplers_cmd),
     (bench_app, "roofline", bench.bench_roofline_cmd),

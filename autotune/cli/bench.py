@@ -10,7 +10,7 @@ import typer
 
 from autotune import console
 from autotune.bench.index import bench_first_run, bench_index, bench_index_update
-from autotune.bench.tuner import SPLITS, bench_tuner
+from autotune.bench.tuner import SPLITS, bench_configs, bench_tuner
 from autotune.cli.options import DatasetPathOpt, JsonOpt, ModelOpt, SplitOpt
 from autotune.engine.config import EngineConfig
 from autotune.errors import ConfigError, reraise_as
@@ -261,6 +261,35 @@ def _config_json(text: str | None) -> EngineConfig | None:
     """The engine configuration given as JSON on the command line (None: the command's default)."""
     with reraise_as(ConfigError, "--config must be a JSON object of engine settings", ValueError, TypeError):
         return EngineConfig.from_dict(json.loads(text)) if text else None
+
+
+def bench_configs_cmd(
+    config: Annotated[
+        list[str],
+        typer.Option("--config", help='One configuration as JSON (repeat the option), e.g. \'{"cpu_models": 2, '
+                     '"cpu_threads": 1, "cpu_batch": 16, "cpu_backend": "onnx-int8"}\'.'),
+    ],
+    dataset: DatasetPathOpt = None,
+    model: ModelOpt = STAND_IN,
+    images: Annotated[int, typer.Option("--images", min=1, help="Images in each full scan.")] = 2000,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Interleaved passes over the configurations.")] = 3,
+    split: SplitOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Full scans of several engine configurations side by side (a hand-found config against a profile's,
+    one backend against another): interleaved passes, median images/s of each and its share of the best."""
+    cfgs = [c for c in (_config_json(text) for text in config) if c is not None]
+    result = bench_configs(
+        cfgs, dataset=str(dataset) if dataset else None, model=model, images=images, repeats=repeats, split=split,
+        log=console.log_for(not as_json),
+    )  # fmt: skip
+    if as_json:
+        console.emit_json(result)
+        return
+    console.print_rows(
+        f"full scans of {images} images, {repeats} interleaved passes (median)",
+        [{k: v for k, v in row.items() if k != "settings"} for row in result["rows"]],
+    )
 
 
 def bench_first_run_cmd(

@@ -55,3 +55,24 @@ def test_layout_option_parses_replicas_by_threads() -> None:
     for bad in ("2by1", "0x2", "2x", "x1"):
         with pytest.raises(ConfigError, match="expected replicas x threads"):
             _layout(bad)
+
+
+def test_bench_configs_compares_full_scans_side_by_side(small_dataset: Path) -> None:
+    """Every configuration gets one run per pass; the best median has share 1 and the others theirs."""
+    from typer.testing import CliRunner
+
+    from autotune.cli import app
+
+    out = CliRunner().invoke(
+        app, ["bench", "configs", "--model", "fake:32", "--dataset", str(small_dataset), "--images", "16",
+              "--repeats", "2", "--json", "--config", '{"cpu_models": 1, "cpu_batch": 8}',
+              "--config", '{"cpu_models": 1, "cpu_batch": 4, "producers": 1}']
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    res = json.loads(out.stdout)
+    rows = res["rows"]
+    assert [len(r["runs"]) for r in rows] == [2, 2] and [r["settings"]["cpu_batch"] for r in rows] == [8, 4]
+    assert max(r["share_of_best"] for r in rows) == 1.0
+    best = max(rows, key=lambda r: r["images_per_s"])
+    assert res["best"] == best["config"]
+    assert all(r["share_of_best"] == pytest.approx(r["images_per_s"] / best["images_per_s"], abs=2e-3) for r in rows)
