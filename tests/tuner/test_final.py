@@ -37,14 +37,14 @@ def _trial(number: int, value: float, **params: Any) -> optuna.trial.FrozenTrial
 def test_best_of_each_kind_keeps_one_trial_per_backend_and_layout() -> None:
     """Batch-size neighbours of one kind count once; the best of each kind, best first, ``top`` at most."""
     trials = [
-        _trial(0, 60.0, cpu_backend="int8", cpu_batch=61),
-        _trial(1, 58.0, cpu_backend="int8", cpu_batch=56),  # same kind as trial 0: left out
+        _trial(0, 60.0, cpu_backend="onnx-int8", cpu_batch=61),
+        _trial(1, 58.0, cpu_backend="onnx-int8", cpu_batch=56),  # same kind as trial 0: left out
         _trial(2, 40.0, cpu_backend="eager", cpu_batch=16),
-        _trial(3, 30.0, cpu_backend="int8", cpu_models=2, cpu_threads=1),
+        _trial(3, 30.0, cpu_backend="onnx-int8", cpu_models=2, cpu_threads=1),
         _trial(4, 10.0, cpu_backend="eager", cpu_batch=8),
     ]
     assert [t.number for t in best_of_each_kind(trials, 3)] == [0, 2, 3]
-    assert kind(trials[0].params) == (("cpu_backend", "int8"), ("cpu_models", 1), ("cpu_threads", 2))
+    assert kind(trials[0].params) == (("cpu_backend", "onnx-int8"), ("cpu_models", 1), ("cpu_threads", 2))
 
 
 def test_layout_neighbours_respect_the_cores_and_the_constraints() -> None:
@@ -72,7 +72,7 @@ def test_finalists_add_the_untried_layouts_of_each_kind() -> None:
     """A layout of a finalist's backend that has a trial of its own comes with its own best batch, not as a
     variant; each kind's untried layouts come after the best of the kinds."""
     setup = _setup(2)
-    trials = [_trial(0, 60.0, cpu_backend="int8", cpu_batch=61), _trial(1, 40.0, cpu_backend="eager", cpu_batch=16)]
+    trials = [_trial(0, 60.0, cpu_backend="onnx-int8", cpu_batch=61), _trial(1, 40.0, cpu_backend="eager", cpu_batch=16)]
     chosen = finalists(setup, trials, 3)
     assert [(f.trial.number if f.trial else None, f.why) for f in chosen] == [
         (0, "best of its kind"),
@@ -85,9 +85,9 @@ def test_finalists_add_the_untried_layouts_of_each_kind() -> None:
         2,
         1,
         61,
-        "int8",
+        "onnx-int8",
     )
-    trials.append(_trial(2, 20.0, cpu_backend="int8", cpu_models=2, cpu_threads=1, cpu_batch=16))
+    trials.append(_trial(2, 20.0, cpu_backend="onnx-int8", cpu_models=2, cpu_threads=1, cpu_batch=16))
     chosen = finalists(setup, trials, 3)
     assert [(f.trial.number if f.trial else None, f.why) for f in chosen] == [
         (0, "best of its kind"),
