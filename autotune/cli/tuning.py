@@ -112,6 +112,22 @@ def study_cmd(
     trial_timeout: TrialTimeoutOpt = 600.0,
     seed: Annotated[int, typer.Option("--seed", help="Sampler seed.")] = 0,
     heartbeat: HeartbeatOpt = 5.0,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="local: this machine runs the trials; ray: every node of a Ray cluster runs them, one at a time "
+            "each, against --storage (one study and one profile per machine id).",
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="With --engine ray: the cluster to join (default: auto, the one this machine belongs to; local: "
+            "a new one on this machine).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Tune the scan engine for this machine with Optuna and save the best configuration as its profile.
@@ -136,6 +152,14 @@ def study_cmd(
         split=split, validate_repeats=validate_repeats, save_profile=save_profile, sampler=sampler,
         patience=patience, trial_timeout_s=trial_timeout, seed=seed, heartbeat_s=heartbeat,
     )  # fmt: skip
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"--engine must be local or ray (got {engine!r})")
+    if engine == "ray":
+        from autotune.tuner.ray_workers import run_ray_study  # imports Ray: not for the local engine
+
+        spread = run_ray_study(options, address=ray_address or "auto", log=console.log_for(not as_json))
+        console.show(spread.summary(), "study (ray)", as_json)
+        return
     outcome = run_study(options, log=console.log_for(not as_json), progress=console.progress_for(not as_json))
     console.show(outcome.summary(), "study", as_json)
 
