@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,11 +42,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AUTOTUNE_STUDIES", str(studies))
         mp.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=150 * 1024**2)
+        # A new instance of our own ("local"), never a cluster someone else started on this machine; its
+        # session files in a folder of its own (short: Ray's socket paths must fit in 107 characters).
+        temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=150 * 1024**2,
+                 _temp_dir=temp)  # fmt: skip
         try:
             yield studies
         finally:
             ray.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_each_node_runs_the_worker_loop_and_its_machine_id_gets_one_profile(
