@@ -29,7 +29,14 @@ from autotune.tuner.report import serve_dashboard, study_report, top_text
 from autotune.tuner.study import StudyOptions, run_study
 
 # The study's options, declared here so that the handler itself stays a readable page.
-TrialsOpt = Annotated[int, typer.Option("--trials", min=1, help="Trials that run a scan (infeasible ones excluded).")]
+TrialsOpt = Annotated[
+    int,
+    typer.Option(
+        "--trials",
+        min=1,
+        help="Trials that run a scan (infeasible ones excluded); on a study shared by several machines, their total.",
+    ),
+]
 TimeoutOpt = Annotated[float | None, typer.Option("--timeout", help="Stop searching after this many seconds.")]
 ScanSizeOpt = Annotated[
     int | None,
