@@ -14,17 +14,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned to the CPU build on local disk, so nothing pulls a CUDA build.
 	$(BIN)/python -m pip show torch >/dev/null 2>&1 || $(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[test,onnx,openvino]"
+	$(BIN)/python -m pip install -q -e ".[test,onnx,openvino,postgres]"
 	touch $(STAMP)
 
 demo: install
 	$(BIN)/autotune demo
 
-# The dashboard test drives Debian's headless Chromium; without it (no root, no apt) that test is skipped.
+# The dashboard test drives Debian's headless Chromium, and the shared-study test starts Debian's PostgreSQL server
+# (its binaries live in /usr/lib/postgresql/<version>/bin, off PATH); without them (no root, no apt) those tests
+# are skipped.
 test-deps:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 		echo "note: chromium not installed; the dashboard browser test will be skipped"
+	@{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 ; } || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) ; } || \
+		echo "note: postgresql not installed; the shared-study test will be skipped"
 
 # `slow` checks (ViT-B/32-sized models, compiled backends, the tuner benchmark) run in `make test-all`.
 # Two xdist workers, a test file each at a time: most tests wait on spawned workers and disk, so two share 2

@@ -29,7 +29,14 @@ from autotune.tuner.report import serve_dashboard, study_report, top_text
 from autotune.tuner.study import StudyOptions, run_study
 
 # The study's options, declared here so that the handler itself stays a readable page.
-TrialsOpt = Annotated[int, typer.Option("--trials", min=1, help="Trials that run a scan (infeasible ones excluded).")]
+TrialsOpt = Annotated[
+    int,
+    typer.Option(
+        "--trials",
+        min=1,
+        help="Trials that run a scan (infeasible ones excluded); on a study shared by several machines, their total.",
+    ),
+]
 TimeoutOpt = Annotated[float | None, typer.Option("--timeout", help="Stop searching after this many seconds.")]
 ScanSizeOpt = Annotated[
     int | None,
@@ -47,10 +54,20 @@ SpaceOpt = Annotated[
     str | None, typer.Option("--space", help="Search-space YAML file (default: the device's built-in).")
 ]
 StudyStorageOpt = Annotated[
-    str | None, typer.Option("--storage", help="Optuna RDB URL (default: sqlite file under studies/).")
+    str | None,
+    typer.Option(
+        "--storage",
+        help="Optuna RDB URL (default: sqlite file under studies/). Several machines: one postgresql://... URL, "
+        "the same command on each.",
+    ),
 ]
 StudyNameOpt = Annotated[
-    str | None, typer.Option("--study-name", help="Default: machine id + device + model + dataset.")
+    str | None,
+    typer.Option(
+        "--study-name",
+        help="Default: machine id + space + model + a hash of the data's content (the same on machines holding "
+        "the same data).",
+    ),
 ]
 ValidateRepeatsOpt = Annotated[
     int,
@@ -66,6 +83,16 @@ SaveProfileOpt = Annotated[
 ]
 PatienceOpt = Annotated[int | None, typer.Option("--patience", help="Stop after this many trials without improvement.")]
 TrialTimeoutOpt = Annotated[float, typer.Option("--trial-timeout", help="Seconds before a trial is failed as hung.")]
+HeartbeatOpt = Annotated[
+    float,
+    typer.Option(
+        "--heartbeat",
+        min=1,
+        envvar="AUTOTUNE_HEARTBEAT",
+        help="Seconds between a running trial's heartbeats; a trial silent for 4 of them belongs to a dead worker "
+        "and is queued again.",
+    ),
+]
 
 
 def study_cmd(
@@ -91,6 +118,23 @@ def study_cmd(
     patience: PatienceOpt = None,
     trial_timeout: TrialTimeoutOpt = 600.0,
     seed: Annotated[int, typer.Option("--seed", help="Sampler seed.")] = 0,
+    heartbeat: HeartbeatOpt = 5.0,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="local: this machine runs the trials; ray: every node of a Ray cluster runs them, one at a time "
+            "each, against --storage (one study and one profile per machine id).",
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="With --engine ray: the cluster to join (default: auto, the one this machine belongs to; local: "
+            "a new one on this machine).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Tune the scan engine for this machine with Optuna and save the best configuration as its profile.
@@ -102,6 +146,10 @@ def study_cmd(
     both figures and becomes the one in use only if it validates faster (or with --save-profile). Every pick
     is kept under studies/profiles/<machine-id>/ (see `autotune profile list`). Running the same command
     again resumes the study. Inspect it with `autotune dashboard` or `autotune report`.
+
+    On several identical machines, run the same command with one --storage postgresql://... URL: each machine
+    runs its trials one at a time, --trials is the total across them, a dead machine's trial is run again by
+    another, and one machine validates and saves the pick (the output names it).
     """
     if model and model.startswith("synthetic:") and not as_json:
         console.warn("note: synthetic models have random weights: speed is real, rankings are not")
@@ -109,8 +157,16 @@ def study_cmd(
         device=device, trials=trials, timeout_s=timeout, scan_size=scan_size, rounds=rounds, space=space,
         storage=storage, study_name=study_name, model=model, dataset=dataset, image_column=image_column,
         split=split, validate_repeats=validate_repeats, save_profile=save_profile, sampler=sampler,
-        patience=patience, trial_timeout_s=trial_timeout, seed=seed,
+        patience=patience, trial_timeout_s=trial_timeout, seed=seed, heartbeat_s=heartbeat,
     )  # fmt: skip
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"--engine must be local or ray (got {engine!r})")
+    if engine == "ray":
+        from autotune.tuner.ray_workers import run_ray_study  # imports Ray: not for the local engine
+
+        spread = run_ray_study(options, address=ray_address or "auto", log=console.log_for(not as_json))
+        console.show(spread.summary(), "study (ray)", as_json)
+        return
     outcome = run_study(options, log=console.log_for(not as_json), progress=console.progress_for(not as_json))
     console.show(outcome.summary(), "study", as_json)
 

@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from autotune.data import open_source
@@ -23,7 +24,7 @@ from autotune.progress import ProgressFactory
 from autotune.tuner.objective import ScanSpec
 from autotune.tuner.profile import model_arch
 from autotune.tuner.space import SearchSpace, load_space
-from autotune.tuner.storage import default_storage
+from autotune.tuner.storage import HEARTBEAT_S, default_storage
 
 
 @dataclass(kw_only=True)
@@ -56,6 +57,7 @@ class StudyOptions:
     save_profile: bool = False  # make the pick the profile in use even if it validates slower
     guard_threshold: float = DEFAULT_THRESHOLD
     guard_sample: int = 256
+    heartbeat_s: float = HEARTBEAT_S  # a running trial's heartbeat; silent for 4 beats: its worker is dead
 
 
 @dataclass
@@ -81,9 +83,22 @@ def _slug(text: str) -> str:
 
 
 def default_study_name(machine_id: str, space: str, model: str, dataset_fp: str) -> str:
-    """Derived from machine id, space (the device mix for built-in spaces), model and dataset, so the same
-    command resumes the same study."""
+    """Derived from machine id, space (the device mix for built-in spaces), model and dataset content, so the
+    same command resumes the same study, and identical machines holding the same data share it."""
     return f"{machine_id}.{_slug(space)}.{_slug(model)}.{dataset_fp[:8]}"
+
+
+def model_identity(model: str) -> str:
+    """The model as a study name may carry it: a hub or synthetic id as given; a local folder by its weights.
+
+    A folder's path differs between machines that hold the same model; its folder name and weights hash do not.
+    """
+    local = Path(model).expanduser()
+    if not model.startswith(("synthetic:", "fake:")) and local.is_dir():
+        from autotune.models.facts import weights_hash  # hashes the weights once, then cached by size and mtime
+
+        return f"{local.resolve().name}-{weights_hash(local.resolve())[:8]}"
+    return model
 
 
 def max_trial_images(space: SearchSpace, spec: ScanSpec, gpus: int) -> int:
@@ -145,14 +160,18 @@ def prepare_study(options: StudyOptions, progress: ProgressFactory | None = None
             f"pass --scan-size {need} or more, or leave it out"
         )
     arch = model_arch(model)
+    # The data's content, not its listing's mtimes: machines holding copies of the same data must agree on the
+    # study they share (hashed once per machine, then cached against the listing).
+    content = source.content_fingerprint()
+    model_id = model_identity(model)
     # The study's identity: trials measured under another rule, model or data are never mixed into it.
     signature = {
-        "model": model,
+        "model": model_id,
         "arch": arch,
-        "dataset": source.fingerprint(),
+        "dataset": content,
         "preprocess": preprocess_spec_for(model).digest(),
         **spec.describe(),
     }
-    name = _study_name(options, (machine.machine_id, space.name, model, source.fingerprint()), signature)
+    name = _study_name(options, (machine.machine_id, space.name, model_id, content), signature)
     url = options.storage or default_storage()
     return StudySetup(machine, space, model, arch, dataset, source, spec, need, signature, name, url)

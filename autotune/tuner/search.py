@@ -1,12 +1,20 @@
 """The study's trial loop: each proposal is checked (feasible, accurate enough, not measured yet), then measured.
 
 Like Optuna's own ``_optimize``, the public :func:`autotune.tuner.study.run_study` stays short and the loop
-lives here: the objective runs one trial, and the callback decides when the study stops (enough measured
-trials, no improvement for ``patience`` trials, or a setup that fails every trial).
+lives here: the objective runs one trial, and the callback decides when this worker stops (no improvement for
+``patience`` trials, or a setup that fails every trial).
+
+Several workers (identical machines) may run this loop on one shared study, a trial at a time each: a trial
+owns its machine. The study holds its goal, the number of measured trials this run of it must reach, so
+``--trials`` is a total across workers. A worker starts a trial only while the measured and running trials
+fall short of the goal; when the rest are running elsewhere it waits, and watches their heartbeats: a dead
+worker's trial is failed and queued again, and the waiting worker measures it.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from autotune.engine.config import EngineConfig
@@ -16,13 +24,65 @@ from autotune.models.calibration import config_calibration
 from autotune.progress import Log
 from autotune.tuner.objective import TrialFailed, TrialStopped, measure
 from autotune.tuner.options import StudyOptions, StudySetup
-from autotune.tuner.storage import trial_value
+from autotune.tuner.storage import fail_orphaned_running, trial_value, worker_name
 
 if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial, Trial
 
 FAIL_FAST = 3  # this many failures before any success means the setup, not the config, is broken
+GOAL_KEY = "trial_goal"  # study user attribute: the measured trials the study's current run must reach
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Where a shared study stands: trials measured, running (on any worker) and queued."""
+
+    measured: int
+    running: int
+    waiting: int
+
+
+def is_measured(trial: FrozenTrial) -> bool:
+    """Whether a finished trial paid for a scan: not an infeasible proposal, a repeat, a final's variant, or a
+    trial failed for a dead worker (its parameters are queued again)."""
+    from optuna.trial import TrialState
+
+    attrs = trial.user_attrs
+    if trial.state == TrialState.COMPLETE:
+        return "repeat_of" not in attrs and "final_variant_of" not in attrs
+    if trial.state == TrialState.PRUNED:
+        return not attrs.get("infeasible")
+    return trial.state == TrialState.FAIL and "fail_reason" in attrs
+
+
+def tally(study: Study) -> Tally:
+    """Count the study's measured, running and waiting trials (one read of the storage)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    return Tally(
+        measured=sum(1 for t in trials if is_measured(t)),
+        running=sum(1 for t in trials if t.state == TrialState.RUNNING),
+        waiting=sum(1 for t in trials if t.state == TrialState.WAITING),
+    )
+
+
+def trial_goal(study: Study, trials: int, say: Log) -> int:
+    """The measured trials this run of the study must reach: join the goal of a run under way, else set one.
+
+    A run is under way while the study holds a goal its measured trials fall short of (other workers on it, or a
+    run killed before it ended); otherwise this worker starts one, ``trials`` more than are measured now. Two
+    workers starting together compute the same goal.
+    """
+    now = tally(study)
+    goal = study.user_attrs.get(GOAL_KEY)
+    if isinstance(goal, int) and now.measured < goal:
+        say(f"joining the study's run under way: {now.measured} of {goal} trials measured (--trials is its total)")
+        return goal
+    goal = now.measured + trials
+    study.set_user_attr(GOAL_KEY, goal)
+    return goal
 
 
 class TrialGuard:
@@ -79,6 +139,7 @@ class _Trials:
         self.best: float | None = None
         self.since_best = 0
         self.diagnosis: list[str] = []
+        self.stopped = False  # patience ran out, or the setup is broken
 
     @property
     def gave_up(self) -> bool:
@@ -87,6 +148,7 @@ class _Trials:
 
     def objective(self, trial: Trial) -> float:
         """One trial: refuse an infeasible proposal, answer a repeat from the study, else measure it."""
+        trial.set_user_attr("worker", worker_name())  # which machine measured it (a re-queued trial: the new one)
         params = self.setup.space.suggest(trial)
         config = self._feasible(trial, params)
         trial.set_user_attr("config", config.describe())
@@ -140,15 +202,13 @@ class _Trials:
         return m.images_per_s
 
     def callback(self, study: Study, trial: FrozenTrial) -> None:
-        """After each trial: count it, and stop the study when it has done enough or cannot succeed."""
+        """After each trial: count it, and stop this worker when the study cannot succeed or stopped improving."""
         from optuna.trial import TrialState
 
         if trial.state == TrialState.FAIL:
             self._failed(study, trial)
         elif trial.state == TrialState.COMPLETE:
             self._completed(study, trial)
-        if self.runs >= self.options.trials:
-            study.stop()
 
     def _failed(self, study: Study, trial: FrozenTrial) -> None:
         """Say why; stop after FAIL_FAST failures before any success."""
@@ -158,7 +218,7 @@ class _Trials:
             self.failures_before_success += 1
             self.diagnosis.append(reason)
             if self.failures_before_success >= FAIL_FAST:
-                study.stop()
+                self.stopped = True
 
     def _completed(self, study: Study, trial: FrozenTrial) -> None:
         """Track the best value; stop after ``patience`` trials without improvement."""
@@ -170,7 +230,7 @@ class _Trials:
         self.since_best += 1
         if self.options.patience and self.since_best >= self.options.patience:
             self.say(f"no improvement for {self.options.patience} trials: stopping")
-            study.stop()
+            self.stopped = True
 
 
 def _measured_twin(trial: Trial, params: dict[str, object]) -> FrozenTrial | None:
@@ -181,18 +241,41 @@ def _measured_twin(trial: Trial, params: dict[str, object]) -> FrozenTrial | Non
     return next((t for t in done if t.params == params), None)
 
 
-def search(study: Study, setup: StudySetup, options: StudyOptions, trial_guard: TrialGuard, say: Log) -> None:
-    """Run the trials: feasibility, accuracy guard, measurement with round-by-round pruning."""
+def search(
+    study: Study, setup: StudySetup, options: StudyOptions, trial_guard: TrialGuard, say: Log, goal: int
+) -> int:
+    """Run trials until the study holds ``goal`` measured ones: feasibility, accuracy guard, measurement with
+    round-by-round pruning; wait while the last ones run on other workers, and take over a dead worker's.
+
+    Returns the number of trials this worker measured.
+    """
     trials = _Trials(setup, options, trial_guard, say)
+    deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
+    proposals = 0
+    told_waiting = False
     try:
-        study.optimize(
-            trials.objective,
-            n_trials=options.trials * 5,
-            timeout=options.timeout_s,
-            callbacks=[trials.callback],
-            catch=(TrialFailed,),
-            gc_after_trial=False,
-        )
+        while not trials.stopped:
+            if deadline is not None and time.monotonic() >= deadline:
+                say(f"--timeout reached: stopping after {proposals} proposals")
+                break
+            fail_orphaned_running(study)  # a dead worker's trial goes back to the queue, for this worker to take
+            now = tally(study)
+            if now.measured >= goal and now.waiting == 0:  # a dead worker's queued trial is run even past the goal
+                break
+            if now.waiting == 0 and now.measured + now.running >= goal:
+                if not told_waiting:
+                    say(f"{now.running} trial(s) of the last ones run on other workers: waiting for them")
+                    told_waiting = True
+                time.sleep(options.heartbeat_s)
+                continue
+            # Infeasible proposals and repeats cost no scan; this bounds a space where nearly all are.
+            if proposals >= options.trials * 5:
+                break
+            told_waiting = False
+            proposals += 1
+            study.optimize(
+                trials.objective, n_trials=1, callbacks=[trials.callback], catch=(TrialFailed,), gc_after_trial=False
+            )
     except KeyboardInterrupt:
         say("interrupted: the study is saved; run the same command again to resume")
         raise
@@ -204,3 +287,18 @@ def search(study: Study, setup: StudySetup, options: StudyOptions, trial_guard: 
         ) from None
     if trials.gave_up:
         raise AutotuneError(f"the first {FAIL_FAST} trials all failed; the last reason: {trials.diagnosis[-1]}")
+    return trials.runs
+
+
+def settle(study: Study, options: StudyOptions, say: Log) -> None:
+    """Wait until no trial runs on any worker (a dead worker's is failed once its heartbeat is stale)."""
+    told = False
+    while True:
+        fail_orphaned_running(study)
+        now = tally(study)
+        if now.running == 0:
+            return
+        if not told:
+            say(f"waiting for {now.running} trial(s) still running on other workers")
+            told = True
+        time.sleep(options.heartbeat_s)

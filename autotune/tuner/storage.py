@@ -2,12 +2,18 @@
 
 The study writes through a storage with a heartbeat (a killed run's RUNNING trials are failed and re-queued);
 reports and dashboards read through a plain one (reading never fails anyone's trials) and refuse a storage
-that does not exist rather than create an empty one. Optuna is imported only when a storage is opened.
+that does not exist rather than create an empty one. Several workers (machines) may share one study on a
+database server: :func:`claim` is the atomic "first one wins" they agree through (who enqueues the default,
+who validates the pick). Optuna is imported only when a storage is opened.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +28,8 @@ if TYPE_CHECKING:
 
 DB_NAME = "autotune.db"
 SQLITE_TIMEOUT_S = 30  # a study and a report may share one SQLite file: wait for its lock, do not fail
+HEARTBEAT_S = 5.0  # a running trial's heartbeat period
+GRACE_FACTOR = 4  # a trial whose heartbeat stopped this many periods ago belongs to a dead worker
 
 
 def default_storage(create: bool = True) -> str:
@@ -47,15 +55,26 @@ def _rdb(url: str, **kwargs: Any) -> RDBStorage:
     """An RDB storage for ``url``; a storage that cannot be opened is one line."""
     import optuna
 
-    engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else None
+    engine_kwargs: dict[str, Any] | None = None
+    if url.startswith("sqlite"):
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+    elif url.startswith(("postgresql", "mysql")):
+        # A worker idles on its connection for a whole trial (minutes): a server or a proxy may have closed it.
+        engine_kwargs = {"pool_pre_ping": True}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except Exception as exc:
         raise ConfigError(f"cannot open study storage {url}: {one_line(exc)}") from None
 
 
-def writer_storage(url: str) -> RDBStorage:
-    """The study's storage: its heartbeat fails trials left RUNNING by a killed run and re-queues their params."""
+def writer_storage(url: str, heartbeat_s: float = HEARTBEAT_S) -> RDBStorage:
+    """The study's storage: its heartbeat fails trials left RUNNING by a killed run and re-queues their params.
+
+    A running trial beats every ``heartbeat_s`` seconds; one silent for ``GRACE_FACTOR`` periods is failed by
+    the next worker that looks, and its parameters are queued again (once) for any worker to measure.
+    """
+    if heartbeat_s < 1:
+        raise ConfigError(f"--heartbeat must be at least 1 second (got {heartbeat_s:g})")
     try:
         # Optuna >= 4.9 calls it RetryHeartbeatStaleTrialCallback; older releases use the failed-trial hook.
         from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -65,7 +84,44 @@ def writer_storage(url: str) -> RDBStorage:
         from optuna.storages import RetryFailedTrialCallback
 
         retry = {"failed_trial_callback": RetryFailedTrialCallback(max_retry=1)}
-    return _rdb(url, heartbeat_interval=5, grace_period=20, **retry)
+    # Optuna takes whole seconds.
+    beat = max(1, round(heartbeat_s))
+    return _rdb(url, heartbeat_interval=beat, grace_period=GRACE_FACTOR * beat, **retry)
+
+
+def worker_name() -> str:
+    """This worker as the study records it: host and process id (``AUTOTUNE_WORKER`` overrides it)."""
+    return os.environ.get("AUTOTUNE_WORKER") or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim(storage: RDBStorage, study_name: str, key: str, value: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+    """Take ``key`` for this worker, atomically across every worker of the study: (won, the holder's value).
+
+    The claim is one INSERT into the study's user attributes, whose (study, key) pair is a unique key on every
+    database Optuna supports: of workers racing for it, exactly one insert commits and the others fail on the
+    key and read the winner's value. Optuna's own ``set_user_attr`` would not do: it reads, then writes, and
+    silently drops a write that loses such a race. The claim stays in the study (the dashboard shows it).
+
+    Example:
+        >>> won, holder = claim(storage, "study", "claim:pick:20", {"worker": worker_name()})
+        >>> holder["worker"]  # doctest: +SKIP
+        'node-3:4121'
+    """
+    import sqlalchemy
+    from sqlalchemy.exc import IntegrityError
+
+    study_id = storage.get_study_id_from_name(study_name)
+    value = {**value, "at": datetime.now(UTC).isoformat(timespec="seconds")}
+    insert = sqlalchemy.text(
+        "INSERT INTO study_user_attributes (study_id, key, value_json) VALUES (:study_id, :key, :value_json)"
+    )
+    try:
+        with storage.engine.begin() as conn:
+            conn.execute(insert, {"study_id": study_id, "key": key, "value_json": json.dumps(value)})
+        return True, value
+    except IntegrityError:
+        holder = storage.get_study_user_attrs(study_id).get(key)
+        return False, holder if isinstance(holder, dict) else {"worker": str(holder)}
 
 
 def reader_storage(url: str) -> RDBStorage:

@@ -3,6 +3,11 @@
 The steps: resolve the options (:mod:`~autotune.tuner.options`), open or resume the study
 (:mod:`~autotune.tuner.storage`), run the trials (:mod:`~autotune.tuner.search`), validate the pick on
 unseen images (:mod:`~autotune.tuner.validation`), and save it as this machine's profile.
+
+Several identical machines may run the same command on one study in a database server (``--storage
+postgresql://...``): they share the trials; the default is enqueued once, and the first worker to finish claims
+the pick (:func:`~autotune.tuner.storage.claim`), waits for the trials still running elsewhere, validates and
+saves it; the others say which worker did and stop.
 """
 
 from __future__ import annotations
@@ -30,18 +35,21 @@ from autotune.tuner.profile import (
     save_profile,
 )
 from autotune.tuner.samplers import make_sampler
-from autotune.tuner.search import TrialGuard, search
+from autotune.tuner.search import TrialGuard, search, settle, tally, trial_goal
 from autotune.tuner.space import SearchSpace
 from autotune.tuner.storage import (
+    claim,
     complete_trials,
     fail_orphaned_running,
     state_counts,
     trial_value,
+    worker_name,
     writer_storage,
 )
 from autotune.tuner.validation import Candidate, Validation, validate, validation_spec
 
 if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
@@ -72,16 +80,40 @@ class StudyOutcome:
     validation: dict[str, Any] = field(default_factory=dict)
     trial_images: int = 0
     overhead_s: float = 0.0  # warm-up and drain seconds beyond the steady rate (validation median)
+    worker: str = ""  # this worker (host:pid)
+    validated_by: str = ""  # the worker that validated and saved the pick (this one, or another of the study)
+    measured_here: int = 0  # trials this worker measured
+
+    @property
+    def validated_here(self) -> bool:
+        """Whether this worker validated and saved the pick (else another worker of the study did)."""
+        return self.validated_by == self.worker
 
     def predicted_images_per_s(self, images: int) -> float:
         """Predicted images/s of a scan of ``images`` images (start-up excluded, as `retrieve` reports it)."""
         return images / predict_seconds(images, self.images_per_s, self.overhead_s)
 
     def summary(self) -> dict[str, Any]:
-        """Flat figures for tables and JSON."""
+        """Flat figures for tables and JSON; a worker that did not validate the pick reports no validated figure."""
+        if not self.validated_here:
+            return {
+                "study": self.study_name,
+                "storage": self.storage,
+                "worker": self.worker,
+                "validated_by": self.validated_by,
+                "trials_measured_here": self.measured_here,
+                "best_trial": self.best_trial,
+                "config": self.config.describe(),
+                "trial_images_per_s": round(self.trial_images_per_s, 3),
+                **{f"trials_{k}": v for k, v in self.trials.items()},
+                "seconds": round(self.seconds, 1),
+            }
         gain = self.images_per_s / self.default_images_per_s if self.default_images_per_s else None
         ratio = self.trial_images_per_s / self.images_per_s if self.images_per_s else None
         return {
+            "worker": self.worker,
+            "validated_by": self.validated_by,
+            "trials_measured_here": self.measured_here,
             "study": self.study_name,
             "storage": self.storage,
             "best_trial": self.best_trial,
@@ -110,15 +142,17 @@ class StudyOutcome:
         }
 
 
-def _open_study(setup: StudySetup, options: StudyOptions) -> tuple[Study, set[int]]:
-    """Create or resume the Optuna study (and the trial numbers it had); refuse one measured differently."""
+def _open_study(setup: StudySetup, options: StudyOptions) -> tuple[Study, RDBStorage, set[int]]:
+    """Create or resume the Optuna study (with its storage and the trial numbers it had); refuse one measured
+    differently. Workers sharing the study may open it at the same moment: every step here allows that."""
     import optuna
 
     # Our own log lines report every trial; Optuna's would repeat failures with full tracebacks.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage = writer_storage(setup.url, options.heartbeat_s)
     study = optuna.create_study(
         study_name=setup.name,
-        storage=writer_storage(setup.url),
+        storage=storage,
         direction="maximize",
         load_if_exists=True,
         sampler=make_sampler(options.sampler, options.seed, options.trials),
@@ -143,9 +177,12 @@ def _open_study(setup: StudySetup, options: StudyOptions) -> tuple[Study, set[in
     _save_note(study, setup.machine, setup.space, setup.spec)
     fail_orphaned_running(study)
     before = {t.number for t in study.trials}
-    if not study.trials:
-        study.enqueue_trial(setup.space.default_params(), user_attrs={"default": True})
-    return study, before
+    # Trial 0 is the default, enqueued once however many workers open the study together: the claim decides.
+    if not any(t.user_attrs.get("default") for t in study.trials):
+        won, _ = claim(storage, setup.name, "claim:default", {"worker": worker_name()})
+        if won:
+            study.enqueue_trial(setup.space.default_params(), user_attrs={"default": True}, skip_if_exists=True)
+    return study, storage, before
 
 
 def run_study(
@@ -172,20 +209,64 @@ def run_study(
     say = log or quiet
     t_start = time.perf_counter()
     setup = prepare_study(options, progress)
-    study, before = _open_study(setup, options)
-    say(f"study {setup.name} ({len(before)} trials so far) on {setup.machine.summary()}")
+    study, storage, before = _open_study(setup, options)
+    me = worker_name()
+    say(f"study {setup.name} ({len(before)} trials so far) on {setup.machine.summary()}; this worker: {me}")
     say(f"each trial: {setup.spec.rounds} timed batch rounds, at most {setup.trial_images} images")
+    goal = trial_goal(study, options.trials, say)
     trial_guard = TrialGuard(setup, options, say)
-    search(study, setup, options, trial_guard, say)
-    complete = complete_trials(study.trials)
-    if not complete:
+    measured_here = search(study, setup, options, trial_guard, say, goal)
+    if not complete_trials(study.trials):
         raise AutotuneError("no trial completed: nothing to pick (see `autotune report` for the reasons)")
-    best = _final(study, setup, options, complete, say)
-    default = next((t for t in study.trials if t.user_attrs.get("default") and t.value is not None), None)
-    outcome = _validate_and_save(study, setup, options, best, default, trial_guard, say)
+    # One worker validates and saves the pick of this run of the study: the first to get here.
+    holder_attrs = {"worker": me, "machine_id": setup.machine.machine_id}
+    won, holder = claim(storage, setup.name, f"claim:pick:{goal}", holder_attrs)
+    if won:
+        # The pick is chosen among every trial, including those still running elsewhere, and those of a worker
+        # that died meanwhile (queued again: this worker measures them).
+        settle(study, options, say)
+        while tally(study).waiting:
+            measured_here += search(study, setup, options, trial_guard, say, goal)
+            settle(study, options, say)
+        complete = complete_trials(study.trials)
+        if any(t.user_attrs.get("worker") not in (None, me) for t in study.trials if t.number not in before):
+            say(f"this worker ({me}) validates and saves the pick for every worker of the study")
+        best = _final(study, setup, options, complete, say)
+        default = next((t for t in study.trials if t.user_attrs.get("default") and t.value is not None), None)
+        outcome = _validate_and_save(study, setup, options, best, default, trial_guard, say)
+        outcome.validated_by = me
+    else:
+        by = str(holder.get("worker"))
+        say(f"the pick is validated and saved by {by} (claimed at {holder.get('at')}); this worker stops here")
+        outcome = _picked_elsewhere(setup, complete_trials(study.trials), by)
+    outcome.worker, outcome.measured_here = me, measured_here
     outcome.trials = state_counts(t for t in study.trials if t.number not in before)
     outcome.seconds = time.perf_counter() - t_start
     return outcome
+
+
+def _picked_elsewhere(setup: StudySetup, complete: list[FrozenTrial], by: str) -> StudyOutcome:
+    """The outcome of a worker whose study's pick another worker validates: the best trial so far, no profile."""
+    best = max(complete, key=trial_value)
+    return StudyOutcome(
+        study_name=setup.name,
+        storage=setup.url,
+        best_trial=best.number,
+        config=setup.space.to_config(best.params),
+        trial_images_per_s=trial_value(best),
+        images_per_s=trial_value(best),
+        spread=0.0,
+        unstable=False,
+        default_images_per_s=None,
+        current_images_per_s=None,
+        made_current=False,
+        trials={},
+        seconds=0.0,
+        profile=None,
+        profile_path=None,
+        trial_images=setup.trial_images,
+        validated_by=by,
+    )
 
 
 def _final(

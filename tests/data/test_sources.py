@@ -361,3 +361,24 @@ def test_unreadable_dataset(tmp_path: Path) -> None:
     with pytest.raises(DataError) as excinfo:
         open_source(broken)
     assert "cannot read dataset" in _one_line_error(excinfo)
+
+
+def test_content_fingerprint_agrees_across_copies_not_mtimes(tree: Path, tmp_path: Path) -> None:
+    """Copies of the same images elsewhere, written at other times, agree; a changed byte does not."""
+    import shutil
+
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(tree, copy)  # another path, and (copytree keeps mtimes) new ones below
+    for path in copy.rglob("*"):
+        os.utime(path, ns=(1, 1))
+    original, copied = FolderSource(tree), FolderSource(copy)
+    assert original.fingerprint() != copied.fingerprint()  # the listing's fingerprint follows mtimes
+    assert original.content_fingerprint() == copied.content_fingerprint()
+    assert len(original.content_fingerprint()) == 16
+
+    renamed = shutil.copytree(tree, tmp_path / "renamed")
+    (renamed / "a" / "1.jpg").rename(renamed / "a" / "9.jpg")  # the same bytes under another name
+    assert FolderSource(renamed).content_fingerprint() != original.content_fingerprint()
+    victim = copy / "a" / "1.jpg"
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    assert FolderSource(copy).content_fingerprint() != original.content_fingerprint()

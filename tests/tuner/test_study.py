@@ -12,8 +12,8 @@ import pytest
 
 from autotune.errors import AutotuneError
 from autotune.machine import detect_machine
-from autotune.tuner import study as study_mod
 from autotune.tuner.space import load_space
+from autotune.tuner.storage import GRACE_FACTOR, writer_storage
 from autotune.tuner.study import StudyOptions, run_study
 
 FAKE = "fake:32"
@@ -148,28 +148,19 @@ def test_study_default_first_profile_and_resume(tmp_path: Path, small_dataset: P
 
 
 @pytest.mark.slow
-def test_orphaned_running_trial_is_failed_and_requeued(
-    tmp_path: Path, small_dataset: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real_storage = study_mod.writer_storage
-
-    def quick_storage(url: str) -> Any:
-        st = real_storage(url)
-        st.heartbeat_interval, st.grace_period = 1, 1
-        return st
-
-    monkeypatch.setattr(study_mod, "writer_storage", quick_storage)
-    opts = _options(tmp_path, small_dataset, trials=1, validate_repeats=0)
+def test_orphaned_running_trial_is_failed_and_requeued(tmp_path: Path, small_dataset: Path) -> None:
+    # A one-second heartbeat: a trial silent for four seconds belongs to a dead run.
+    opts = _options(tmp_path, small_dataset, trials=1, validate_repeats=0, heartbeat_s=1)
     out = run_study(opts)
 
     # A run killed mid-trial: a RUNNING trial with a heartbeat that stops.
-    other = quick_storage(out.storage)
+    other = writer_storage(out.storage, heartbeat_s=1)
     study = optuna.load_study(study_name=out.study_name, storage=other)
     space = load_space(opts.space, machine_facts=detect_machine().facts())  # type: ignore[arg-type]
     orphan = study.ask(space.distributions())
     params = dict(orphan.params)
     other.record_heartbeat(orphan._trial_id)
-    time.sleep(2.2)
+    time.sleep(GRACE_FACTOR + 0.5)
 
     run_study(opts)
     trials = optuna.load_study(study_name=out.study_name, storage=out.storage).trials

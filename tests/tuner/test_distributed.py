@@ -1,0 +1,128 @@
+"""One study shared by two `autotune study` workers through a real PostgreSQL server; one is killed mid-trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from pg_server import PgServer, postgres_server, why_unavailable
+
+from autotune.tuner.search import is_measured
+
+pytestmark = pytest.mark.skipif(why_unavailable() is not None, reason=str(why_unavailable()))
+
+ROOT = Path(__file__).resolve().parents[2]
+TOTAL = 4  # --trials: the total across both workers
+
+SPACE = """\
+name: shared
+device: cpu
+params:
+  cpu_threads: {type: int, low: 1, high: "min(2, cores)"}
+  cpu_batch:   {type: categorical, choices: [4, 8]}
+  scheduling:  {type: categorical, choices: [dynamic, static]}
+fixed: {producers: 1, cpu_models: 1, gpu_models: 0}
+defaults: {cpu_threads: 1, cpu_batch: 8, scheduling: dynamic}
+"""
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgServer]:
+    """A PostgreSQL server on loopback for this module, removed afterwards."""
+    with postgres_server() as server:
+        yield server
+
+
+def _worker(tmp: Path, name: str, url: str, dataset: Path) -> subprocess.Popen[bytes]:
+    """`autotune study` as its own process group (a machine: killing it kills its engine processes too)."""
+    home = tmp / name
+    home.mkdir()
+    env = {
+        **os.environ,
+        "AUTOTUNE_STUDIES": str(home / "studies"),  # each machine keeps its own profiles
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [
+        sys.executable, "-m", "autotune", "study", "--space", str(tmp / "space.yaml"), "--model", "fake:32",
+        "--dataset", str(dataset), "--trials", str(TOTAL), "--rounds", "2", "--validate-repeats", "0",
+        "--storage", url, "--heartbeat", "1", "--json",
+    ]  # fmt: skip
+    with open(home / "out.json", "wb") as out, open(home / "log.txt", "wb") as log:
+        return subprocess.Popen(cmd, stdout=out, stderr=log, env=env, start_new_session=True)
+
+
+def _study(url: str) -> optuna.Study:
+    """The one study in the storage, read without a heartbeat."""
+    storage = optuna.storages.RDBStorage(url)
+    (summary,) = storage.get_all_studies()
+    return optuna.load_study(study_name=summary.study_name, storage=storage)
+
+
+def _running_on(url: str, worker: str) -> optuna.trial.FrozenTrial | None:
+    """A trial ``worker`` is measuring now, once some trial has completed (so that there is one to lose)."""
+    try:
+        trials = _study(url).get_trials(deepcopy=False)
+    except (ValueError, KeyError):
+        return None  # the study is not created yet
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
+        return None
+    running = optuna.trial.TrialState.RUNNING
+    return next((t for t in trials if t.state == running and t.user_attrs.get("worker") == worker), None)
+
+
+def test_two_workers_share_a_study_and_survive_one_killed_mid_trial(
+    tmp_path: Path, small_dataset: Path, pg: PgServer
+) -> None:
+    (tmp_path / "space.yaml").write_text(SPACE)
+    victim = _worker(tmp_path, "a", pg.url, small_dataset)
+    survivor = _worker(tmp_path, "b", pg.url, small_dataset)
+    host = socket.gethostname()
+    try:
+        deadline = time.monotonic() + 600  # a safety net: a few seconds on an idle machine
+        doomed = None
+        while doomed is None:
+            assert time.monotonic() < deadline, "worker a never ran a trial after a first one completed"
+            assert victim.poll() is None, (tmp_path / "a" / "log.txt").read_text()[-3000:]
+            doomed = _running_on(pg.url, f"{host}:{victim.pid}")
+            time.sleep(0.2)
+        completed = {
+            t.number: t.value for t in _study(pg.url).trials if t.state == optuna.trial.TrialState.COMPLETE
+        }
+        os.killpg(victim.pid, signal.SIGKILL)  # the machine dies mid-trial
+        victim.wait(timeout=30)
+        assert survivor.wait(timeout=600) == 0, (tmp_path / "b" / "log.txt").read_text()[-3000:]
+    finally:
+        for proc in (victim, survivor):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+
+    study = _study(pg.url)
+    trials = {t.number: t for t in study.trials}
+    # No completed trial is lost; the killed one is failed and its parameters measured again by the survivor.
+    for number, value in completed.items():
+        assert trials[number].state == optuna.trial.TrialState.COMPLETE and trials[number].value == value
+    assert trials[doomed.number].state == optuna.trial.TrialState.FAIL
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == doomed.number]
+    assert retry.params == doomed.params and retry.user_attrs["worker"] == f"{host}:{survivor.pid}"
+    assert retry.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    # The study reaches its total across both workers, with the default enqueued once.
+    assert sum(is_measured(t) for t in study.trials) >= TOTAL
+    assert sum(1 for t in study.trials if t.user_attrs.get("default") and "failed_trial" not in t.system_attrs) == 1
+    workers = {t.user_attrs.get("worker") for t in study.trials}
+    assert f"{host}:{victim.pid}" in workers and f"{host}:{survivor.pid}" in workers
+    # The survivor validated and saved the pick, once, and says so.
+    out = json.loads((tmp_path / "b" / "out.json").read_text())
+    assert out["validated_by"] == out["worker"] == f"{host}:{survivor.pid}"
+    assert study.user_attrs[f"claim:pick:{TOTAL}"]["worker"] == out["worker"]
+    assert out["profile"] and Path(out["profile"]).is_file()
+    assert not (tmp_path / "a" / "studies" / "profiles").exists()
