@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as MpEvent
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np

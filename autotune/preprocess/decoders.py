@@ -17,8 +17,6 @@ import importlib.util
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from autotune.errors import BadImageError, ConfigError
 from autotune.preprocess.decode import JPEG_MAGIC, _check_pixels
 from autotune.preprocess.spec import PreprocessSpec

@@ -187,7 +187,8 @@ class TorchBackend(_Timed, Backend):
     NHWC memory); ``cuda-graphs`` (GPU: normalise + tower captured once for ``spec.batch`` images and
     replayed); on CPU also ``bf16`` (bfloat16 weights, compiled). On a GPU the batch goes through a reused
     pinned host buffer (:class:`HostStager`) and a non-blocking copy; normalisation runs on the device on the
-    uint8 tensor. A batch a GPU decoder left on the device (:meth:`embed_decoded`) is used where it is. The tower is autotune's own (:mod:`autotune.models.tower`), read from the checkpoint.
+    uint8 tensor. A batch a GPU decoder left on the device (:meth:`embed_decoded`) is used where it is. The
+    tower is autotune's own (:mod:`autotune.models.tower`), read from the checkpoint.
     """
 
     def __init__(self, spec: BackendSpec, *, cache_root: Path | None = None) -> None:
