@@ -74,7 +74,7 @@ ifdef DRY_RUN
 else
 	python3 -m venv --without-pip --system-site-packages $(GPU_VENV)
 	# python3 there is itself a venv (/opt/torch/.venv): point the new one at its packages, where torch lives.
-	python3 -c "import site; print('\n'.join(site.getsitepackages()))" > \
+	python3 -c "import site; print('\n'.join(f'import site; site.addsitedir({d!r})' for d in site.getsitepackages()))" > \
 		"$$($(GPU_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/gpu-image.pth"
 	$(GPU_VENV)/bin/python -m pip install -q --no-index --no-deps --no-compile $(GPU_WHEELS)/*.whl
 	PYTHONPATH=$(CURDIR) PYTHONUNBUFFERED=1 $(GPU_VENV)/bin/python -m autotune.cli bench gpu-check --out $(OUT)

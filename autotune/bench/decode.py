@@ -29,7 +29,7 @@ def placement_config(cores: int, gpus: int) -> EngineConfig:
     return EngineConfig(producers=1, cpu_models=1, cpu_threads=max(1, cores - 1), cpu_batch=16)
 
 
-def _bare_decoders(blobs: list[bytes], device: str, batch: int = 128) -> dict[str, float]:
+def _bare_decoders(blobs: list[bytes], device: str, batch: int = 128) -> dict[str, Any]:
     """Images/s of the CPU fast path on one core, and of the replica's batch decoder on ``device``."""
     from autotune.bench.common import torch_threads
     from autotune.preprocess import PreprocessSpec, preprocess_batch_fast

@@ -119,3 +119,14 @@ def test_one_profile_per_machine_gpus_included() -> None:
     assert "-8xnvidiah200-" in eight.machine_id and "-1xnvidiah200-" in one.machine_id
     assert len({eight.machine_id, one.machine_id, none.machine_id}) == 3
     assert eight.facts()["gpus"] == 8 and eight.facts()["gpu_memory_gb"] == 140.4
+
+
+def test_normalisation_runs_on_the_batchs_device_in_the_replicas_precision() -> None:
+    import torch
+
+    from autotune.preprocess import PreprocessSpec, normalize
+
+    # "meta" stands in for the GPU: the constants follow the batch, nothing comes back to the host.
+    out = normalize(torch.zeros((2, 224, 224, 3), dtype=torch.uint8, device="meta"), PreprocessSpec(),
+                    dtype=torch.float16)  # fmt: skip
+    assert out.device.type == "meta" and out.dtype == torch.float16 and tuple(out.shape) == (2, 3, 224, 224)
