@@ -130,3 +130,15 @@ def test_normalisation_runs_on_the_batchs_device_in_the_replicas_precision() -> 
     out = normalize(torch.zeros((2, 224, 224, 3), dtype=torch.uint8, device="meta"), PreprocessSpec(),
                     dtype=torch.float16)  # fmt: skip
     assert out.device.type == "meta" and out.dtype == torch.float16 and tuple(out.shape) == (2, 3, 224, 224)
+
+
+def test_the_ladder_gets_gpu_stages_only_with_gpus() -> None:
+    from autotune.bench.ladder_stages import gpu_stage_configs
+
+    assert gpu_stage_configs(2, 0, 32) == []
+    stages = {name: cfg for name, cfg, _what in gpu_stage_configs(16, 8, 32)}
+    assert list(stages) == ["gpu replicas", "gpu decode", "cpu+gpu static"]
+    for cfg in stages.values():
+        cfg.validate(cores=16, gpus=8)
+    assert stages["gpu decode"].decode == "gpu" and stages["gpu replicas"].decode == "cpu"
+    assert stages["cpu+gpu static"].scheduling == "static" and stages["cpu+gpu static"].cpu_models == 1
