@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all test-deps lint clean
+.PHONY: install demo test test-all test-deps lint clean gpu-wheels gpu-check
 
 install: $(STAMP)
 
@@ -49,3 +49,39 @@ lint: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# ---- The prepared GPU check (README, "The GPU check"). The GPU machine has no network and its own python3
+# with torch 2.11, torchvision, transformers, numpy...; what the check needs beyond that travels as wheels for
+# its Python 3.12, downloaded here by `make gpu-wheels` into .gpu-wheels/ (ignored; the whole working tree
+# travels, under 64 MiB). Exactly these: optuna and its storage (SQLAlchemy, Alembic, Mako, colorlog), the
+# dashboard package the study writes its note with (optuna-dashboard, bottle), and simplejpeg. openvino and the
+# rest of the CPU extras stay behind.
+GPU_WHEELS := .gpu-wheels
+GPU_WHEEL_PINS := optuna==5.0.0 sqlalchemy==2.1.9 alembic==1.20.1 mako==1.4.3 colorlog==6.12.0 \
+	optuna-dashboard==0.21.0 bottle==0.13.4 simplejpeg==1.9.0
+GPU_PLATFORMS := $(foreach n,2_28 2_27 2_17,--platform manylinux_$(n)_x86_64) --platform manylinux2014_x86_64
+GPU_VENV := .gpu-venv
+OUT ?= gpu-check-out
+
+gpu-wheels:
+	mkdir -p $(GPU_WHEELS)
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(GPU_PLATFORMS) -d $(GPU_WHEELS) $(GPU_WHEEL_PINS)
+	@du -cb $(GPU_WHEELS)/*.whl | tail -1 | awk '{ printf "gpu wheels: %.1f MiB\n", $$1 / 1048576; \
+		if ($$1 > 48 * 1048576) { print "error: over 48 MiB of the 64 MiB the working tree may take"; exit 1 } }'
+
+# DRY_RUN=1: everything that needs no CUDA, here (tiny model, small corpus, CPU stages), the same JSON files.
+# Otherwise, on the GPU machine: a venv that sees python3's own packages (torch 2.11 stays as it is), the wheels
+# installed with --no-deps, then the check (at most 5 minutes, each stage's JSON written as it ends).
+gpu-check:
+ifdef DRY_RUN
+	$(MAKE) install
+	$(BIN)/python -m autotune.cli bench gpu-check --dry-run --out $(OUT)
+else
+	python3 -m venv --without-pip --system-site-packages $(GPU_VENV)
+	# python3 there is itself a venv (/opt/torch/.venv): point the new one at its packages, where torch lives.
+	python3 -c "import site; print('\n'.join(f'import site; site.addsitedir({d!r})' for d in site.getsitepackages()))" > \
+		"$$($(GPU_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/gpu-image.pth"
+	$(GPU_VENV)/bin/python -m pip install -q --no-index --no-deps --no-compile $(GPU_WHEELS)/*.whl
+	PYTHONPATH=$(CURDIR) PYTHONUNBUFFERED=1 $(GPU_VENV)/bin/python -m autotune.cli bench gpu-check --out $(OUT)
+endif

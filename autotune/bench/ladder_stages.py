@@ -16,6 +16,7 @@ from autotune.bench.common import torch_threads
 from autotune.data import open_source
 from autotune.data.records import ImageSource, Record
 from autotune.engine import EngineConfig, logical_cores, run_scan
+from autotune.engine.config import gpu_count
 from autotune.engine.telemetry import time_per_image
 from autotune.engine.topk import select_topk
 from autotune.models.backends import BackendSpec, build_backend
@@ -245,9 +246,32 @@ def _engine_configs(inputs: Inputs, profile: Profile | None) -> list[tuple[str, 
         ("multi-model dynamic", multi, "dynamic scheduling"),
         ("multi-model static", dataclasses.replace(multi, scheduling="static", probe_batches=1), "static scheduling"),
     ]
+    stages += gpu_stage_configs(cores, gpu_count(), batch)
     if profile is not None:
         stages.append(("tuned profile", profile.config, "this machine's profile"))
     return stages
+
+
+def gpu_stage_configs(cores: int, gpus: int, batch: int) -> list[tuple[str, EngineConfig, str]]:
+    """The GPU rungs, on a machine with GPUs: one fp16 replica per GPU fed by producers, the same with the GPU
+    decoding the JPEGs, and CPU + GPU replicas split statically by probed speed (none without a GPU).
+
+    Example:
+        >>> [name for name, _cfg, _what in gpu_stage_configs(16, 1, 32)]
+        ['gpu replicas', 'gpu decode', 'cpu+gpu static']
+    """
+    if not gpus:
+        return []
+    producers = max(1, cores - 1)
+    gpu = EngineConfig(producers=producers, cpu_models=0, gpu_models=1, gpu_batch=max(batch, 128), queue_depth=3)
+    mixed = dataclasses.replace(
+        gpu, producers=max(1, cores - 3), cpu_models=1, cpu_threads=2, cpu_batch=batch, scheduling="static"
+    )
+    return [
+        ("gpu replicas", gpu, f"producers + 1 fp16 replica on each of {gpus} GPU(s)"),
+        ("gpu decode", dataclasses.replace(gpu, decode="gpu"), "the GPU replicas decode the JPEGs (nvJPEG)"),
+        ("cpu+gpu static", mixed, "CPU and GPU replicas, static split by probed speed"),
+    ]
 
 
 def engine_stages(
@@ -278,7 +302,7 @@ def engine_stages(
                        "time_per_image": time_per_image(res.workers, res.images, res.scan_seconds, inputs.cores)},
             )
         )
-        if cfg.cpu_backend != "eager":
+        if cfg.cpu_models and cfg.cpu_backend != "eager":
             backend_refs[name] = _backend_reference(inputs, cfg, fast_u8)
     return stages, backend_refs
 

@@ -397,3 +397,24 @@ def bench_samplers_cmd(
     )
     best = ", ".join(f"{k}={v}" for k, v in result["best_params"].items())
     console.print_figures("grid", {k: v for k, v in result.items() if k != "samplers"} | {"best_params": best})
+
+
+def bench_gpu_check_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the stages' JSON files (at most 8 files).")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="No CUDA needed: tiny model, 64 images, CPU stages, same JSON files.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The prepared GPU check (`make gpu-check OUT=DIR`): gpu tests, ladder, decode placement, a short study and
+    a 500,000-image retrieval against the goal of 8,400 images/s, each stage's JSON written as it ends.
+
+    Every stage runs in its own process under its own time budget (the whole check ends inside 5 minutes); a
+    failed or cut-off stage is recorded in its JSON and the next stage still runs. Exit code 1 if any failed.
+    """
+    from autotune.bench.gpu_check import run_gpu_check
+
+    summary = run_gpu_check(out, dry_run=dry_run, say=console.note)
+    console.show(summary, "bench gpu-check", as_json)
+    if not summary["ok"]:
+        raise typer.Exit(1)

@@ -6,6 +6,7 @@ from autotune.data.folder import IMAGE_EXTENSIONS, FolderSource
 from autotune.data.generate import LABELS, SOURCE_PHOTOS, make_dataset, write_bad_images
 from autotune.data.hf import HFDatasetSource
 from autotune.data.records import ImageSource, Record
+from autotune.data.repeated import RepeatedSource
 from autotune.data.sources import dataset_fingerprint, open_source
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "HFDatasetSource",
     "ImageSource",
     "Record",
+    "RepeatedSource",
     "dataset_fingerprint",
     "make_dataset",
     "open_source",

@@ -8,13 +8,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from autotune.errors import ConfigError
-from autotune.models.backends import CPU_BACKEND_NAMES, backend_unavailable
+from autotune.models.backends import CPU_BACKEND_NAMES, GPU_BACKENDS, backend_unavailable
 
 Scheduling = Literal["dynamic", "static"]
+DecodePlacement = Literal["cpu", "gpu"]
 GpuPrecision = Literal["fp16", "bf16", "fp32"]
 CpuPrecision = Literal["fp32"]
 
 SCHEDULING: tuple[str, ...] = ("dynamic", "static")
+# Where JPEGs are decoded: by the producers on the CPU (the fast path), or in batches inside each replica
+# (nvJPEG on a GPU replica; a CPU replica decodes its own batch with the CPU decoder).
+DECODE_PLACEMENTS: tuple[str, ...] = ("cpu", "gpu")
 GPU_PRECISIONS: tuple[str, ...] = ("fp16", "bf16", "fp32")
 # The backends' registry is the one list of CPU backends; "eager" (first) is the fp32 reference.
 CPU_BACKENDS: tuple[str, ...] = CPU_BACKEND_NAMES
@@ -47,6 +51,9 @@ class EngineConfig:
     process. ``cpu_models`` replicas each use ``cpu_threads`` intra-op threads; ``gpu_models`` replicas run
     on each visible GPU. Batch sizes are per device type. ``scheduling`` is ``dynamic`` (one shared
     ready queue, first come first served) or ``static`` (probe each consumer, then split by speed).
+    ``gpu_backend`` is how GPU replicas run the tower (``eager``, ``compile``, ``channels-last``,
+    ``cuda-graphs``), guarded like the CPU backends; ``decode`` places JPEG decoding on the producers
+    (``cpu``) or batched inside the replicas (``gpu``: nvJPEG on GPU replicas).
 
     Example:
         >>> EngineConfig(producers=2, cpu_models=1, cpu_threads=2, cpu_batch=32).validate(cores=4)
@@ -63,6 +70,8 @@ class EngineConfig:
     cpu_precision: CpuPrecision = "fp32"
     gpu_precision: GpuPrecision = "fp16"
     cpu_backend: str = "eager"
+    gpu_backend: str = "eager"
+    decode: DecodePlacement = "cpu"
     pin_cores: bool = False
     probe_batches: int = 2
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -116,6 +125,10 @@ class EngineConfig:
             raise ConfigError(f"gpu_precision must be one of {', '.join(GPU_PRECISIONS)}, got {self.gpu_precision!r}")
         if self.cpu_backend not in CPU_BACKENDS:
             raise ConfigError(f"cpu_backend must be one of {', '.join(CPU_BACKENDS)}, got {self.cpu_backend!r}")
+        if self.gpu_backend not in GPU_BACKENDS:
+            raise ConfigError(f"gpu_backend must be one of {', '.join(GPU_BACKENDS)}, got {self.gpu_backend!r}")
+        if self.decode not in DECODE_PLACEMENTS:
+            raise ConfigError(f"decode must be one of {', '.join(DECODE_PLACEMENTS)}, got {self.decode!r}")
         if self.cpu_models:
             reason = backend_unavailable(self.cpu_backend)
             if reason:
@@ -154,7 +167,10 @@ class EngineConfig:
                 f"(batch {self.cpu_batch}, {self.cpu_backend})"
             )
         if self.gpu_models:
-            parts.append(f"{self.gpu_models} gpu/device (batch {self.gpu_batch}, {self.gpu_precision})")
+            backend = "" if self.gpu_backend == "eager" else f", {self.gpu_backend}"
+            parts.append(f"{self.gpu_models} gpu/device (batch {self.gpu_batch}, {self.gpu_precision}{backend})")
+        if self.decode != "cpu":
+            parts.append(f"{self.decode} decode")
         parts.append(self.scheduling)
         if self.pin_cores:
             parts.append("pinned")

@@ -9,16 +9,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from autotune.engine.events import BatchDone, Done, Event, FilledSlot, Ready
+from autotune.engine.events import BatchDone, Done, Event, FilledSlot, Ready, Skip
 from autotune.engine.lifecycle import error_event, worker_start
 from autotune.engine.telemetry import CONSUMER_WAIT, StageTimer
 from autotune.engine.topk import RunningTopK
 from autotune.engine.transport import SlotLayout, SlotPool
 from autotune.models.backends import BackendSpec
+
+if TYPE_CHECKING:  # the module imports torch; a replica imports it once its threads are set
+    from autotune.preprocess import PreprocessSpec
 
 
 class EmbeddingSink(Protocol):
@@ -46,6 +49,8 @@ class ConsumerSpec:
     cores: tuple[int, ...] | None = None
     parent_pid: int = 0
     sink_factory: Callable[[int], EmbeddingSink] | None = None
+    preprocess: PreprocessSpec | None = None  # the geometry a replica that decodes (decode: gpu) reproduces
+    decode: str = "cpu"  # "gpu": decode the JPEGs producers ship encoded, in batches, on this replica's device
 
 
 def _set_threads(threads: int, need_torch: bool = True) -> dict[str, Any]:
@@ -66,6 +71,55 @@ def _set_threads(threads: int, need_torch: bool = True) -> dict[str, Any]:
     return {"torch_threads": torch.get_num_threads(), "omp_num_threads": threads}
 
 
+def _gather(pool: SlotPool, items: list[FilledSlot]) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels and ids of one or more ready slots (one slot: views, no copy of the pixels)."""
+    if len(items) == 1:
+        slot, n, _ = items[0]
+        return pool.pixels[slot, :n], pool.ids[slot, :n].copy()
+    pixels = np.concatenate([pool.pixels[s, :n] for s, n, _ in items])
+    return pixels, np.concatenate([pool.ids[s, :n] for s, n, _ in items])
+
+
+def _embed_items(
+    pool: SlotPool, items: list[FilledSlot], backend: Any, decoder: Any, spec: ConsumerSpec, timer: StageTimer
+) -> tuple[np.ndarray, np.ndarray, list[Skip]]:
+    """Embed the images of ready slots: (embeddings, ids, skips).
+
+    Without a decoder every image arrives as pixels. With one, the encoded JPEGs are decoded here in one batch
+    on the replica's device (what the CPU path could not take arrived as pixels and is embedded apart); an
+    image that decodes on neither path is skipped with the CPU path's reason (the parent fills its locator).
+    """
+    if decoder is None:
+        pixels, ids = _gather(pool, items)
+        return backend.embed(pixels), ids, []
+    ready_px, ready_ids, datas, enc_ids = [], [], [], []
+    for slot, n, _b in items:
+        lengths = pool.lengths[slot, :n]
+        encoded = lengths > 0
+        if not encoded.all():
+            ready_px.append(pool.pixels[slot, :n][~encoded])
+            ready_ids.append(pool.ids[slot, :n][~encoded])
+        for i in np.flatnonzero(encoded):
+            datas.append(pool.encoded[slot, i, : lengths[i]].tobytes())
+            enc_ids.append(int(pool.ids[slot, i]))
+    embs, idss, skips = [], [], []
+    if ready_px:
+        embs.append(backend.embed(np.concatenate(ready_px)))
+        idss.append(np.concatenate(ready_ids))
+    if datas:
+        with timer.stage("decode"):
+            decoded, failures = decoder.decode(datas, spec.preprocess)
+        failed = {i for i, _e in failures}
+        skips = [Skip(enc_ids[i], "", e.reason, e.detail[:200]) for i, e in failures]
+        ok_ids = np.array([rid for i, rid in enumerate(enc_ids) if i not in failed], np.int64)
+        if len(ok_ids):
+            embs.append(backend.embed_decoded(decoded))
+            idss.append(ok_ids)
+    if not embs:
+        return np.zeros((0, backend.embed_dim), np.float32), np.zeros(0, np.int64), skips
+    return np.concatenate(embs), np.concatenate(idss), skips
+
+
 def consumer_main(
     spec: ConsumerSpec, ready: Queue[FilledSlot | None], free_slots: Queue[int], events: Queue[Event]
 ) -> None:
@@ -76,7 +130,8 @@ def consumer_main(
     try:
         if spec.cores:
             os.sched_setaffinity(0, spec.cores)
-        info = _set_threads(spec.threads, need_torch=spec.backend.needs_torch)
+        # A replica that decodes resizes with torch (CPU) or decodes into torch tensors (GPU): it needs torch too.
+        info = _set_threads(spec.threads, need_torch=spec.backend.needs_torch or spec.decode == "gpu")
         info["affinity"] = sorted(os.sched_getaffinity(0))
         timer = StageTimer()
         with timer.stage("load"):
@@ -89,6 +144,13 @@ def consumer_main(
                 info["torch_threads"] = info["intra_op_threads"]
             pool = SlotPool.attach(spec.layout)
             sink = spec.sink_factory(spec.index) if spec.sink_factory else None
+            decoder = None
+            if spec.decode == "gpu" and spec.preprocess is not None:
+                from autotune.preprocess.decoders import decoder_for
+
+                decoder = decoder_for(spec.device)
+                decoder.warm(spec.preprocess)  # imports and first-call costs count as load, not as the scan
+                info["decoder"] = decoder.name
         topk = RunningTopK(len(spec.queries), spec.top_k)
         queries_t = np.ascontiguousarray(spec.queries.T, dtype=np.float32)
         events.put(Ready("consumer", spec.index, os.getpid(), info))
@@ -112,25 +174,22 @@ def consumer_main(
                 items.append(nxt)
                 total += nxt.images
             t0 = time.perf_counter()
-            if len(items) == 1:
-                slot, n, _ = items[0]
-                pixels, ids = pool.pixels[slot, :n], pool.ids[slot, :n].copy()
-            else:
-                pixels = np.concatenate([pool.pixels[s, :n] for s, n, _ in items])
-                ids = np.concatenate([pool.ids[s, :n] for s, n, _ in items])
-            emb = backend.embed(pixels)
+            emb, ids, skips = _embed_items(pool, items, backend, decoder, spec, timer)
             for slot, _n, _b in items:
                 free_slots.put(slot)
             for stage, secs in backend.timings().items():
                 timer.add(stage, secs)
             with timer.stage("score"):
-                topk.update(queries_t.T @ emb.T if len(spec.queries) else np.zeros((0, len(ids))), ids)
-                if sink is not None:
-                    sink.write(ids, emb)
+                if len(ids):
+                    topk.update(queries_t.T @ emb.T if len(spec.queries) else np.zeros((0, len(ids))), ids)
+                    if sink is not None:
+                        sink.write(ids, emb)
             busy = time.perf_counter() - t0
             timer.count("images", len(ids))
             timer.count("batches")
-            events.put(BatchDone(spec.index, [it.batch_no for it in items], len(ids), time.perf_counter(), busy, ids))
+            timer.count("skipped", len(skips))
+            batch_nos = [it.batch_no for it in items]
+            events.put(BatchDone(spec.index, batch_nos, len(ids), time.perf_counter(), busy, ids, skips))
         if sink is not None:
             with timer.stage("score"):
                 sink.close()

@@ -68,6 +68,7 @@ class BatchDone(NamedTuple):
     t_done: float  # time.perf_counter() in the consumer; the parent's clock is the same on one machine
     busy_s: float
     ids: np.ndarray
+    skips: list[Skip] = []  # images the replica itself could not decode (decode: gpu); locators filled by the parent
 
 
 class Done(NamedTuple):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as MpEvent
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from autotune.data.sources import ImageSource, Record
 from autotune.engine.events import BatchTask, Done, Event, FilledSlot, Produced, Ready, Skip
@@ -28,6 +31,17 @@ class ProducerSpec:
     preprocess: PreprocessSpec
     cores: tuple[int, ...] | None = None
     parent_pid: int = 0
+    decode: str = "cpu"  # "gpu": plain JPEGs travel encoded, for the replica to decode in batches
+
+
+def _ship_encoded(spec: ProducerSpec, data: bytes, decodable: Callable[[bytes], bool]) -> bool:
+    """Whether an image travels encoded (``decode: gpu``, a plain JPEG that fits its slot) or as pixels.
+
+    Anything else (PNG, CMYK, a JPEG larger than the slot's encoded room, a header that does not parse) is
+    decoded here on the CPU path, with that path's skip reasons. A decompression bomb raises here.
+    """
+    room = spec.layout.encoded_bytes
+    return spec.decode == "gpu" and 0 < len(data) <= room and decodable(data)
 
 
 def producer_main(
@@ -49,6 +63,7 @@ def producer_main(
 
         from autotune.errors import BadImageError
         from autotune.preprocess import fast_preprocess
+        from autotune.preprocess.decoders import gpu_decodable
 
         # The fast path resizes with a torch kernel: one thread per producer, or producers fight the models.
         torch.set_num_threads(1)
@@ -76,12 +91,19 @@ def producer_main(
                     except OSError as exc:
                         skipped.append(Skip(rid, locator, "unreadable", str(exc)[:200]))
                         continue
-                with timer.stage("decode_resize"):
-                    try:
-                        fast_preprocess(data, spec.preprocess, out=pool.pixels[slot, n])
-                    except BadImageError as exc:
-                        skipped.append(Skip(rid, locator, exc.reason, exc.detail[:200]))
-                        continue
+                try:
+                    if _ship_encoded(spec, data, gpu_decodable):
+                        # The replica decodes it: the producer only copies the bytes (and checked the header).
+                        with timer.stage("copy_encoded"):
+                            pool.encoded[slot, n, : len(data)] = np.frombuffer(data, np.uint8)
+                            pool.lengths[slot, n] = len(data)
+                    else:
+                        with timer.stage("decode_resize"):
+                            fast_preprocess(data, spec.preprocess, out=pool.pixels[slot, n])
+                            pool.lengths[slot, n] = 0
+                except BadImageError as exc:
+                    skipped.append(Skip(rid, locator, exc.reason, exc.detail[:200]))
+                    continue
                 pool.ids[slot, n] = rid
                 n += 1
             timer.count("images", n)

@@ -121,6 +121,7 @@ class ScanBooks:
     def batch(self, ev: BatchDone) -> None:
         """A replica's finished batch."""
         self.images += ev.images
+        self.skipped += [s._asdict() for s in ev.skips]
         self.embedded_ids.append(ev.ids)
         self.batch_log.append((ev.t_done - self.start, ev.images, ev.consumer))
 

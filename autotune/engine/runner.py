@@ -139,6 +139,14 @@ def _query_matrix(queries: np.ndarray | None) -> np.ndarray:
     return q
 
 
+def _fill_locators(result: ScanResult, records: Sequence[Record]) -> None:
+    """A replica that decodes (decode: gpu) knows a skipped image's id only: name its locator here."""
+    if any(not s["locator"] for s in result.skipped):
+        where = {r.id: r.locator for r in records}
+        for s in result.skipped:
+            s["locator"] = s["locator"] or where.get(s["id"], "")
+
+
 def run_scan(
     source: ImageSource,
     model_id: str,
@@ -193,6 +201,7 @@ def run_scan(
         end = time.perf_counter()
         report.final(books, end)
         result = books.result(config, [r.id for r in recs], len(q), top_k, t_go, end)
+        _fill_locators(result, recs)
         completed = True
         return result
     finally:

@@ -95,6 +95,8 @@ class SlotLayout:
     capacity: int
     height: int
     width: int
+    # Bytes kept per image for an encoded JPEG a replica decodes itself (``decode: gpu``); 0: none.
+    encoded_bytes: int = 0
 
     @property
     def image_bytes(self) -> int:
@@ -107,13 +109,21 @@ class SlotLayout:
         return self.slots * self.capacity * self.image_bytes
 
     @property
+    def ids_offset(self) -> int:
+        """Where the ids start: after the pixels and the encoded images."""
+        return self.pixels_bytes + self.slots * self.capacity * self.encoded_bytes
+
+    @property
     def total_bytes(self) -> int:
-        """Size of the shared segment: pixels, then one int64 id per image position."""
-        return self.pixels_bytes + self.slots * self.capacity * 8
+        """Size of the shared segment: pixels, encoded images, then an int64 id and length per image position."""
+        return self.ids_offset + self.slots * self.capacity * 16
 
 
 class SlotPool:
     """A view of the shared segment: ``pixels[slot]`` is (capacity, H, W, 3) uint8, ``ids[slot]`` int64.
+
+    With ``encoded_bytes``, ``encoded[slot, i, :lengths[slot, i]]`` holds image i's JPEG bytes for the replica
+    to decode; a length of 0 means its pixels are ready (the producer decoded it).
 
     The parent creates (and alone unlinks) the segment; workers attach by name.
     """
@@ -127,16 +137,24 @@ class SlotPool:
         self.pixels = np.ndarray(
             (layout.slots, layout.capacity, layout.height, layout.width, 3), dtype=np.uint8, buffer=buf
         )
-        self.ids = np.ndarray((layout.slots, layout.capacity), dtype=np.int64, buffer=buf, offset=layout.pixels_bytes)
+        self.encoded = np.ndarray(
+            (layout.slots, layout.capacity, layout.encoded_bytes), dtype=np.uint8, buffer=buf,
+            offset=layout.pixels_bytes,
+        )  # fmt: skip
+        shape = (layout.slots, layout.capacity)
+        self.ids = np.ndarray(shape, dtype=np.int64, buffer=buf, offset=layout.ids_offset)
+        self.lengths = np.ndarray(shape, dtype=np.int64, buffer=buf, offset=layout.ids_offset + shape[0] * shape[1] * 8)
 
     @classmethod
-    def create(cls, slots: int, capacity: int, height: int = 224, width: int = 224) -> SlotPool:
-        """Allocate a new segment for ``slots`` batches of ``capacity`` images."""
+    def create(
+        cls, slots: int, capacity: int, height: int = 224, width: int = 224, encoded_bytes: int = 0
+    ) -> SlotPool:
+        """Allocate a new segment for ``slots`` batches of ``capacity`` images (and their JPEGs, if asked)."""
         remove_orphan_segments()
-        probe = SlotLayout("", slots, capacity, height, width)
+        probe = SlotLayout("", slots, capacity, height, width, encoded_bytes)
         name = f"{segment_prefix(os.getpid())}{secrets.token_hex(6)}"
         shm = shared_memory.SharedMemory(name=name, create=True, size=probe.total_bytes)
-        layout = SlotLayout(shm.name, slots, capacity, height, width)
+        layout = SlotLayout(shm.name, slots, capacity, height, width, encoded_bytes)
         return cls(layout, shm, owner=True)
 
     @classmethod
@@ -150,6 +168,8 @@ class SlotPool:
         # numpy views must go before the buffer can be released.
         self.pixels = None  # type: ignore[assignment]
         self.ids = None  # type: ignore[assignment]
+        self.encoded = None  # type: ignore[assignment]
+        self.lengths = None  # type: ignore[assignment]
         try:
             self._shm.close()
         except BufferError:  # pragma: no cover - a stray view; the mapping goes with the process

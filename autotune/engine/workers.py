@@ -47,10 +47,22 @@ class Replica:
     precision: str
 
 
-def replicas_for(config: EngineConfig) -> list[Replica]:
-    """CPU replicas first, then the GPU replicas of every visible GPU (none looked for without GPU replicas)."""
+# Room per image for a JPEG shipped encoded (decode: gpu): iNat's 500 px photos are 30-100 KB; a larger file is
+# decoded by the producer instead, so the shared segment stays about twice the pixels' size.
+ENCODED_BYTES = 256 * 1024
+
+
+def replicas_for(config: EngineConfig, gpus: int | None = None) -> list[Replica]:
+    """CPU replicas first, then ``gpu_models`` replicas on each of ``gpus`` GPUs (default: every visible one).
+
+    Example:
+        >>> [r.device for r in replicas_for(EngineConfig(cpu_models=1, gpu_models=2), gpus=2)]
+        ['cpu', 'cuda:0', 'cuda:0', 'cuda:1', 'cuda:1']
+    """
     out = [Replica("cpu", config.cpu_batch, "fp32")] * config.cpu_models
-    for g in range(gpu_count() if config.gpu_models else 0):
+    if gpus is None:
+        gpus = gpu_count() if config.gpu_models else 0
+    for g in range(gpus if config.gpu_models else 0):
         out += [Replica(f"cuda:{g}", config.gpu_batch, config.gpu_precision)] * config.gpu_models
     return out
 
@@ -115,6 +127,7 @@ class Workers:
             capacity=unit,
             height=job.preprocess.crop,
             width=job.preprocess.crop,
+            encoded_bytes=ENCODED_BYTES if job.config.decode == "gpu" else 0,
         )
         ctx = mp.get_context("spawn")  # CUDA and torch's thread pools are only safe in spawned children
         self.ctx = ctx
@@ -140,7 +153,7 @@ class Workers:
                     model_id=job.model_id,
                     device=rep.device,
                     precision=rep.precision,
-                    backend=job.config.cpu_backend if rep.device == "cpu" else "eager",
+                    backend=job.config.cpu_backend if rep.device == "cpu" else job.config.gpu_backend,
                     fake_delay_s=job.fake_delay_s,
                     batch=rep.batch,
                     calibration=job.calibration if rep.device == "cpu" else None,
@@ -153,12 +166,16 @@ class Workers:
                 cores=cons_cores[c] if rep.device == "cpu" else None,
                 sink_factory=job.sink_factory,
                 parent_pid=os.getpid(),
+                preprocess=job.preprocess,
+                decode=job.config.decode,
             )
             ready = self.ready[c if job.static else 0]
             consumer_args = (spec, ready, self.free_slots, self.events)
             self._spawn(("consumer", c), f"consumer-{c}-{rep.device}", consumer_main, consumer_args)
         for i in range(job.config.producers):
-            pspec = ProducerSpec(i, job.source, self.pool.layout, job.preprocess, prod_cores[i], os.getpid())
+            pspec = ProducerSpec(
+                i, job.source, self.pool.layout, job.preprocess, prod_cores[i], os.getpid(), job.config.decode
+            )
             producer_args = (pspec, self.tasks, self.free_slots, self.ready, self.events, self.go)
             self._spawn(("producer", i), f"producer-{i}", producer_main, producer_args)
 

@@ -40,7 +40,10 @@ def embedding_recipe(config: EngineConfig) -> str:
     """The inference path embeddings come from, e.g. ``cpu:onnx-int8`` or ``cpu:eager+gpu:fp16``."""
     parts = [f"cpu:{config.cpu_backend}"] if config.cpu_models else []
     if config.gpu_models:
-        parts.append(f"gpu:{config.gpu_precision}")
+        # Only a GPU backend or decoder that changes the numbers joins the key: eager keeps old indexes valid.
+        backend = "" if config.gpu_backend == "eager" else f"-{config.gpu_backend}"
+        decode = "+gpu-decode" if config.decode == "gpu" else ""
+        parts.append(f"gpu:{config.gpu_precision}{backend}{decode}")
     return "+".join(parts)
 
 

@@ -106,7 +106,9 @@ class TrialGuard:
                 image_column=self.options.image_column,
             )
         cal = config_calibration(self.setup.source, self.setup.model, config)
-        return guard.check_config(self.reference, self.setup.model, config, self.options.guard_threshold, cal)
+        return guard.check_config(
+            self.reference, self.setup.model, config, self.options.guard_threshold, cal, source=self.setup.source
+        )
 
     def violations(self, config: EngineConfig, trial: Trial) -> list[str]:
         """Guard failures as infeasibility reasons; every result is recorded on the trial."""

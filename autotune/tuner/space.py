@@ -13,9 +13,10 @@ from typing import Any
 import yaml
 
 import autotune.tuner.expressions as expressions
-from autotune.engine.config import CPU_BACKENDS, EngineConfig
+from autotune.engine.config import CPU_BACKENDS, DECODE_PLACEMENTS, EngineConfig
 from autotune.errors import ConfigError
 from autotune.models import backends
+from autotune.models.backends import GPU_BACKENDS
 
 DEVICES = ("cpu", "gpu", "cpu+gpu")
 _PARAM_KEYS = {"type", "low", "high", "step", "log", "choices"}
@@ -147,7 +148,15 @@ class SearchSpace:
 
 
 def builtin_space_path(name: str) -> Path:
-    """Path of a space shipped with the package (``cpu``, ``gpu``, ``cpu+gpu``)."""
+    """Path of a space shipped with the package (``cpu``, ``gpu``, ``cpu+gpu``).
+
+    In a source checkout the repository's ``search_spaces/`` beside the package wins: a checkout run through
+    ``PYTHONPATH`` (the GPU check on a machine where nothing is installed, a worktree beside an editable
+    install of another one) then reads its own spaces.
+    """
+    checkout = Path(__file__).resolve().parents[2] / "search_spaces" / f"{name}.yaml"
+    if checkout.is_file():
+        return checkout
     ref = resources.files("autotune.search_spaces").joinpath(f"{name}.yaml")
     return Path(str(ref))
 
@@ -293,6 +302,12 @@ def _categorical_param(name: str, spec: Mapping[str, Any], where: str) -> tuple[
     dropped: dict[Any, str] = {}
     if name == "cpu_backend":
         choices, dropped = _usable_backends(choices, where)
+    elif name == "gpu_backend":
+        unknown = [c for c in choices if c not in GPU_BACKENDS]
+        if unknown:
+            raise ConfigError(f"{where}.choices: unknown gpu backend(s) {', '.join(map(str, unknown))}")
+    elif name == "decode":
+        choices, dropped = _usable_decoders(choices, where)
     return Param(name, "categorical", choices=tuple(choices)), dropped
 
 
@@ -383,3 +398,15 @@ def _usable_backends(choices: list[Any], where: str) -> tuple[list[Any], dict[An
     reasons = {c: backends.backend_unavailable(str(c), "cpu") for c in choices}
     usable = [c for c in choices if reasons[c] is None]
     return usable or ["eager"], {c: why for c, why in reasons.items() if why is not None}
+
+
+def _usable_decoders(choices: list[Any], where: str) -> tuple[list[Any], dict[Any, str]]:
+    """Decode placements this machine can run (the CPU always stays), and why a dropped one cannot run."""
+    unknown = [c for c in choices if c not in DECODE_PLACEMENTS]
+    if unknown:
+        raise ConfigError(f"{where}.choices: unknown decode placement(s) {', '.join(map(str, unknown))}")
+    from autotune.preprocess.decoders import gpu_decoder_unavailable
+
+    why = gpu_decoder_unavailable()
+    usable = [c for c in choices if c != "gpu" or why is None]
+    return usable or ["cpu"], ({"gpu": why} if why and "gpu" in choices else {})

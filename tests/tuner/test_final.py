@@ -72,7 +72,10 @@ def test_finalists_add_the_untried_layouts_of_each_kind() -> None:
     """A layout of a finalist's backend that has a trial of its own comes with its own best batch, not as a
     variant; each kind's untried layouts come after the best of the kinds."""
     setup = _setup(2)
-    trials = [_trial(0, 60.0, cpu_backend="onnx-int8", cpu_batch=61), _trial(1, 40.0, cpu_backend="eager", cpu_batch=16)]
+    trials = [
+        _trial(0, 60.0, cpu_backend="onnx-int8", cpu_batch=61),
+        _trial(1, 40.0, cpu_backend="eager", cpu_batch=16),
+    ]
     chosen = finalists(setup, trials, 3)
     assert [(f.trial.number if f.trial else None, f.why) for f in chosen] == [
         (0, "best of its kind"),

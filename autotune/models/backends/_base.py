@@ -84,6 +84,13 @@ class Backend(ABC):
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """Embed one batch; returns float32 (N, embed_dim), rows of unit norm."""
 
+    def embed_decoded(self, pixels: Any) -> np.ndarray:
+        """Embed a uint8 NHWC torch tensor a batch decoder left on this replica's device (``decode: gpu``).
+
+        The default goes through host memory; the torch backend keeps a device tensor where it is.
+        """
+        return self.embed(np.ascontiguousarray(pixels.cpu().numpy()))
+
     def timings(self) -> dict[str, float]:
         """Seconds spent per stage since the last call (transfer, forward), then reset."""
         return {}

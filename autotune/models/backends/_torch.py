@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -99,14 +99,96 @@ def _padded_call(fn: TowerFn, x: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat(outs)
 
 
+class HostStager:
+    """Host uint8 batches to a device through one reused host buffer, pinned for CUDA, and a non-blocking copy.
+
+    Pinned (page-locked) memory lets the copy engine move the batch while the CPU goes on; allocating it is slow
+    (a system call and page locking), so the buffer is kept and grown only when a larger batch arrives. On the
+    CPU the batch is used where it is (no copy at all).
+
+    Example:
+        >>> stager = HostStager("meta", pin=False)
+        >>> stager.to_device(np.zeros((4, 2, 2, 3), np.uint8)).device.type, stager.allocations
+        ('meta', 1)
+    """
+
+    def __init__(self, device: str, *, pin: bool | None = None) -> None:
+        """``pin`` defaults to True for a CUDA device (it needs CUDA to be available)."""
+        self.device = device
+        self.pin = device.startswith("cuda") if pin is None else pin
+        self.buffer: torch.Tensor | None = None
+        self.allocations = 0
+
+    def to_device(self, batch: np.ndarray) -> torch.Tensor:
+        """``batch`` on the device (the returned tensor is only valid until the next call's copy)."""
+        import torch
+
+        host = torch.from_numpy(batch)
+        if self.device == "cpu":
+            return host
+        buf = self.buffer
+        if buf is None or buf.shape[0] < host.shape[0] or buf.shape[1:] != host.shape[1:]:
+            buf = torch.empty(host.shape, dtype=torch.uint8)
+            self.buffer = buf.pin_memory() if self.pin else buf
+            self.allocations += 1
+        assert self.buffer is not None
+        staging = self.buffer[: host.shape[0]]
+        staging.copy_(host)
+        return staging.to(self.device, non_blocking=True)
+
+
+class _Graph:
+    """One captured CUDA graph of normalise + tower for a fixed batch size; smaller batches are zero-padded."""
+
+    def __init__(self, graph: Any, static_in: torch.Tensor, static_out: torch.Tensor) -> None:
+        """Use :meth:`capture`."""
+        self.graph, self.static_in, self.static_out = graph, static_in, static_out
+        self.size = int(static_in.shape[0])
+
+    @classmethod
+    def capture(cls, forward: TowerFn, size: int, crop: int, device: str) -> _Graph:
+        """Warm ``forward`` up on a side stream (as torch asks before a capture), then capture it once."""
+        import torch
+
+        static_in = torch.zeros((size, crop, crop, 3), dtype=torch.uint8, device=device)
+        with torch.inference_mode():
+            side = torch.cuda.Stream(device=device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(3):  # cuBLAS handles and workspaces are made here, outside the capture
+                    forward(static_in)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = forward(static_in)
+        return cls(graph, static_in, static_out)
+
+    def run(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Embeddings of any number of device uint8 images, replaying the graph per chunk of ``size``."""
+        import torch
+
+        outs = []
+        for start in range(0, int(pixels.shape[0]), self.size):
+            chunk = pixels[start : start + self.size]
+            k = int(chunk.shape[0])
+            self.static_in[:k].copy_(chunk, non_blocking=True)
+            if k < self.size:
+                self.static_in[k:].zero_()
+            self.graph.replay()
+            outs.append(self.static_out[:k].clone())  # the next replay overwrites static_out
+        return torch.cat(outs)
+
+
 class TorchBackend(_Timed, Backend):
     """The CLIP image tower in PyTorch, on CPU or one CUDA device (fp16/bf16/fp32 on GPUs).
 
     ``spec.backend``: ``eager``; ``compile`` (``torch.compile``, inductor, frozen weights; kernels built for
     ``spec.batch`` images, smaller batches zero-padded); ``channels-last`` (GPU: conv weights and input in
-    NHWC memory); on CPU also ``bf16`` (bfloat16 weights, compiled). On a GPU the batch goes through a reused
-    pinned host buffer and a non-blocking copy; normalisation runs on the device as one fused op on the
-    uint8 tensor. The tower is autotune's own (:mod:`autotune.models.tower`), read from the checkpoint.
+    NHWC memory); ``cuda-graphs`` (GPU: normalise + tower captured once for ``spec.batch`` images and
+    replayed); on CPU also ``bf16`` (bfloat16 weights, compiled). On a GPU the batch goes through a reused
+    pinned host buffer (:class:`HostStager`) and a non-blocking copy; normalisation runs on the device on the
+    uint8 tensor. A batch a GPU decoder left on the device (:meth:`embed_decoded`) is used where it is. The
+    tower is autotune's own (:mod:`autotune.models.tower`), read from the checkpoint.
     """
 
     def __init__(self, spec: BackendSpec, *, cache_root: Path | None = None) -> None:
@@ -135,15 +217,23 @@ class TorchBackend(_Timed, Backend):
         if self.channels_last:
             # Module.to takes memory_format at run time; torch's overloads do not declare it.
             self.tower = self.tower.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self._pinned: torch.Tensor | None = None
+        if not on_cpu and spec.device.startswith("cuda"):
+            torch.cuda.set_device(spec.device)  # graphs, streams and compiled kernels go to this replica's GPU
+        self._stager = HostStager(spec.device)
         self._fn: TowerFn = self.tower
         self._compiled_size: int | None = None
         self._cache_root = cache_root
         self._compile = spec.backend in ("compile", "bf16")
+        self._graphs = spec.backend == "cuda-graphs"
+        if self._graphs and on_cpu:
+            raise ConfigError("backend 'cuda-graphs' is for GPU replicas (gpu_backend), not CPU ones")
+        self._graph: _Graph | None = None
         if self._compile:
             self._fn = self._compiled()
             if spec.batch:
                 self._warm(int(spec.batch))
+        elif self._graphs and spec.batch:
+            self._graph = _Graph.capture(self._eager_forward, spec.batch, self.preprocess_spec.crop, spec.device)
         self.setup_seconds = time.perf_counter() - start
 
     def _compiled(self) -> TowerFn:
@@ -184,20 +274,23 @@ class TorchBackend(_Timed, Backend):
 
     def _to_device(self, batch: np.ndarray) -> torch.Tensor:
         """Host uint8 batch -> device tensor, via a reused pinned buffer on CUDA."""
-        torch = self.torch
-        host = torch.from_numpy(batch)
-        if self.device == "cpu":
-            return host
-        if self._pinned is None or self._pinned.shape[0] < host.shape[0] or self._pinned.shape[1:] != host.shape[1:]:
-            self._pinned = torch.empty(host.shape, dtype=torch.uint8).pin_memory()
-        staging = self._pinned[: host.shape[0]]
-        staging.copy_(host)
-        return staging.to(self.device, non_blocking=True)
+        return self._stager.to_device(batch)
 
-    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Normalise a device uint8 batch and run the (possibly compiled) tower."""
+    def _eager_forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalise a device uint8 batch on the device and run the tower as it is (what a graph captures)."""
         from autotune.preprocess import normalize
 
+        x = normalize(pixels, self.preprocess_spec, dtype=self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=self.torch.channels_last)
+        return self._fn(x)
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalise a device uint8 batch and run the (possibly compiled, or captured) tower."""
+        from autotune.preprocess import normalize
+
+        if self._graph is not None:
+            return self._graph.run(pixels)
         x = normalize(pixels, self.preprocess_spec, dtype=self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=self.torch.channels_last)
@@ -205,20 +298,40 @@ class TorchBackend(_Timed, Backend):
             return _padded_call(self._fn, x, self._compiled_size)
         return self._fn(x)
 
+    def _ready_for(self, size: int) -> None:
+        """Build compiled kernels or capture the graph on the first batch when no batch size was given."""
+        if (self._compile and self._compiled_size is None) or (self._graphs and self._graph is None):
+            # Counted as setup, not forward.
+            t = time.perf_counter()
+            if self._compile:
+                self._warm(size)
+            else:
+                crop = self.preprocess_spec.crop
+                self._graph = _Graph.capture(self._eager_forward, size, crop, self.device)
+            self.setup_seconds += time.perf_counter() - t
+
+    def embed_decoded(self, pixels: torch.Tensor) -> np.ndarray:
+        """Embed a uint8 NHWC tensor a batch decoder left on this device: no host round trip."""
+        torch = self.torch
+        if pixels.device != torch.device(self.device):
+            return super().embed_decoded(pixels)
+        self._ready_for(int(pixels.shape[0]))
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            out = self._forward(pixels).float().cpu().numpy()
+        self._times["forward"] += time.perf_counter() - t1
+        return out
+
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """Normalise on the device, run the tower, return float32 numpy."""
         from autotune.preprocess import normalize
 
         torch = self.torch
-        if self._compile and self._compiled_size is None:
-            # No batch size was given: compile for this one, and count the compile as setup, not forward.
-            t = time.perf_counter()
-            self._warm(int(batch.shape[0]))
-            self.setup_seconds += time.perf_counter() - t
+        self._ready_for(int(batch.shape[0]))
         t0 = time.perf_counter()
         with torch.inference_mode():
             x = self._to_device(batch)
-            if self._compiled_size is None:
+            if self._compiled_size is None and self._graph is None:
                 x = normalize(x, self.preprocess_spec, dtype=self.dtype)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)

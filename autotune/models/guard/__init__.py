@@ -26,7 +26,7 @@ Example:
 
 from __future__ import annotations
 
-from autotune.models.guard._check import check_backend, check_config, non_reference_parts
+from autotune.models.guard._check import DECODE_CHECK, check_backend, check_config, check_decode, non_reference_parts
 from autotune.models.guard._figures import (
     DEFAULT_SAMPLE,
     DEFAULT_THRESHOLD,
@@ -46,6 +46,7 @@ from autotune.models.guard._figures import (
 from autotune.models.guard._reference import build_reference
 
 __all__ = [
+    "DECODE_CHECK",
     "DEFAULT_SAMPLE",
     "DEFAULT_THRESHOLD",
     "GENERIC_PROBES",
@@ -59,6 +60,7 @@ __all__ = [
     "build_reference",
     "check_backend",
     "check_config",
+    "check_decode",
     "evaluate",
     "is_reference",
     "non_reference_parts",

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from autotune.errors import AutotuneError, ConfigError, one_line
 from autotune.models import backends
 from autotune.models.facts import model_facts
@@ -29,7 +31,11 @@ from autotune.models.guard._store import _cache_write, _digest, _guard_dir
 
 if TYPE_CHECKING:
     # Typing only: the engine imports the backends, and the models layer must not import the engine back.
+    from autotune.data import ImageSource
     from autotune.engine.config import EngineConfig
+
+#: The guard's name for GPU replicas decoding their own JPEGs (``decode: gpu``), checked as a part of its own.
+DECODE_CHECK = "gpu-decode"
 
 # In-process memo of check results: {(reference key, backend, precision, device kind, threshold): GuardResult}.
 _MEMO: dict[tuple[str, str, str, str, float], GuardResult] = {}
@@ -146,9 +152,61 @@ def non_reference_parts(config: EngineConfig) -> list[tuple[str, str, str]]:
     parts = []
     if config.cpu_models and not is_reference(config.cpu_backend, "fp32"):
         parts.append(("cpu", config.cpu_backend, "fp32"))
-    if config.gpu_models and not is_reference(backends.REFERENCE_BACKEND, config.gpu_precision):
-        parts.append(("cuda", backends.REFERENCE_BACKEND, config.gpu_precision))
+    if config.gpu_models and not is_reference(config.gpu_backend, config.gpu_precision):
+        parts.append(("cuda", config.gpu_backend, config.gpu_precision))
+    if config.gpu_models and config.decode == "gpu":
+        # A CPU replica of decode: gpu decodes on the CPU fast path, the reference's own: only GPUs are checked.
+        parts.append(("cuda", DECODE_CHECK, "fp32"))
     return parts
+
+
+def check_decode(
+    reference: GuardReference,
+    model_id: str,
+    source: ImageSource | None,
+    device: str = "cuda:0",
+    threshold: float = DEFAULT_THRESHOLD,
+) -> GuardResult:
+    """Check decoding on ``device`` (:func:`autotune.preprocess.decoders.decoder_for`) against the reference path.
+
+    The sample's own JPEG bytes are decoded, resized and cropped by the device's batch decoder and embedded by
+    the fp32 eager tower on that device; the embeddings are judged against the reference's (CPU fast path,
+    CPU fp32) like any backend's. Memoised per process.
+
+    Example:
+        >>> check_decode(ref, "synthetic:tiny", open_source("data/"), "cpu").passed  # doctest: +SKIP
+        True
+    """
+    memo_key = (reference.key, DECODE_CHECK, "fp32", device.split(":")[0], threshold)
+    if memo_key in _MEMO:
+        return _MEMO[memo_key]
+    start = time.perf_counter()
+    try:
+        if source is None:
+            raise ConfigError("the decode check needs the images' bytes, and no image source was given")
+        from autotune.preprocess.decoders import decoder_for
+
+        records = source.records()
+        datas = [source.read_bytes(records[int(i)]) for i in reference.record_ids]
+        decoder = decoder_for(device)
+        spec = backends.BackendSpec(model_id=model_id, device=device, precision="fp32", batch=_BATCH)
+        runner = backends.build_backend(spec)
+        preprocess = model_facts(model_id).preprocess
+        parts = []
+        for i in range(0, len(datas), _BATCH):
+            pixels, failures = decoder.decode(datas[i : i + _BATCH], preprocess)
+            if failures:
+                raise ValueError(f"sample image {i + failures[0][0]} did not decode: {failures[0][1]}")
+            parts.append(runner.embed_decoded(pixels))
+        embeddings = np.concatenate(parts).astype(np.float32)
+        del runner
+    except (AutotuneError, ImportError, RuntimeError, ValueError, OSError) as exc:
+        return _failed_run(reference, model_id, DECODE_CHECK, "fp32", device, threshold, exc)
+    result = evaluate(reference, embeddings, backend=DECODE_CHECK, precision="fp32", device=device, threshold=threshold)
+    result.seconds = round(time.perf_counter() - start, 3)
+    result.extra["decoder"] = decoder.name
+    _MEMO[memo_key] = result
+    return result
 
 
 def check_config(
@@ -157,11 +215,12 @@ def check_config(
     config: EngineConfig,
     threshold: float = DEFAULT_THRESHOLD,
     calibration: str | None = None,
+    source: ImageSource | None = None,
 ) -> list[GuardResult]:
     """Guard results for every non-reference part of an engine config (empty for fp32 eager).
 
     CPU parts are checked on the CPU (a statically quantised one with ``calibration``), GPU parts on this
-    machine's first GPU.
+    machine's first GPU; GPU decoding (``decode: gpu``) on the sample's bytes read from ``source``.
 
     Example:
         >>> [r.passed for r in check_config(ref, "synthetic:tiny", EngineConfig(cpu_backend="int8"))]  # doctest: +SKIP
@@ -171,5 +230,8 @@ def check_config(
     for kind, backend, precision in non_reference_parts(config):
         device = "cpu" if kind == "cpu" else "cuda:0"
         cal = calibration if kind == "cpu" else None
+        if backend == DECODE_CHECK:
+            out.append(check_decode(reference, model_id, source, device, threshold))
+            continue
         out.append(check_backend(reference, model_id, backend, precision, device, threshold, calibration=cal))
     return out

@@ -100,7 +100,7 @@ def verify_profile(
     source = dataset if isinstance(dataset, ImageSource) else open_source(dataset, image_column)
     reference = build_reference(source, model_id, sample=sample, image_column=image_column)
     cal = config_calibration(source, model_id, profile.config)
-    checked = check_config(reference, model_id, profile.config, threshold, cal)
+    checked = check_config(reference, model_id, profile.config, threshold, cal, source=source)
     if not checked:
         checked = [check_backend(reference, model_id, "eager", "fp32", threshold=threshold)]
     failed = [r for r in checked if not r.passed]

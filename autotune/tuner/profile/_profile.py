@@ -79,7 +79,10 @@ def short_config(config: EngineConfig) -> str:
         parts.append(f"{config.cpu_models}x{config.cpu_threads}/b{config.cpu_batch}{backend}")
     if config.gpu_models:
         precision = "" if config.gpu_precision == "fp16" else f" {config.gpu_precision}"
-        parts.append(f"{config.gpu_models}g/b{config.gpu_batch}{precision}")
+        backend = "" if config.gpu_backend == "eager" else f" {config.gpu_backend}"
+        parts.append(f"{config.gpu_models}g/b{config.gpu_batch}{precision}{backend}")
+    if config.decode == "gpu":
+        parts.append("gdec")
     parts.append("st" if config.scheduling == "static" else "dyn")
     if config.pin_cores:
         parts.append("pin")
