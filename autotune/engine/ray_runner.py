@@ -99,9 +99,11 @@ def connect(
             num_cpus=num_cpus or logical_cores(), object_store_memory=(object_store_mb or LOCAL_OBJECT_STORE_MB) << 20
         )
     try:
-        ray.init(address=address, **kwargs)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-        raise ConfigError(f"cannot join the Ray cluster at {address}: {one_line(exc)}") from None
+        # "local" always starts a new Ray: with None, Ray would join the last cluster started on this machine.
+        ray.init(address=address or "local", **kwargs)
+    except Exception as exc:  # Ray raises a bare Exception when its node times out starting up
+        where = f"the Ray cluster at {address}" if address else "a Ray on this machine"
+        raise ConfigError(f"cannot start or join {where}: {one_line(exc)}") from None
     _quiet_ray_data()
     return RayConnection(address or "local", True, time.perf_counter() - t0)
 
@@ -302,6 +304,7 @@ class _RayBooks:
         self.start = start
         self.images = 0
         self.duplicates = 0
+        self.driver_s = 0.0  # the driver's own time per batch: bookkeeping, top-k, shard writes
         self._seen = np.zeros(max(requested, default=-1) + 1, bool)
         self.skipped: list[dict[str, Any]] = []
         self.embedded: list[np.ndarray] = []
@@ -402,11 +405,13 @@ def run_scan_ray(
         task = progress("scan", len(recs)) if progress is not None else None
         batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2))
         for batch in batches:
+            t_batch = time.perf_counter()
             ids, emb = books.take(batch)
             if len(ids):
                 topk.update(q @ emb.T if len(q) else np.zeros((0, len(ids))), ids)
                 if sink is not None:
                     sink.write(ids, emb)
+            books.driver_s += time.perf_counter() - t_batch
             elapsed = time.perf_counter() - t0
             if task is not None:
                 task.update(books.accounted, _progress_info(books.accounted, len(recs), elapsed))
@@ -449,7 +454,8 @@ def _result(
     ]  # fmt: skip
     workers.insert(0, {"role": "driver", "index": 0, "pid": os.getpid(), "affinity": None,
                        "stats": {"ray_startup_s": round(conn.startup_s, 3), "ray_address": conn.address,
-                                 "layout": layout.describe(), "duplicates_dropped": books.duplicates}})  # fmt: skip
+                                 "layout": layout.describe(), "duplicates_dropped": books.duplicates,
+                                 "driver_s": round(books.driver_s, 3)}})  # fmt: skip
     busy = sum(a["busy_s"] for a in books.actors.values())
     share = busy / (len(pids) * scan_seconds) if pids and scan_seconds > 0 else 0.0
     k_scores, k_ids = topk.result() if queries else (np.zeros((0, 0)), np.zeros((0, 0), int))
