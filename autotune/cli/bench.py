@@ -353,8 +353,9 @@ def bench_ray_cmd(
 ) -> None:
     """The Ray engine against the local engine on the same images, model and configuration (the ray extra).
 
-    Runs alternate (local, Ray, local, Ray...); each engine's images/s is timed from when its replicas had
-    loaded, Ray's own start-up is reported apart (ray_startup_s), and each pair's top-9 must be the same.
+    Runs alternate (local, Ray, local, Ray...); each engine's images/s is over its whole run, replica start-up
+    included (Ray's preprocessing runs ahead while its actors load), Ray's own start-up is reported apart
+    (ray_startup_s), and each pair's top-9 must be the same.
     The ratio ray_over_local is the Ray engine's overhead on one machine (goal >= 0.85).
     """
     from autotune.bench.ray import bench_ray  # imports the engines: not for --help
