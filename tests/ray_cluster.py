@@ -37,11 +37,11 @@ def start_cluster(attempts: int = 3) -> Any:
             return Cluster(initialize_head=True, head_node_args={
                 "num_cpus": 2, "object_store_memory": 200 << 20, "include_dashboard": False, **ports})  # fmt: skip
         except Exception:
-            if attempt == attempts - 1:
-                raise
             for proc in psutil.Process().children(recursive=True):
                 if proc.pid not in before:  # only the processes this failed start launched, by pid
                     proc.kill()
+            if attempt == attempts - 1:
+                raise
     raise AssertionError("unreachable")
 
 
