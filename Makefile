@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned to the CPU build on local disk, so nothing pulls a CUDA build.
 	$(BIN)/python -m pip show torch >/dev/null 2>&1 || $(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[test,onnx,openvino,postgres]"
+	$(BIN)/python -m pip install -q -e ".[test,onnx,openvino,postgres,ray]"
 	touch $(STAMP)
 
 demo: install

@@ -70,6 +70,7 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., None]]] = [
     (bench_app, "samplers", bench.bench_samplers_cmd),
     (bench_app, "roofline", bench.bench_roofline_cmd),
     (bench_app, "gpu-check", bench.bench_gpu_check_cmd),
+    (bench_app, "ray", bench.bench_ray_cmd),
     (profile_app, "list", tuning.profile_list_cmd),
     (profile_app, "use", tuning.profile_use_cmd),
     (profile_app, "show", tuning.profile_show_cmd),

@@ -418,3 +418,41 @@ def bench_gpu_check_cmd(
     console.show(summary, "bench gpu-check", as_json)
     if not summary["ok"]:
         raise typer.Exit(1)
+def bench_ray_cmd(
+    n: Annotated[
+        int | None, typer.Option("--n", min=8, help="Images scanned by each run (default: the whole database).")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Images to scan (default: the generated 2,000-image corpus).")
+    ] = None,
+    model: ModelOpt = STAND_IN,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Interleaved local/Ray pairs; medians.")] = 3,
+    profile: Annotated[
+        str, typer.Option("--profile", help="Both engines' configuration: 'auto' (this machine's), 'none', a file.")
+    ] = "auto",
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster: 'auto' or HOST:PORT (default: a private Ray here).")
+    ] = None,
+    split: SplitOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The Ray engine against the local engine on the same images, model and configuration (the ray extra).
+
+    Runs alternate (local, Ray, local, Ray...); each engine's images/s is over its whole run, replica start-up
+    included (Ray's preprocessing runs ahead while its actors load), Ray's own start-up is reported apart
+    (ray_startup_s), and each pair's top-9 must be the same.
+    The ratio ray_over_local is the Ray engine's overhead on one machine (goal >= 0.85).
+    """
+    from autotune.bench.ray import bench_ray  # imports the engines: not for --help
+    from autotune.retrieval import choose_config
+
+    config = choose_config(profile, model, log=console.log_for(not as_json), notice=console.note)
+    result = bench_ray(
+        n=n, dataset=dataset, model=model, config=config, repeats=repeats, address=address, split=split,
+        log=console.log_for(not as_json),
+    )  # fmt: skip
+    if as_json:
+        console.emit_json(result)
+        return
+    console.print_rows("runs (interleaved)", result["runs"])
+    console.print_figures("bench ray", {k: v for k, v in result.items() if k != "runs"})

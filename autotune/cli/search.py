@@ -22,6 +22,13 @@ RescanOpt = Annotated[bool, typer.Option("--rescan", help="Full scan with no ind
 NoIndexOpt = Annotated[bool, typer.Option("--no-index", help="Do not build or use the embedding index.")]
 IndexDirOpt = Annotated[Path | None, typer.Option("--index-dir", help="Index folder (default: under the cache).")]
 RebuildOpt = Annotated[bool, typer.Option("--rebuild-index", help="Throw the stored index away and build it again.")]
+EngineOpt = Annotated[
+    str, typer.Option("--engine", help="Scan engine: 'local' (this machine) or 'ray' (a Ray cluster; the ray extra).")
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option("--address", help="Ray cluster with --engine ray: 'auto' or HOST:PORT (default: a private Ray here)."),
+]
 
 
 def retrieve_cmd(
@@ -41,6 +48,8 @@ def retrieve_cmd(
     index_dtype: Annotated[str, typer.Option("--index-dtype", help="float16 (default) or float32.")] = "float16",
     image_column: ImageColumnOpt = None,
     split: SplitOpt = None,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Find the images that best match each query.
@@ -49,12 +58,14 @@ def retrieve_cmd(
     builds an embedding index as it goes; an interrupted scan resumes where it stopped. Later runs embed only
     images added or changed since (ids stay stable), drop removed ones, and answer from the index in
     milliseconds. A change of model, backend or preprocessing rebuilds the index. --index-dir must be a new
-    or empty folder, or an index this tool made: nothing else is ever deleted.
+    or empty folder, or an index this tool made: nothing else is ever deleted. --engine ray runs the scan on a
+    Ray cluster (each node sized from its own profile); the index is written here, by the driver.
     """
     options = RetrievalOptions(
         queries=(*(queries or []), *_read_queries(queries_file)), dataset=dataset, model=model, profile=profile,
         top_k=top_k, out=out, index_dir=index_dir, use_index=not no_index, rescan=rescan,
         rebuild_index=rebuild_index, index_dtype=index_dtype, image_column=image_column, split=split,
+        engine=engine, address=address,
     )  # fmt: skip
     result = run_retrieval(
         options, progress=console.progress_for(not as_json), log=console.log_for(not as_json), notice=console.note

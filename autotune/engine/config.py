@@ -43,6 +43,17 @@ def gpu_count() -> int:
         return 0
 
 
+def safe_default_for(cores: int) -> EngineConfig:
+    """A configuration that works on any machine of ``cores`` cores: a quarter producers, one replica on the rest.
+
+    Example:
+        >>> safe_default_for(2).describe()
+        '1 producer, 1 cpu x 1 thread (batch 32, eager), dynamic'
+    """
+    producers = max(1, cores // 4)
+    return EngineConfig(producers=producers, cpu_models=1, cpu_threads=max(1, cores - producers), cpu_batch=32)
+
+
 @dataclass(frozen=True, kw_only=True)
 class EngineConfig:
     """How a scan runs: producer processes, model replicas per device, batch sizes and scheduling.

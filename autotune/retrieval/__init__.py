@@ -9,7 +9,7 @@ from __future__ import annotations
 from autotune.retrieval._outputs import contact_sheet, write_outputs, write_skipped
 from autotune.retrieval._result import Hit, NoReadableImages, RetrievalResult
 from autotune.retrieval._run import RetrievalOptions, choose_config, profile_rate, run_retrieval
-from autotune.retrieval._search import embedding_recipe, retrieve, safe_default_config
+from autotune.retrieval._search import embedding_recipe, retrieve, safe_default_config, scan_engine
 
 __all__ = [
     "Hit",
@@ -23,6 +23,7 @@ __all__ = [
     "retrieve",
     "run_retrieval",
     "safe_default_config",
+    "scan_engine",
     "write_outputs",
     "write_skipped",
 ]

@@ -14,7 +14,7 @@ from autotune.models.facts import resolve_model, weights_hash
 from autotune.progress import Log, ProgressFactory, quiet
 from autotune.retrieval._outputs import write_outputs, write_skipped
 from autotune.retrieval._result import NoReadableImages, RetrievalResult
-from autotune.retrieval._search import retrieve, safe_default_config
+from autotune.retrieval._search import retrieve, safe_default_config, scan_engine
 from autotune.tuner.profile import Profile, arch_short, find_profile, model_arch
 
 INDEX_DTYPES = ("float16", "float32")
@@ -26,7 +26,9 @@ class RetrievalOptions:
 
     ``dataset`` None is the generated corpus (made on first use), ``model`` None the ViT-B/32 stand-in;
     ``profile`` is ``auto`` (this machine's profile for the model's architecture), ``none`` or a profile
-    id or file. :meth:`validate` refuses what cannot run before any work starts.
+    id or file. ``engine`` is ``local`` (this machine's engine) or ``ray`` (a Ray cluster at ``address``:
+    ``auto``, ``HOST:PORT``, or None for a private one here). :meth:`validate` refuses what cannot run before
+    any work starts.
 
     Example:
         >>> opts = RetrievalOptions(queries=("a photo of Felis catus",), dataset="data/", profile="none")
@@ -46,6 +48,8 @@ class RetrievalOptions:
     index_dtype: str = "float16"
     image_column: str | None = None
     split: str | None = None
+    engine: str = "local"
+    address: str | None = None
 
     def validate(self) -> RetrievalOptions:
         """Return self, or raise :class:`ConfigError` naming the first impossible setting."""
@@ -55,6 +59,7 @@ class RetrievalOptions:
             raise ConfigError(f"--index-dtype must be float16 or float32, got {self.index_dtype!r}")
         if self.top_k < 1:
             raise ConfigError(f"--top-k must be >= 1, got {self.top_k}")
+        scan_engine(self.engine, self.address)  # an unknown engine, --address alone, Ray not installed
         return self
 
 
@@ -88,6 +93,7 @@ def run_retrieval(
             opts.queries, dataset=dataset, model=model, top_k=opts.top_k, config=config, index_dir=opts.index_dir,
             use_index=opts.use_index, rescan=opts.rescan, rebuild_index=opts.rebuild_index,
             index_dtype=opts.index_dtype, image_column=opts.image_column, split=opts.split, progress=progress, log=say,
+            engine=opts.engine, address=opts.address,
         )  # fmt: skip
     except NoReadableImages as exc:
         raise DataError(f"{exc}; reasons in {write_skipped(opts.out, exc.skipped)}") from None

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from autotune.data.sources import HFDatasetSource, ImageSource, Record, open_source
-from autotune.engine.config import EngineConfig, logical_cores
+from autotune.engine.config import EngineConfig, logical_cores, safe_default_for
+from autotune.engine.ray_runner import ENGINES, RAY_EXTRA, ray_available
 from autotune.engine.runner import ScanResult, embed_queries, preprocess_spec_for, run_scan
 from autotune.errors import ConfigError
 from autotune.index import (
@@ -31,9 +33,7 @@ from autotune.retrieval._result import Hit, NoReadableImages, RetrievalResult
 
 def safe_default_config() -> EngineConfig:
     """A configuration that works anywhere when no profile exists: one producer, one replica on the rest."""
-    cores = logical_cores()
-    producers = max(1, cores // 4)
-    return EngineConfig(producers=producers, cpu_models=1, cpu_threads=max(1, cores - producers), cpu_batch=32)
+    return safe_default_for(logical_cores())
 
 
 def embedding_recipe(config: EngineConfig) -> str:
@@ -73,6 +73,8 @@ def retrieve(
     progress: ProgressFactory | None = None,
     shard_images: int = 1024,
     log: Log | None = None,
+    engine: str = "local",
+    address: str | None = None,
 ) -> RetrievalResult:
     """Answer text queries over an image database.
 
@@ -81,7 +83,9 @@ def retrieve(
     changed since, drop removed ones, and answer from the index in milliseconds. ``rescan`` or
     ``use_index=False`` runs the paper's full scan instead (no index); ``rebuild_index`` starts the index
     over. ``progress`` draws the scan's bar, ``log`` receives one-line news (splits, index rebuilt...).
-    Raises :class:`NoReadableImages` when no image could be read.
+    ``engine="ray"`` runs the scan (and the index build) on a Ray cluster at ``address`` (``auto``,
+    ``HOST:PORT``, or None for a private Ray on this machine), each node sized from its own profile: same
+    index, same top-k. Raises :class:`NoReadableImages` when no image could be read.
 
     Example:
         >>> res = retrieve(["a photo of Felis catus"], dataset="data/", model="synthetic:tiny")
@@ -99,18 +103,45 @@ def retrieve(
     if len(splits) > 1 or (splits and split):
         say("scanning " + " + ".join(f"{k} ({v:,} images)" for k, v in splits.items()))
     cfg = (config or safe_default_config()).validate()
+    scanner = scan_engine(engine, address, say)
     q = embed_queries(model, texts)
     if rescan or not use_index:
-        result = _scan_answer(source, records, model, cfg, texts, q, top_k, progress)
+        result = _scan_answer(source, records, model, cfg, texts, q, top_k, progress, scanner)
     else:
         index = EmbeddingIndex(index_dir or default_index_dir(str(source.path), model, embedding_recipe(cfg), split))
         calibration = _index_calibration(index, source, model, cfg, rebuild_index)
         key = _index_key(model, cfg, index_dtype, calibration)
         result = _index_answer(
-            index, key, source, cfg, texts, q, top_k, rebuild_index, progress, shard_images, say, calibration
+            index, key, source, cfg, texts, q, top_k, rebuild_index, progress, shard_images, say, calibration, scanner
         )
     result.source, result.splits = source.describe(), splits
     return result
+
+
+Scanner = Callable[..., ScanResult]
+"""A scan engine: :func:`run_scan`'s signature (source, model, config, keyword options) -> ScanResult."""
+
+
+def scan_engine(engine: str, address: str | None = None, log: Log | None = None) -> Scanner:
+    """The scan function of an engine name: ``local`` (:func:`run_scan`) or ``ray`` (:func:`run_scan_ray`).
+
+    Raises :class:`ConfigError` for another name, for an address without Ray, and for Ray not installed.
+
+    Example:
+        >>> scan_engine("local") is run_scan
+        True
+    """
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "local":
+        if address is not None:
+            raise ConfigError("--address needs --engine ray")
+        return run_scan
+    if not ray_available():
+        raise ConfigError(RAY_EXTRA)
+    from autotune.engine.ray_runner import run_scan_ray
+
+    return functools.partial(run_scan_ray, address=address, log=log)
 
 
 def _index_key(model: str, cfg: EngineConfig, dtype: str, calibration: Calibration | None = None) -> IndexKey:
@@ -151,10 +182,11 @@ def _scan_answer(
     q: np.ndarray,
     top_k: int,
     progress: ProgressFactory | None,
+    scanner: Scanner = run_scan,
 ) -> RetrievalResult:
     """The paper's way: one full scan with the queries, no index."""
     # run_scan draws its own bar until it takes a ProgressFactory: a factory here means "show one".
-    scan = run_scan(source, model, cfg, queries=q, top_k=top_k, records=records, progress=progress)
+    scan = scanner(source, model, cfg, queries=q, top_k=top_k, records=records, progress=progress)
     if scan.images == 0:
         raise NoReadableImages(source.describe(), scan.skipped)
     by_id = {r.id: r for r in records}
@@ -186,11 +218,12 @@ def _index_answer(
     shard_images: int,
     log: Log,
     calibration: Calibration | None = None,
+    scanner: Scanner = run_scan,
 ) -> RetrievalResult:
     """Bring the index up to date, then answer from it."""
     notes: list[str] = []
     index.claim()
-    sync = _sync_index(index, key, source, cfg, rebuild, progress, shard_images, notes, log, calibration)
+    sync = _sync_index(index, key, source, cfg, rebuild, progress, shard_images, notes, log, calibration, scanner)
     t0 = time.perf_counter()
     index.load()
     load_s = time.perf_counter() - t0
@@ -231,6 +264,7 @@ def _sync_index(
     notes: list[str],
     log: Log,
     calibration: Calibration | None = None,
+    scanner: Scanner = run_scan,
 ) -> _Sync:
     """Bring the index up to date with the database: nothing, a build, an update or a resumed one.
 
@@ -269,7 +303,8 @@ def _sync_index(
         skipped: list[dict[str, Any]] = []
         if plan.todo:
             log(f"embedding {len(plan.todo):,} images into {index.path}")
-            scan = run_scan(
+            # The Ray engine writes these shards from its driver (no filesystem shared with the workers).
+            scan = scanner(
                 source, key.model, cfg, records=plan.todo, sink_factory=index.sink(key.dtype, shard_images),
                 progress=progress, calibration=calibration.path if calibration else None,
             )  # fmt: skip

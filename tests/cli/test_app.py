@@ -67,6 +67,8 @@ ERRORS = {
     "missing-queries-file": (lambda t: ["retrieve", "--queries-file", str(t / "q.txt")], "queries file not found"),
     "empty-query": (lambda t: ["retrieve", " "], "empty query"),
     "bad-index-dtype": (lambda t: ["retrieve", "q", "--index-dtype", "int8"], "--index-dtype"),
+    "unknown-engine": (lambda t: ["retrieve", "q", "--engine", "spark"], "--engine must be one of local, ray"),
+    "address-without-ray": (lambda t: ["retrieve", "q", "--address", "auto"], "--address needs --engine ray"),
     "bad-yaml-space": (lambda t: ["study", "--space", _bad_yaml(t), "--json"], "space.yaml"),
     "missing-space": (lambda t: ["study", "--space", str(t / "none.yaml"), "--json"], "none.yaml"),
     "no-profile": (lambda t: ["profile", "show"], "no profile for this machine"),
