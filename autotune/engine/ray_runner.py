@@ -192,6 +192,11 @@ class RayLayout:
     gpu_actors: int
     gpu_batch: int
     gpus_per_actor: float
+    # Ray's CPU requests are reservations: a profile that shares the cores between producers and replicas (2
+    # replicas x 1 thread + 1 producer on 2 cores) would otherwise reserve every CPU for the actors and leave
+    # the preprocessing tasks unscheduled forever. Both requests are scaled by this share (<= 1) so that they
+    # fit the cluster's CPUs and time-share them, as the local engine's processes do.
+    cpu_share: float = 1.0
 
     def describe(self) -> str:
         """E.g. ``2 preprocess tasks, 3 cpu actors x 2 threads (batch 32)``."""
@@ -214,14 +219,20 @@ def layout_for(nodes: Sequence[NodePlan]) -> RayLayout:
     gpu = [(n.config, n.gpus) for n in nodes if n.config.gpu_models and n.gpus]
     if not cpu and not gpu:
         raise ConfigError("no Ray node can run a model replica (no CPU replica planned and no GPU visible)")
+    preprocess = sum(n.config.producers for n in nodes)
+    cpu_actors, cpu_threads = sum(c.cpu_models for c in cpu), min((c.cpu_threads for c in cpu), default=1)
+    gpu_actors = sum(c.gpu_models * g for c, g in gpu)
+    asked = preprocess + cpu_actors * cpu_threads + gpu_actors  # a GPU actor reserves one CPU to feed it
+    cpus = sum(n.cpus for n in nodes)
     return RayLayout(
-        preprocess_tasks=sum(n.config.producers for n in nodes),
-        cpu_actors=sum(c.cpu_models for c in cpu),
-        cpu_threads=min((c.cpu_threads for c in cpu), default=1),
+        preprocess_tasks=preprocess,
+        cpu_actors=cpu_actors,
+        cpu_threads=cpu_threads,
         cpu_batch=min((c.cpu_batch for c in cpu), default=32),
-        gpu_actors=sum(c.gpu_models * g for c, g in gpu),
+        gpu_actors=gpu_actors,
         gpu_batch=min((c.gpu_batch for c, _g in gpu), default=128),
         gpus_per_actor=min((1.0 / c.gpu_models for c, _g in gpu), default=1.0),
+        cpu_share=min(1.0, cpus / asked) if asked and cpus else 1.0,
     )
 
 
@@ -251,7 +262,7 @@ def _embedded(
         fn_constructor_kwargs={"backend": spec, "threads": 1 if gpu else threads, "kill_flag": kill_flag},
         batch_size=spec.batch,
         compute=ray.data.ActorPoolStrategy(size=layout.gpu_actors if gpu else layout.cpu_actors),
-        num_cpus=1 if gpu else threads,
+        num_cpus=layout.cpu_share * (1 if gpu else threads),
         num_gpus=layout.gpus_per_actor if gpu else 0,
         batch_format="numpy",
         zero_copy_batch=True,
@@ -281,7 +292,7 @@ def _pipeline(
             continue
         ds = _dataset(recs[lo:hi], layout.unit_batch())
         ds = ds.map_batches(
-            preprocess_batch, fn_kwargs={"source": source, "spec": pre}, batch_size=None, num_cpus=1,
+            preprocess_batch, fn_kwargs={"source": source, "spec": pre}, batch_size=None, num_cpus=layout.cpu_share,
             compute=ray.data.TaskPoolStrategy(size=max(1, layout.preprocess_tasks)), batch_format="numpy",
             # The memory a task holds (its batch of pixels, twice over while decoding) is also what keeps Ray
             # Data from fusing this stage into the actors, which it does to stages of equal remote arguments:

@@ -44,6 +44,17 @@ def test_layout_adds_nodes_up_with_the_smallest_actor_shape() -> None:
         layout_for([_node(gpu, gpus=0)])
 
 
+def test_a_profile_sharing_the_cores_leaves_cpus_for_the_preprocessing() -> None:
+    """2 replicas x 1 thread + 1 producer on 2 cores: Ray's reservations are scaled to fit the node's CPUs, or
+    the actors would hold every CPU and no preprocessing task would ever be scheduled (a hung scan)."""
+    shared = EngineConfig(producers=1, cpu_models=2, cpu_threads=1, cpu_batch=16)
+    layout = layout_for([NodePlan("10.0.0.1", "m", 2, 0, shared, None)])
+    asked = layout.preprocess_tasks * layout.cpu_share + layout.cpu_actors * layout.cpu_threads * layout.cpu_share
+    assert layout.cpu_share == pytest.approx(2 / 3) and asked == pytest.approx(2)
+    roomy = layout_for([NodePlan("10.0.0.1", "m", 8, 0, shared, None)])
+    assert roomy.cpu_share == 1.0  # room for everything: whole CPUs, as before
+
+
 @pytest.mark.parametrize(
     ("engine", "address", "needle"),
     [("spark", None, "--engine must be one of local, ray"), ("local", "auto", "--address needs --engine ray")],

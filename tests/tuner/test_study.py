@@ -82,7 +82,8 @@ def _options(tmp_path: Path, dataset: Path, text: str = SMALL_SPACE, **kw: Any) 
 
 def test_study_default_first_profile_and_resume(tmp_path: Path, small_dataset: Path, _studies: Path) -> None:
     lines: list[str] = []
-    opts = _options(tmp_path, small_dataset)
+    # finalists=1: no final, the best trial is the pick (the final has its own test below).
+    opts = _options(tmp_path, small_dataset, finalists=1)
     out = run_study(opts, log=lines.append)
     machine = detect_machine()
     assert out.study_name.startswith(machine.machine_id)
@@ -92,6 +93,8 @@ def test_study_default_first_profile_and_resume(tmp_path: Path, small_dataset: P
     assert any(line.startswith("trial 0:") for line in lines)
 
     study = optuna.load_study(study_name=out.study_name, storage=out.storage)
+    assert "final" not in study.user_attrs
+    assert out.trial_images_per_s == pytest.approx(max(t.value for t in study.trials if t.value is not None))
     first = study.trials[0]
     space = load_space(opts.space, machine_facts=machine.facts())  # type: ignore[arg-type]
     assert first.user_attrs.get("default") is True
@@ -139,7 +142,7 @@ def test_study_default_first_profile_and_resume(tmp_path: Path, small_dataset: P
 
     # The same options again resume the same study; the profile in use is validated beside the new pick.
     n_before = len(study.trials)
-    again = run_study(_options(tmp_path, small_dataset, trials=1))
+    again = run_study(_options(tmp_path, small_dataset, trials=1, finalists=1))
     assert again.study_name == out.study_name
     assert len(optuna.load_study(study_name=out.study_name, storage=out.storage).trials) > n_before
     assert again.current_images_per_s is not None and "current" in [c["name"] for c in again.validation["candidates"]]
@@ -359,6 +362,7 @@ def test_the_pick_is_the_fastest_finalist_scanned_again(tmp_path: Path, small_da
     assert any(line.startswith("final 2/2: ") for line in lines)
 
 
+@pytest.mark.slow  # the first test of this file runs the same study with finalists=1 and checks the same
 def test_one_finalist_is_the_best_trial(tmp_path: Path, small_dataset: Path) -> None:
     """finalists=1 skips the final: the pick is the best trial, as before."""
     out = run_study(_options(tmp_path, small_dataset, trials=3, finalists=1))
