@@ -95,7 +95,7 @@ def postgres_server(database: str = "autotune") -> Iterator[PgServer]:
     try:
         _run(_as_server_user([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
                               "--no-sync", "-E", "UTF8"]))  # fmt: skip
-        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c fsync=off -c max_connections=50"
+        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c fsync=off -c max_connections=200"
         _run(_as_server_user([pg_ctl, "-D", str(data), "-l", str(root / "server.log"), "-o", options, "-w",
                               "-t", "60", "start"]))  # fmt: skip
         import psycopg
