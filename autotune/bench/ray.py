@@ -9,7 +9,8 @@ from typing import Any
 from autotune.data.sources import open_source
 from autotune.defaults import default_dataset
 from autotune.engine.config import EngineConfig
-from autotune.engine.ray_runner import connect, import_ray, run_scan_ray
+from autotune.engine.ray_cluster import connect, import_ray
+from autotune.engine.ray_runner import run_scan_ray
 from autotune.engine.runner import embed_queries, run_scan
 from autotune.errors import ConfigError
 from autotune.progress import Log, quiet

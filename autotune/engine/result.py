@@ -139,31 +139,58 @@ class ScanBooks:
         self, config: EngineConfig, records: Sequence[int], queries: int, top_k: int, t_go: float | None, end: float
     ) -> ScanResult:
         """Check the accounting, merge the exact top-k and add the figures up (start-up timed apart)."""
-        check_accounting(records, self.embedded_ids, [s["id"] for s in self.skipped])
-        k_scores, k_ids = merge_topk(self.topks, top_k) if queries else (np.zeros((0, 0)), np.zeros((0, 0), int))
         consumers = sum(1 for role, _i in self.done if role == "consumer")
-        steady, _warm = steady_state(self.batch_log, consumers)
         workers = [
             {"role": role, "index": idx, "pid": self.info.get((role, idx), {}).get("pid"), "stats": stats,
              "affinity": self.info.get((role, idx), {}).get("affinity")}
             for (role, idx), stats in sorted(self.done.items())
         ]  # fmt: skip
-        seconds = end - self.start
-        startup = (t_go if t_go is not None else self.start) - self.start
-        scan_seconds = seconds - startup
-        return ScanResult(
-            config=config,
-            total_records=len(records),
-            images=self.images,
-            skipped=sorted(self.skipped, key=lambda s: s["id"]),
-            seconds=seconds,
-            startup_s=startup,
-            scan_seconds=scan_seconds,
-            images_per_s=self.images / scan_seconds if scan_seconds > 0 else 0.0,
-            steady_images_per_s=steady,
-            topk_scores=k_scores,
-            topk_ids=k_ids,
-            workers=workers,
-            bottleneck=bottleneck(workers),
-            batch_log=self.batch_log,
-        )
+        go = t_go if t_go is not None else self.start
+        return finished_scan(
+            config, records, self.embedded_ids, self.skipped, images=self.images, clock=(self.start, go, go, end),
+            topk=merge_topk(self.topks, top_k) if queries else None, batch_log=self.batch_log,
+            consumers=consumers, workers=workers, bottleneck=bottleneck(workers),
+        )  # fmt: skip
+
+
+def finished_scan(
+    config: EngineConfig,
+    requested: Sequence[int],
+    embedded: Sequence[np.ndarray],
+    skipped: list[dict[str, Any]],
+    *,
+    images: int,
+    clock: tuple[float, float, float, float],
+    topk: tuple[np.ndarray, np.ndarray] | None,
+    batch_log: list[tuple[float, int, int]],
+    consumers: int,
+    workers: list[dict[str, Any]],
+    bottleneck: str,
+) -> ScanResult:
+    """Any engine's figures of a finished scan, once every requested record is checked embedded or skipped once.
+
+    ``clock``: (start, replicas ready, scan clock start, end) in ``time.perf_counter`` seconds; the local engine
+    starts its scan clock when its replicas are ready, Ray at the call (its preprocessing runs ahead while its
+    actors load). ``topk``: the merged (scores, ids), None without queries.
+    """
+    check_accounting(requested, embedded, [s["id"] for s in skipped])
+    start, ready, scan_from, end = clock
+    steady, _warm = steady_state(batch_log, consumers)
+    scan_seconds = end - scan_from
+    scores, ids = topk if topk is not None else (np.zeros((0, 0)), np.zeros((0, 0), int))
+    return ScanResult(
+        config=config,
+        total_records=len(requested),
+        images=images,
+        skipped=sorted(skipped, key=lambda s: s["id"]),
+        seconds=end - start,
+        startup_s=ready - start,
+        scan_seconds=scan_seconds,
+        images_per_s=images / scan_seconds if scan_seconds > 0 else 0.0,
+        steady_images_per_s=steady,
+        topk_scores=scores,
+        topk_ids=ids,
+        workers=workers,
+        bottleneck=bottleneck,
+        batch_log=batch_log,
+    )

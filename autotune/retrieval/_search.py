@@ -13,7 +13,7 @@ import numpy as np
 
 from autotune.data.sources import HFDatasetSource, ImageSource, Record, open_source
 from autotune.engine.config import EngineConfig, logical_cores, safe_default_for
-from autotune.engine.ray_runner import ENGINES, RAY_EXTRA, ray_available
+from autotune.engine.ray_cluster import ENGINES, RAY_EXTRA, ray_available
 from autotune.engine.runner import ScanResult, embed_queries, preprocess_spec_for, run_scan
 from autotune.errors import ConfigError
 from autotune.index import (

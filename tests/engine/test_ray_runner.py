@@ -17,7 +17,7 @@ from ray_cluster import start_cluster
 from autotune.cli import main
 from autotune.data import write_bad_images
 from autotune.engine.config import EngineConfig
-from autotune.engine.ray_runner import NodePlan, layout_for
+from autotune.engine.ray_cluster import NodePlan, layout_for
 from autotune.engine.ray_stages import KILL_FLAG_ENV
 from autotune.errors import ConfigError
 from autotune.retrieval import RetrievalOptions, retrieve
@@ -85,7 +85,7 @@ ray = pytest.importorskip("ray")  # after ray_cluster (imported above), which se
 @pytest.fixture(scope="module")
 def ray_session(tmp_path_factory: pytest.TempPathFactory, _isolated_cache: Path) -> Iterator[dict[str, Any]]:
     """A Ray cluster on this machine, joined by its address as `--address HOST:PORT` would; no node profile."""
-    from autotune.engine.ray_runner import connect
+    from autotune.engine.ray_cluster import connect
 
     cluster = start_cluster()
     with pytest.MonkeyPatch.context() as mp:

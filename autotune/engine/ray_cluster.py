@@ -1,0 +1,216 @@
+"""The Ray cluster the Ray engine runs on: joining (or starting) Ray, and sizing each node's actor pools.
+
+Ray is imported lazily: without it installed, asking for the Ray engine is one line naming the extra. Each
+node's actors are sized from the profile of that node's machine id (a node without one gets the safe default
+and a warning naming it), and their CPU reservations scaled so that preprocessing tasks always fit beside them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from autotune.engine.config import EngineConfig, logical_cores, safe_default_for
+from autotune.engine.ray_stages import node_machine_id
+from autotune.errors import ConfigError, one_line
+from autotune.progress import Log, quiet
+
+RAY_EXTRA = 'the Ray engine needs Ray: pip install "clip-autotune[ray]" (ray[data] >= 2.40)'
+# A Ray started here for one run: small, private and quiet. The object store holds a few batches of pixels
+# in flight (150 KB an image); Ray's default (30% of RAM in /dev/shm) is far more than a scan needs.
+LOCAL_OBJECT_STORE_MB = 512
+ENGINES = ("local", "ray")
+
+
+def ray_available() -> bool:
+    """Whether Ray can be imported here (without importing it)."""
+    return importlib.util.find_spec("ray") is not None
+
+
+def import_ray() -> Any:
+    """The ``ray`` module with Ray Data, or a :class:`ConfigError` naming the extra to install."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the engine's data layer; an install without the [data] extra lacks it)
+    except ImportError:
+        raise ConfigError(RAY_EXTRA) from None
+    return ray
+
+
+@dataclass(frozen=True)
+class RayConnection:
+    """A Ray session this process joined: whether it started Ray itself, and how long that took."""
+
+    address: str
+    started_here: bool
+    startup_s: float
+
+
+def connect(
+    address: str | None = None, *, num_cpus: int | None = None, object_store_mb: int | None = None
+) -> RayConnection:
+    """Join the Ray cluster at ``address`` (``auto`` or ``HOST:PORT``), or start a private one (None).
+
+    A process already connected keeps its session (``started_here`` False: the caller must not shut it
+    down). A Ray started here listens on 127.0.0.1 only, with no dashboard and a small object store.
+
+    Example:
+        >>> conn = connect(None, num_cpus=2)  # doctest: +SKIP
+        >>> conn.startup_s  # doctest: +SKIP
+        2.1
+    """
+    if address is None and "ray" not in sys.modules:
+        # Ray binds a local head to this machine's outward address unless it believes clusters are off; a
+        # private Ray for one run has no reason to be reachable from anywhere else.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray = import_ray()
+    if ray.is_initialized():
+        return RayConnection(address or "current", False, 0.0)
+    t0 = time.perf_counter()
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    if address is None:
+        kwargs.update(
+            num_cpus=num_cpus or logical_cores(), object_store_memory=(object_store_mb or LOCAL_OBJECT_STORE_MB) << 20
+        )
+    try:
+        # "local" always starts a new Ray: with None, Ray would join the last cluster started on this machine.
+        ray.init(address=address or "local", **kwargs)
+    except Exception as exc:  # Ray raises a bare Exception when its node times out starting up
+        where = f"the Ray cluster at {address}" if address else "a Ray on this machine"
+        raise ConfigError(f"cannot start or join {where}: {one_line(exc)}") from None
+    _quiet_ray_data()
+    return RayConnection(address or "local", True, time.perf_counter() - t0)
+
+
+def _quiet_ray_data() -> None:
+    """No progress bars or execution banners from Ray Data: the project's own bar reports the scan."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    if hasattr(ctx, "print_on_execution_start"):
+        ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """One node of the cluster: its address, machine id, resources, and the configuration that sizes it."""
+
+    address: str
+    machine_id: str
+    cpus: int
+    gpus: int
+    config: EngineConfig
+    profile: str | None  # the profile id it came from; None for the safe default or the run's own config
+
+
+def plan_nodes(
+    model_id: str, config: EngineConfig, *, per_node_profiles: bool = True, log: Log | None = None
+) -> list[NodePlan]:
+    """Size every alive node: from the profile in use for its machine id and the model's architecture.
+
+    A node with no such profile gets the safe default for its cores, and ``log`` hears one warning naming it.
+    ``per_node_profiles=False`` sizes every node with ``config`` (benchmarks compare engines that way).
+    The backend and precision always come from ``config``: they decide the embeddings, hence the index key,
+    so a node whose profile tuned another backend runs its layout with the run's backend (and says so).
+    """
+    ray = import_ray()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    say = log or quiet
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    probe = ray.remote(num_cpus=0)(node_machine_id)
+    refs = [
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+        for n in nodes
+    ]
+    facts = ray.get(refs, timeout=300)
+    arch = None
+    if per_node_profiles:
+        from autotune.tuner.profile import arch_short, current_profile, model_arch
+
+        arch = model_arch(model_id)
+    plans = []
+    for node, fact in zip(nodes, facts, strict=True):
+        addr, mid = str(node["NodeManagerAddress"]), str(fact["machine_id"])
+        cpus, gpus = int(node["Resources"].get("CPU", 0)), int(node["Resources"].get("GPU", 0))
+        cfg, pid = config, None
+        if arch is not None:
+            prof = current_profile(mid, arch)
+            if prof is None:
+                cfg = safe_default_for(max(cpus, 1))
+                say(f"warning: Ray node {addr} (machine {mid}) has no profile for {arch_short(arch)}: "
+                    f"safe default ({cfg.describe()})")  # fmt: skip
+            else:
+                cfg, pid = prof.config, prof.id
+                if cfg.cpu_models and cfg.cpu_backend != config.cpu_backend:
+                    say(f"note: Ray node {addr} was tuned on {cfg.cpu_backend}; it runs {config.cpu_backend}, "
+                        "the backend this index is keyed on, with its tuned layout")  # fmt: skip
+        plans.append(NodePlan(addr, mid, cpus, gpus, cfg, pid))
+    return plans
+
+
+@dataclass(frozen=True)
+class RayLayout:
+    """The cluster-wide pools: preprocessing tasks, and one actor pool per device type.
+
+    Ray Data gives every actor of a pool the same shape, so per-node profiles set how many actors each pool
+    has (their sum) and the shape is the smallest one asked for (threads, batch), which fits every node.
+    """
+
+    preprocess_tasks: int
+    cpu_actors: int
+    cpu_threads: int
+    cpu_batch: int
+    gpu_actors: int
+    gpu_batch: int
+    gpus_per_actor: float
+    # Ray's CPU requests are reservations: a profile that shares the cores between producers and replicas (2
+    # replicas x 1 thread + 1 producer on 2 cores) would otherwise reserve every CPU for the actors and leave
+    # the preprocessing tasks unscheduled forever. Both requests are scaled by this share (<= 1) so that they
+    # fit the cluster's CPUs and time-share them, as the local engine's processes do.
+    cpu_share: float = 1.0
+
+    def describe(self) -> str:
+        """E.g. ``2 preprocess tasks, 3 cpu actors x 2 threads (batch 32)``."""
+        parts = [f"{self.preprocess_tasks} preprocess task{'s' if self.preprocess_tasks != 1 else ''}"]
+        if self.cpu_actors:
+            parts.append(f"{self.cpu_actors} cpu actor{'s' if self.cpu_actors != 1 else ''} x {self.cpu_threads} "
+                         f"thread{'s' if self.cpu_threads != 1 else ''} (batch {self.cpu_batch})")  # fmt: skip
+        if self.gpu_actors:
+            parts.append(f"{self.gpu_actors} gpu actors (batch {self.gpu_batch}, {self.gpus_per_actor:g} gpu each)")
+        return ", ".join(parts)
+
+    def unit_batch(self) -> int:
+        """Records per Ray Data block: the smallest batch of any pool, so each block is one actor call."""
+        return min([b for b, n in ((self.cpu_batch, self.cpu_actors), (self.gpu_batch, self.gpu_actors)) if n])
+
+
+def layout_for(nodes: Sequence[NodePlan]) -> RayLayout:
+    """Add the nodes' plans up into the cluster's pools (a node's GPU replicas only where it has GPUs)."""
+    cpu = [n.config for n in nodes if n.config.cpu_models]
+    gpu = [(n.config, n.gpus) for n in nodes if n.config.gpu_models and n.gpus]
+    if not cpu and not gpu:
+        raise ConfigError("no Ray node can run a model replica (no CPU replica planned and no GPU visible)")
+    preprocess = sum(n.config.producers for n in nodes)
+    cpu_actors, cpu_threads = sum(c.cpu_models for c in cpu), min((c.cpu_threads for c in cpu), default=1)
+    gpu_actors = sum(c.gpu_models * g for c, g in gpu)
+    asked = preprocess + cpu_actors * cpu_threads + gpu_actors  # a GPU actor reserves one CPU to feed it
+    cpus = sum(n.cpus for n in nodes)
+    return RayLayout(
+        preprocess_tasks=preprocess,
+        cpu_actors=cpu_actors,
+        cpu_threads=cpu_threads,
+        cpu_batch=min((c.cpu_batch for c in cpu), default=32),
+        gpu_actors=gpu_actors,
+        gpu_batch=min((c.gpu_batch for c, _g in gpu), default=128),
+        gpus_per_actor=min((1.0 / c.gpu_models for c, _g in gpu), default=1.0),
+        cpu_share=min(1.0, cpus / asked) if asked and cpus else 1.0,
+    )
