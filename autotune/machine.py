@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import re
 from dataclasses import asdict, dataclass, field
@@ -118,22 +119,48 @@ def cpu_flags(keep: tuple[str, ...] = _SPEED_FLAGS) -> tuple[str, ...]:
 def detect_machine() -> MachineInfo:
     """Probe this machine (CPU, cores, memory, GPUs, torch/CUDA versions)."""
     import psutil
-    import torch
 
     from autotune.engine.config import logical_cores
 
     gpus: list[GpuInfo] = []
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            props = torch.cuda.get_device_properties(i)
-            gpus.append(GpuInfo(props.name, round(props.total_memory / 2**30, 1)))
+    torch_version = _torch_version_without_import()
+    cuda_version = None
+    if torch_version is None:
+        import torch
+
+        torch_version = torch.__version__
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                props = torch.cuda.get_device_properties(i)
+                gpus.append(GpuInfo(props.name, round(props.total_memory / 2**30, 1)))
+            cuda_version = torch.version.cuda if gpus else None
     return MachineInfo(
         cpu_model=_cpu_model(),
         physical_cores=psutil.cpu_count(logical=False) or logical_cores(),
         logical_cores=logical_cores(),
         memory_gb=round(psutil.virtual_memory().total / 2**30, 1),
         gpus=tuple(gpus),
-        torch_version=torch.__version__,
-        cuda_version=torch.version.cuda if gpus else None,
+        torch_version=torch_version,
+        cuda_version=cuda_version,
         cpu_flags=cpu_flags(),
     )
+
+
+# Where a GPU driver shows itself (NVIDIA, ROCm, WSL's GPU bridge): without any, torch would find no GPU.
+_GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+
+
+def _torch_version_without_import() -> str | None:
+    """torch's version from its package metadata when this machine has no GPU driver, else None (ask torch).
+
+    Importing torch costs 2-3 s on a 2-core machine, and every study, trial parent and report probes the
+    machine: without a GPU driver there is nothing else torch could tell.
+    """
+    import importlib.metadata
+
+    if any(os.path.exists(p) for p in _GPU_DRIVER_PATHS):
+        return None
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None

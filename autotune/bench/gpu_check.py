@@ -42,12 +42,13 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autotune.atomic import atomic_write_text
+from autotune.errors import ConfigError
 
 STAGES = ("corpus", "tests", "ladder", "decode", "study", "retrieve")
 GOAL_IMAGES = 500_000
@@ -115,17 +116,24 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=plain) + "\n")
 
 
-def run_gpu_check(out: Path, *, dry_run: bool = False, work: Path | None = None,
-                  say: Callable[[str], None] | None = None) -> dict[str, Any]:  # fmt: skip
+def run_gpu_check(
+    out: Path, *, dry_run: bool = False, work: Path | None = None, say: Callable[[str], None] | None = None,
+    only: Sequence[str] = STAGES,
+) -> dict[str, Any]:  # fmt: skip
     """Run every stage in turn, each in its own process under its budget; write ``summary.json``; return it.
 
     ``work`` holds the corpus, the study storage and the profiles (default: a temporary folder, removed at
     the end). A stage that fails or runs out of time is recorded in its JSON and the next one still runs.
+    ``only``: a subset of :data:`STAGES`, run in the check's order (``retrieve`` uses the profile ``study``
+    saves, and every stage after ``corpus`` its images).
 
     Example:
         >>> run_gpu_check(Path("out"), dry_run=True)["stages"]["tests"]["ok"]  # doctest: +SKIP
         True
     """
+    unknown = sorted(set(only) - set(STAGES))
+    if unknown:
+        raise ConfigError(f"unknown gpu-check stage(s) {', '.join(unknown)}; the stages are {', '.join(STAGES)}")
     out.mkdir(parents=True, exist_ok=True)
     sizes = sizes_for(dry_run)
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -135,7 +143,7 @@ def run_gpu_check(out: Path, *, dry_run: bool = False, work: Path | None = None,
         env = {**os.environ, "AUTOTUNE_STUDIES": str(work / "studies"), "PYTHONUNBUFFERED": "1"}
         started = time.perf_counter()
         stages: dict[str, Any] = {}
-        for stage in STAGES:
+        for stage in (s for s in STAGES if s in only):
             say(f"gpu-check: {stage} (budget {sizes.budgets[stage]:.0f} s)")
             stages[stage] = _run_stage(stage, out, work, dry_run, sizes.budgets[stage], env)
             say(f"gpu-check: {stage} {'ok' if stages[stage].get('ok') else 'FAILED'} "
@@ -197,8 +205,9 @@ def _summary(stages: dict[str, Any], sizes: CheckSizes, dry_run: bool, seconds: 
         "ok": all(s.get("ok") for s in stages.values()),
         "seconds": round(seconds, 1),
         "budget_s": sizes.total_s,
-        "stages": {name: {k: s.get(k) for k in ("ok", "seconds", "timed_out", "error") if k in s}
-                   for name, s in stages.items()},  # fmt: skip
+        "stages": {
+            name: {k: s.get(k) for k in ("ok", "seconds", "timed_out", "error") if k in s} for name, s in stages.items()
+        },  # fmt: skip
         "tests_passed": tests.get("passed"),
         "tests_failed": tests.get("failed"),
         "tests_skipped": tests.get("skipped"),

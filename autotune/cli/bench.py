@@ -266,8 +266,11 @@ def _config_json(text: str | None) -> EngineConfig | None:
 def bench_configs_cmd(
     config: Annotated[
         list[str],
-        typer.Option("--config", help='One configuration as JSON (repeat the option), e.g. \'{"cpu_models": 2, '
-                     '"cpu_threads": 1, "cpu_batch": 16, "cpu_backend": "onnx-int8"}\'.'),
+        typer.Option(
+            "--config",
+            help='One configuration as JSON (repeat the option), e.g. \'{"cpu_models": 2, '
+            '"cpu_threads": 1, "cpu_batch": 16, "cpu_backend": "onnx-int8"}\'.',
+        ),
     ],
     dataset: DatasetPathOpt = None,
     model: ModelOpt = STAND_IN,
@@ -404,6 +407,12 @@ def bench_gpu_check_cmd(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="No CUDA needed: tiny model, 64 images, CPU stages, same JSON files.")
     ] = False,
+    stages: Annotated[
+        str | None,
+        typer.Option(
+            "--stages", help="Only these stages, comma-separated (corpus,tests,ladder,decode,study,retrieve)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The prepared GPU check (`make gpu-check OUT=DIR`): gpu tests, ladder, decode placement, a short study and
@@ -411,13 +420,17 @@ def bench_gpu_check_cmd(
 
     Every stage runs in its own process under its own time budget (the whole check ends inside 5 minutes); a
     failed or cut-off stage is recorded in its JSON and the next stage still runs. Exit code 1 if any failed.
+    `--stages corpus,study,retrieve` runs a part (always in the check's order; retrieve uses study's profile).
     """
-    from autotune.bench.gpu_check import run_gpu_check
+    from autotune.bench.gpu_check import STAGES, run_gpu_check
 
-    summary = run_gpu_check(out, dry_run=dry_run, say=console.note)
+    only = tuple(s.strip() for s in stages.split(",") if s.strip()) if stages else STAGES
+    summary = run_gpu_check(out, dry_run=dry_run, say=console.note, only=only)
     console.show(summary, "bench gpu-check", as_json)
     if not summary["ok"]:
         raise typer.Exit(1)
+
+
 def bench_ray_cmd(
     n: Annotated[
         int | None, typer.Option("--n", min=8, help="Images scanned by each run (default: the whole database).")

@@ -90,7 +90,8 @@ class EngineConfig:
     @property
     def consumers(self) -> int:
         """Total model replicas (CPU replicas plus GPU replicas on every GPU)."""
-        return self.cpu_models + self.gpu_models * max(gpu_count(), 1 if self.gpu_models else 0)
+        # Counting GPUs imports torch (seconds): a CPU-only configuration never asks.
+        return self.cpu_models + (self.gpu_models * max(gpu_count(), 1) if self.gpu_models else 0)
 
     def unit_batch(self) -> int:
         """Images per shared-memory slot: GPU replicas coalesce several slots when batches differ."""
@@ -100,7 +101,8 @@ class EngineConfig:
     def validate(self, *, cores: int | None = None, gpus: int | None = None) -> EngineConfig:
         """Refuse impossible values with one clear line (ConfigError); return self when fine."""
         cores = logical_cores() if cores is None else cores
-        gpus = gpu_count() if gpus is None else gpus
+        if gpus is None:  # counting GPUs imports torch: seconds a CPU-only trial's process need not spend
+            gpus = gpu_count() if self.gpu_models else 0
         ints = {
             "producers": self.producers,
             "cpu_models": self.cpu_models,

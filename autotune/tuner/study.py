@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from autotune.engine.config import EngineConfig
 from autotune.errors import AutotuneError, ConfigError
-from autotune.machine import MachineInfo
 from autotune.progress import Log, ProgressFactory, quiet
 from autotune.tuner import final
+from autotune.tuner.note import save_study_note
 from autotune.tuner.objective import ScanSpec
 from autotune.tuner.options import StudyOptions, StudySetup, prepare_study
 from autotune.tuner.profile import (
@@ -36,7 +36,6 @@ from autotune.tuner.profile import (
 )
 from autotune.tuner.samplers import make_sampler
 from autotune.tuner.search import TrialGuard, search, settle, tally, trial_goal
-from autotune.tuner.space import SearchSpace
 from autotune.tuner.storage import (
     claim,
     complete_trials,
@@ -174,7 +173,7 @@ def _open_study(setup: StudySetup, options: StudyOptions) -> tuple[Study, RDBSto
     study.set_user_attr("arch", setup.arch)  # with machine_id: which stored roofline `report` compares against
     study.set_user_attr("space", setup.space.source)
     study.set_user_attr("scan", {"dataset": setup.dataset, "model": setup.model, **setup.spec.describe()})
-    _save_note(study, setup.machine, setup.space, setup.spec)
+    save_study_note(study, setup.machine, setup.space, setup.spec)
     fail_orphaned_running(study)
     before = {t.number for t in study.trials}
     # Trial 0 is the default, enqueued once however many workers open the study together: the claim decides.
@@ -185,9 +184,7 @@ def _open_study(setup: StudySetup, options: StudyOptions) -> tuple[Study, RDBSto
     return study, storage, before
 
 
-def run_study(
-    options: StudyOptions, log: Log | None = None, progress: ProgressFactory | None = None
-) -> StudyOutcome:
+def run_study(options: StudyOptions, log: Log | None = None, progress: ProgressFactory | None = None) -> StudyOutcome:
     """Search the space for the fastest engine configuration on this machine, validate it, save a profile.
 
     Each trial runs the engine in a fresh process and times its steady state over ``rounds`` batch rounds
@@ -440,23 +437,3 @@ def _profile(
         validation=validation.to_dict() if validation else {},
         unstable=unstable,
     )
-
-
-def _save_note(study: Study, machine: MachineInfo, space: SearchSpace, spec: ScanSpec) -> None:
-    """A study note for optuna-dashboard: the machine and the workload."""
-    try:
-        from optuna_dashboard import save_note
-
-        save_note(
-            study,
-            (
-                f"# clip-autotune study\n\n**Machine**: {machine.summary()}  \n"
-                f"**Machine id**: `{machine.machine_id}`\n\n"
-                f"**Objective**: steady-state images/s over {spec.rounds} batch rounds of every replica, after "
-                f"{spec.warmup_rounds} warm-up round(s); the last round (drain) untimed  \n"
-                f"**Model**: `{spec.model}`  \n**Dataset**: `{spec.dataset}`  \n"
-                f"**Space**: `{space.source}` ({space.device})\n"
-            ),
-        )
-    except Exception:  # the note is a nicety; the study must not depend on the dashboard package
-        pass

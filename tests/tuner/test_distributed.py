@@ -83,10 +83,29 @@ def _running_on(url: str, worker: str) -> optuna.trial.FrozenTrial | None:
     return next((t for t in trials if t.state == running and t.user_attrs.get("worker") == worker), None)
 
 
-# slow: about 45 s, and it failed 2 runs in 6 at the end of the session that wrote it (once the doomed trial
-# was COMPLETE by the time it was checked, once no assertion text was kept): `make test-all` runs it until the
-# race is understood.
-@pytest.mark.slow
+def _kill_mid_trial(victim: subprocess.Popen[bytes], url: str, worker: str, log: Path) -> optuna.trial.FrozenTrial:
+    """SIGKILL ``victim`` while it measures a trial, after a first trial has completed; the trial it died in.
+
+    The whole process group is frozen (SIGSTOP) before the storage is read again, so the trial seen RUNNING
+    cannot complete between that read and the kill; when it did complete just before the freeze, the worker
+    is let go (SIGCONT) to start its next trial.
+    """
+    deadline = time.monotonic() + 600  # a safety net: a few seconds on an idle machine
+    while True:
+        assert time.monotonic() < deadline, "worker a never ran a trial after a first one completed"
+        assert victim.poll() is None, log.read_text()[-3000:]
+        seen = _running_on(url, worker)
+        if seen is not None:
+            os.killpg(victim.pid, signal.SIGSTOP)
+            now = next(t for t in _study(url).get_trials(deepcopy=False) if t.number == seen.number)
+            if now.state == optuna.trial.TrialState.RUNNING:
+                os.killpg(victim.pid, signal.SIGKILL)
+                victim.wait(timeout=30)
+                return now
+            os.killpg(victim.pid, signal.SIGCONT)
+        time.sleep(0.1)
+
+
 def test_two_workers_share_a_study_and_survive_one_killed_mid_trial(
     tmp_path: Path, small_dataset: Path, pg: PgServer
 ) -> None:
@@ -95,17 +114,7 @@ def test_two_workers_share_a_study_and_survive_one_killed_mid_trial(
     survivor = _worker(tmp_path, "b", pg.url, small_dataset)
     host = socket.gethostname()
     try:
-        deadline = time.monotonic() + 600  # a safety net: a few seconds on an idle machine
-        doomed = None
-        while doomed is None:
-            assert time.monotonic() < deadline, "worker a never ran a trial after a first one completed"
-            assert victim.poll() is None, (tmp_path / "a" / "log.txt").read_text()[-3000:]
-            doomed = _running_on(pg.url, f"{host}:{victim.pid}")
-            time.sleep(0.1)
-        # The machine dies mid-trial: killed at once, since a trial of the fake model lasts a few seconds and
-        # one read of the storage before the kill once let it finish first.
-        os.killpg(victim.pid, signal.SIGKILL)
-        victim.wait(timeout=30)
+        doomed = _kill_mid_trial(victim, pg.url, f"{host}:{victim.pid}", tmp_path / "a" / "log.txt")
         completed = {
             t.number: t.value for t in _study(pg.url).trials if t.state == optuna.trial.TrialState.COMPLETE
         }
