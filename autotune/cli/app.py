@@ -14,6 +14,7 @@ from collections.abc import Callable
 import typer
 
 import autotune.cli.bench as bench
+import autotune.cli.bench_runs as bench_runs
 import autotune.cli.data as data
 import autotune.cli.search as search
 import autotune.cli.tuning as tuning
@@ -62,15 +63,15 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., None]]] = [
     (bench_app, "quality", bench.bench_quality_cmd),
     (bench_app, "ladder", bench.bench_ladder_cmd),
     (bench_app, "tuner", bench.bench_tuner_cmd),
-    (bench_app, "index", bench.bench_index_cmd),
-    (bench_app, "index-update", bench.bench_index_update_cmd),
-    (bench_app, "first-run", bench.bench_first_run_cmd),
-    (bench_app, "configs", bench.bench_configs_cmd),
+    (bench_app, "index", bench_runs.bench_index_cmd),
+    (bench_app, "index-update", bench_runs.bench_index_update_cmd),
+    (bench_app, "first-run", bench_runs.bench_first_run_cmd),
+    (bench_app, "configs", bench_runs.bench_configs_cmd),
     (bench_app, "backends", bench.bench_backends_cmd),
     (bench_app, "samplers", bench.bench_samplers_cmd),
     (bench_app, "roofline", bench.bench_roofline_cmd),
-    (bench_app, "gpu-check", bench.bench_gpu_check_cmd),
-    (bench_app, "ray", bench.bench_ray_cmd),
+    (bench_app, "gpu-check", bench_runs.bench_gpu_check_cmd),
+    (bench_app, "ray", bench_runs.bench_ray_cmd),
     (profile_app, "list", tuning.profile_list_cmd),
     (profile_app, "use", tuning.profile_use_cmd),
     (profile_app, "show", tuning.profile_show_cmd),

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from autotune import console
-from autotune.bench.index import bench_first_run, bench_index, bench_index_update
-from autotune.bench.tuner import SPLITS, bench_configs, bench_tuner
+from autotune.bench.tuner import SPLITS, bench_tuner
 from autotune.cli.options import DatasetPathOpt, JsonOpt, ModelOpt, SplitOpt
-from autotune.engine.config import EngineConfig
-from autotune.errors import ConfigError, reraise_as
+from autotune.errors import ConfigError
 from autotune.tuner.profile import Profile, find_profile
 from autotune.tuner.replay import load_grid_file, recommend, replay
 
@@ -236,108 +233,6 @@ def bench_roofline_cmd(
     console.print_figures("roofline", {k: v for k, v in data.items() if k not in ("peaks", "ceilings_images_per_s")})
 
 
-def bench_index_cmd(
-    n: Annotated[int, typer.Option("--n", min=10, help="Embeddings in the generated index.")] = 500_000,
-    dim: Annotated[int, typer.Option("--dim", min=1, help="Embedding size.")] = 512,
-    queries: Annotated[int, typer.Option("--queries", min=1, help="Queries to time.")] = 20,
-    dtype: Annotated[str, typer.Option("--dtype", help="Stored precision: float16 or float32.")] = "float16",
-    as_json: JsonOpt = False,
-) -> None:
-    """Query latency from the embedding index: a generated N x DIM index (no scan), per-query milliseconds."""
-    console.show(bench_index(n=n, dim=dim, queries=queries, dtype=dtype), "bench index", as_json)
-
-
-ConfigJsonOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--config",
-        help='Engine settings as JSON, e.g. \'{"cpu_models": 2, "cpu_backend": "onnx-int8", "cpu_batch": 16}\' '
-        "(default: the safe default configuration).",
-    ),
-]
-
-
-def _config_json(text: str | None) -> EngineConfig | None:
-    """The engine configuration given as JSON on the command line (None: the command's default)."""
-    with reraise_as(ConfigError, "--config must be a JSON object of engine settings", ValueError, TypeError):
-        return EngineConfig.from_dict(json.loads(text)) if text else None
-
-
-def bench_configs_cmd(
-    config: Annotated[
-        list[str],
-        typer.Option(
-            "--config",
-            help='One configuration as JSON (repeat the option), e.g. \'{"cpu_models": 2, '
-            '"cpu_threads": 1, "cpu_batch": 16, "cpu_backend": "onnx-int8"}\'.',
-        ),
-    ],
-    dataset: DatasetPathOpt = None,
-    model: ModelOpt = STAND_IN,
-    images: Annotated[int, typer.Option("--images", min=1, help="Images in each full scan.")] = 2000,
-    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Interleaved passes over the configurations.")] = 3,
-    split: SplitOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Full scans of several engine configurations side by side (a hand-found config against a profile's,
-    one backend against another): interleaved passes, median images/s of each and its share of the best."""
-    cfgs = [c for c in (_config_json(text) for text in config) if c is not None]
-    result = bench_configs(
-        cfgs, dataset=str(dataset) if dataset else None, model=model, images=images, repeats=repeats, split=split,
-        log=console.log_for(not as_json),
-    )  # fmt: skip
-    if as_json:
-        console.emit_json(result)
-        return
-    console.print_rows(
-        f"full scans of {images} images, {repeats} interleaved passes (median)",
-        [{k: v for k, v in row.items() if k != "settings"} for row in result["rows"]],
-    )
-
-
-def bench_first_run_cmd(
-    n: Annotated[int, typer.Option("--n", min=10, help="Images in the generated corpus (cached once made).")] = 10_000,
-    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Rounds of one build and one rescan.")] = 3,
-    model: ModelOpt = STAND_IN,
-    config: ConfigJsonOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """The first retrieval, which builds the index, against a --rescan of the same database: images/s of each
-    (median of interleaved rounds) and their ratio, both through the real retrieval path."""
-    cfg = _config_json(config)
-    say = console.log_for(not as_json)
-    result = bench_first_run(n=n, repeats=repeats, model=model, config=cfg, log=say)
-    if as_json:
-        console.emit_json(result)
-        return
-    rows = [{"run": name, "round": i + 1, **row} for name, rs in result["runs"].items() for i, row in enumerate(rs)]
-    console.print_rows("first retrieval (index build) vs --rescan", rows)
-    console.print_figures("summary", {k: v for k, v in result.items() if k != "runs"})
-
-
-def bench_index_update_cmd(
-    n: Annotated[int, typer.Option("--n", min=100, help="Images in the generated corpus (cached once made).")] = 20_000,
-    added: Annotated[float, typer.Option("--added", min=0.0001, max=1.0, help="Share of new images to add.")] = 0.01,
-    model: ModelOpt = STAND_IN,
-    config: ConfigJsonOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """An index update after adding new images, against a full rebuild of the same database: scan seconds of
-    each and their ratio (start-up stated apart), both through the real retrieval path."""
-    cfg = _config_json(config)
-    say = console.log_for(not as_json)
-    result = bench_index_update(n=n, added=added, model=model, config=cfg, log=say)
-    if as_json:
-        console.emit_json(result)
-        return
-    rows = [
-        {"run": k, **v, "changes": ", ".join(f"{n} {what}" for what, n in v["changes"].items())}
-        for k, v in result["runs"].items()
-    ]
-    console.print_rows("index update vs full rebuild", rows)
-    console.print_figures("summary", {k: v for k, v in result.items() if k != "runs"})
-
-
 def bench_backends_cmd(
     model: ModelOpt = STAND_IN,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size.")] = 32,
@@ -400,72 +295,3 @@ def bench_samplers_cmd(
     )
     best = ", ".join(f"{k}={v}" for k, v in result["best_params"].items())
     console.print_figures("grid", {k: v for k, v in result.items() if k != "samplers"} | {"best_params": best})
-
-
-def bench_gpu_check_cmd(
-    out: Annotated[Path, typer.Option("--out", help="Folder for the stages' JSON files (at most 8 files).")],
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="No CUDA needed: tiny model, 64 images, CPU stages, same JSON files.")
-    ] = False,
-    stages: Annotated[
-        str | None,
-        typer.Option(
-            "--stages", help="Only these stages, comma-separated (corpus,tests,ladder,decode,study,retrieve)."
-        ),
-    ] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """The prepared GPU check (`make gpu-check OUT=DIR`): gpu tests, ladder, decode placement, a short study and
-    a 500,000-image retrieval against the goal of 8,400 images/s, each stage's JSON written as it ends.
-
-    Every stage runs in its own process under its own time budget (the whole check ends inside 5 minutes); a
-    failed or cut-off stage is recorded in its JSON and the next stage still runs. Exit code 1 if any failed.
-    `--stages corpus,study,retrieve` runs a part (always in the check's order; retrieve uses study's profile).
-    """
-    from autotune.bench.gpu_check import STAGES, run_gpu_check
-
-    only = tuple(s.strip() for s in stages.split(",") if s.strip()) if stages else STAGES
-    summary = run_gpu_check(out, dry_run=dry_run, say=console.note, only=only)
-    console.show(summary, "bench gpu-check", as_json)
-    if not summary["ok"]:
-        raise typer.Exit(1)
-
-
-def bench_ray_cmd(
-    n: Annotated[
-        int | None, typer.Option("--n", min=8, help="Images scanned by each run (default: the whole database).")
-    ] = None,
-    dataset: Annotated[
-        str | None, typer.Option("--dataset", help="Images to scan (default: the generated 2,000-image corpus).")
-    ] = None,
-    model: ModelOpt = STAND_IN,
-    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Interleaved local/Ray pairs; medians.")] = 3,
-    profile: Annotated[
-        str, typer.Option("--profile", help="Both engines' configuration: 'auto' (this machine's), 'none', a file.")
-    ] = "auto",
-    address: Annotated[
-        str | None, typer.Option("--address", help="Ray cluster: 'auto' or HOST:PORT (default: a private Ray here).")
-    ] = None,
-    split: SplitOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """The Ray engine against the local engine on the same images, model and configuration (the ray extra).
-
-    Runs alternate (local, Ray, local, Ray...); each engine's images/s is over its whole run, replica start-up
-    included (Ray's preprocessing runs ahead while its actors load), Ray's own start-up is reported apart
-    (ray_startup_s), and each pair's top-9 must be the same.
-    The ratio ray_over_local is the Ray engine's overhead on one machine (goal >= 0.85).
-    """
-    from autotune.bench.ray import bench_ray  # imports the engines: not for --help
-    from autotune.retrieval import choose_config
-
-    config = choose_config(profile, model, log=console.log_for(not as_json), notice=console.note)
-    result = bench_ray(
-        n=n, dataset=dataset, model=model, config=config, repeats=repeats, address=address, split=split,
-        log=console.log_for(not as_json),
-    )  # fmt: skip
-    if as_json:
-        console.emit_json(result)
-        return
-    console.print_rows("runs (interleaved)", result["runs"])
-    console.print_figures("bench ray", {k: v for k, v in result.items() if k != "runs"})
