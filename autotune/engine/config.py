@@ -19,6 +19,10 @@ SCHEDULING: tuple[str, ...] = ("dynamic", "static")
 # Where JPEGs are decoded: by the producers on the CPU (the fast path), or in batches inside each replica
 # (nvJPEG on a GPU replica; a CPU replica decodes its own batch with the CPU decoder).
 DECODE_PLACEMENTS: tuple[str, ...] = ("cpu", "gpu")
+# How a torch CPU replica's idle OpenMP threads wait between parallel regions: libgomp's default (spin a while,
+# then sleep) or passive (sleep at once, leaving the core to a producer or another replica). ONNX Runtime
+# replicas never spin (their session turns spinning off) whatever this says.
+OMP_WAITS: tuple[str, ...] = ("default", "passive")
 GPU_PRECISIONS: tuple[str, ...] = ("fp16", "bf16", "fp32")
 # The backends' registry is the one list of CPU backends; "eager" (first) is the fp32 reference.
 CPU_BACKENDS: tuple[str, ...] = CPU_BACKEND_NAMES
@@ -84,6 +88,7 @@ class EngineConfig:
     gpu_backend: str = "eager"
     decode: DecodePlacement = "cpu"
     pin_cores: bool = False
+    omp_wait: str = "default"
     probe_batches: int = 2
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -140,6 +145,8 @@ class EngineConfig:
             raise ConfigError(f"cpu_backend must be one of {', '.join(CPU_BACKENDS)}, got {self.cpu_backend!r}")
         if self.gpu_backend not in GPU_BACKENDS:
             raise ConfigError(f"gpu_backend must be one of {', '.join(GPU_BACKENDS)}, got {self.gpu_backend!r}")
+        if self.omp_wait not in OMP_WAITS:
+            raise ConfigError(f"omp_wait must be one of {', '.join(OMP_WAITS)}, got {self.omp_wait!r}")
         if self.decode not in DECODE_PLACEMENTS:
             raise ConfigError(f"decode must be one of {', '.join(DECODE_PLACEMENTS)}, got {self.decode!r}")
         if self.cpu_models:
@@ -187,4 +194,6 @@ class EngineConfig:
         parts.append(self.scheduling)
         if self.pin_cores:
             parts.append("pinned")
+        if self.omp_wait != "default" and self.cpu_models:
+            parts.append(f"{self.omp_wait} OpenMP wait")
         return ", ".join(parts)

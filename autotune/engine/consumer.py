@@ -51,16 +51,21 @@ class ConsumerSpec:
     sink_factory: Callable[[int], EmbeddingSink] | None = None
     preprocess: PreprocessSpec | None = None  # the geometry a replica that decodes (decode: gpu) reproduces
     decode: str = "cpu"  # "gpu": decode the JPEGs producers ship encoded, in batches, on this replica's device
+    omp_wait: str = "default"  # "passive": idle OpenMP threads sleep at once (EngineConfig.omp_wait)
 
 
-def _set_threads(threads: int, need_torch: bool = True) -> dict[str, Any]:
-    """Fix the intra-op thread count before torch does any work; return what is in effect."""
+def _set_threads(threads: int, need_torch: bool = True, omp_wait: str = "default") -> dict[str, Any]:
+    """Fix the intra-op thread count (and OpenMP's wait policy) before torch does any work; return what is in
+    effect. libgomp reads ``OMP_WAIT_POLICY`` once, when torch loads it: only a process that has not imported
+    torch yet (a spawned replica) can change it."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
+    if omp_wait == "passive":
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     # The fake backend, ONNX Runtime and OpenVINO never import torch: importing it only to set its threads would
     # cost their workers 2-3 s of start-up (the runtimes take the thread count from the backend spec).
     if not need_torch:
-        return {"torch_threads": None, "omp_num_threads": threads}
+        return {"torch_threads": None, "omp_num_threads": threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
     import torch
 
     torch.set_num_threads(threads)
@@ -68,7 +73,11 @@ def _set_threads(threads: int, need_torch: bool = True) -> dict[str, Any]:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set in this process
         pass
-    return {"torch_threads": torch.get_num_threads(), "omp_num_threads": threads}
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # what libgomp read when torch loaded it
+    }
 
 
 def _gather(pool: SlotPool, items: list[FilledSlot]) -> tuple[np.ndarray, np.ndarray]:
@@ -131,7 +140,9 @@ def consumer_main(
         if spec.cores:
             os.sched_setaffinity(0, spec.cores)
         # A replica that decodes resizes with torch (CPU) or decodes into torch tensors (GPU): it needs torch too.
-        info = _set_threads(spec.threads, need_torch=spec.backend.needs_torch or spec.decode == "gpu")
+        info = _set_threads(
+            spec.threads, need_torch=spec.backend.needs_torch or spec.decode == "gpu", omp_wait=spec.omp_wait
+        )
         info["affinity"] = sorted(os.sched_getaffinity(0))
         timer = StageTimer()
         with timer.stage("load"):

@@ -54,8 +54,9 @@ def _dataset(recs: Sequence[Record], rows: int) -> Any:
 
 
 def _embedded(
-    ds: Any, layout: RayLayout, backend: BackendSpec, threads: int, device: str, kill_flag: str | None
-) -> Any:
+    ds: Any, layout: RayLayout, backend: BackendSpec, threads: int, device: str, kill_flag: str | None,
+    omp_wait: str = "default",
+) -> Any:  # fmt: skip
     """Append one device type's actor pool to ``ds`` (Ray restarts a dead actor and retries its batch)."""
     import ray.data
 
@@ -67,7 +68,8 @@ def _embedded(
     )  # fmt: skip
     return ds.map_batches(
         EmbedActor,
-        fn_constructor_kwargs={"backend": spec, "threads": 1 if gpu else threads, "kill_flag": kill_flag},
+        fn_constructor_kwargs={"backend": spec, "threads": 1 if gpu else threads, "kill_flag": kill_flag,
+                               "omp_wait": "default" if gpu else omp_wait},  # fmt: skip
         batch_size=spec.batch,
         compute=ray.data.ActorPoolStrategy(size=layout.gpu_actors if gpu else layout.cpu_actors),
         num_cpus=layout.cpu_share * (1 if gpu else threads),
@@ -107,7 +109,7 @@ def _pipeline(
             # decode and the model would then take turns in one process instead of overlapping on two cores.
             memory=2 * layout.unit_batch() * pre.crop * pre.crop * 3,
         )  # fmt: skip
-        parts.append(_embedded(ds, layout, backend, layout.cpu_threads, device, kill_flag))
+        parts.append(_embedded(ds, layout, backend, layout.cpu_threads, device, kill_flag, config.omp_wait))
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
 
 

@@ -83,12 +83,14 @@ class EmbedActor:
         (32, 8)
     """
 
-    def __init__(self, backend: BackendSpec, threads: int, kill_flag: str | None = None) -> None:
-        """Fix the thread count before the model exists, then build it."""
+    def __init__(
+        self, backend: BackendSpec, threads: int, kill_flag: str | None = None, omp_wait: str = "default"
+    ) -> None:
+        """Fix the thread count (and OpenMP's wait policy) before the model exists, then build it."""
         from autotune.engine.consumer import _set_threads
         from autotune.models.backends import build_backend
 
-        _set_threads(threads, need_torch=backend.needs_torch)
+        _set_threads(threads, need_torch=backend.needs_torch, omp_wait=omp_wait)
         self.backend = build_backend(dataclasses.replace(backend, threads=threads))
         self.kill_flag = kill_flag
         self.pid = os.getpid()

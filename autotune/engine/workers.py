@@ -168,6 +168,7 @@ class Workers:
                 parent_pid=os.getpid(),
                 preprocess=job.preprocess,
                 decode=job.config.decode,
+                omp_wait=job.config.omp_wait,
             )
             ready = self.ready[c if job.static else 0]
             consumer_args = (spec, ready, self.free_slots, self.events)

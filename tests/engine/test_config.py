@@ -20,6 +20,7 @@ from autotune.errors import ConfigError
         ({"gpu_precision": "int4"}, "gpu_precision"),
         ({"pin_cores": True, "producers": 1, "cpu_threads": 2}, "pin_cores"),
         ({"producers": 1.5}, "must be an integer"),
+        ({"omp_wait": "spin"}, "omp_wait must be one of default, passive"),
     ],
     ids=[
         "no-producers",
@@ -31,6 +32,7 @@ from autotune.errors import ConfigError
         "bad-precision",
         "pinning-overcommit",
         "float-producers",
+        "bad-omp-wait",
     ],
 )
 def test_impossible_configs_are_refused(kwargs: dict, needle: str) -> None:
@@ -63,3 +65,11 @@ def test_unit_batch_is_smallest_device_batch() -> None:
     """A slot holds the smallest batch of the devices in use."""
     assert EngineConfig(cpu_batch=16, gpu_models=1, gpu_batch=64).unit_batch() == 16
     assert EngineConfig(cpu_models=0, gpu_models=1, gpu_batch=64).unit_batch() == 64
+
+
+def test_passive_openmp_wait_is_named_where_it_applies() -> None:
+    """A CPU replica's wait policy shows in the summary; a GPU-only configuration has no OpenMP team to name."""
+    assert EngineConfig(omp_wait="passive").describe().endswith("dynamic, passive OpenMP wait")
+    assert "OpenMP" not in EngineConfig().describe()
+    assert "OpenMP" not in EngineConfig(cpu_models=0, gpu_models=1, omp_wait="passive").describe()
+    assert EngineConfig.from_dict(EngineConfig(omp_wait="passive").to_dict()).omp_wait == "passive"

@@ -138,6 +138,18 @@ def test_progress_goes_to_the_factory_and_nothing_is_printed(source, capsys: pyt
     assert out.out == "" and out.err == ""
 
 
+def test_passive_openmp_wait_reaches_the_replica_before_its_runtime_loads(source) -> None:
+    """omp_wait=passive sets OMP_WAIT_POLICY in the replica's own process, before torch (libgomp) reads it; the
+    default leaves the environment as it was."""
+    stats = {}
+    for wait in ("passive", "default"):
+        res = run_scan(source, FAKE, EngineConfig(producers=1, cpu_batch=8, omp_wait=wait))
+        (consumer,) = [w for w in res.workers if w["role"] == "consumer"]
+        stats[wait] = consumer["stats"]
+    assert stats["passive"]["omp_wait_policy"] == "PASSIVE"
+    assert stats["default"]["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY")
+
+
 def test_static_schedule_gives_the_faster_replica_more_work(source) -> None:
     # Two replicas on one core each is not "fast vs slow"; a delay per image makes speed differences
     # deterministic enough: both replicas get the same delay, so the split must be roughly even.
