@@ -241,6 +241,12 @@ class ModelFacts:
     vision: dict[str, Any]
 
     @property
+    def arch(self) -> str:
+        """The image tower's summary, e.g. ``vit-768x12-p32-224/proj512`` (what profiles record as model_arch)."""
+        v = self.vision
+        return arch_string(v["hidden_size"], v["num_hidden_layers"], v["patch_size"], v["image_size"], self.embed_dim)
+
+    @property
     def preprocess(self) -> PreprocessSpec:
         """The fast path's settings."""
         return PreprocessSpec(
@@ -325,6 +331,11 @@ def facts_sidecar(path: Path) -> Path:
     """Where the facts of the model folder ``path`` are kept: ``cache_dir("facts")/<sha1 of its real path>.json``."""
     real = str(path.resolve())
     return cache_dir("facts") / f"{hashlib.sha1(real.encode()).hexdigest()[:20]}.json"
+
+
+def arch_string(hidden: int, layers: int, patch: int, image_size: int, projection: int) -> str:
+    """``vit-{hidden}x{layers}-p{patch}-{image_size}/proj{projection}``: one spelling for facts and configs."""
+    return f"vit-{hidden}x{layers}-p{patch}-{image_size}/proj{projection}"
 
 
 def model_facts(model_id: str) -> ModelFacts:

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from autotune.errors import ModelError, one_line
 
 # Where a model lives and what its weights are: re-exported here, their historical home.
-from autotune.models.facts import STAND_IN, resolve_model, weight_files, weights_hash
+from autotune.models.facts import STAND_IN, arch_string, resolve_model, weight_files, weights_hash
 from autotune.models.synthetic import quiet_progress
 
 if TYPE_CHECKING:
@@ -70,9 +70,8 @@ def arch_summary(config: Any) -> str:
         'vit-768x12-p32-224/proj512'
     """
     vision = config.vision_config
-    return (
-        f"vit-{vision.hidden_size}x{vision.num_hidden_layers}-p{vision.patch_size}-{vision.image_size}"
-        f"/proj{config.projection_dim}"
+    return arch_string(
+        vision.hidden_size, vision.num_hidden_layers, vision.patch_size, vision.image_size, config.projection_dim
     )
 
 

@@ -248,3 +248,34 @@ def test_exported_replica_uses_the_given_threads(tiny_model: str, tmp_path: Path
     assert backend.info()["intra_op_threads"] == 1
     emb = backend.embed(np.zeros((2, 224, 224, 3), np.uint8))
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+
+
+_PROBES = """
+import json, sys
+from autotune.machine import detect_machine
+from autotune.tuner.profile import model_arch
+machine = detect_machine()
+print(json.dumps({"arch": model_arch(sys.argv[1]), "machine_id": machine.machine_id,
+                  "torch": "torch" in sys.modules, "transformers": "transformers" in sys.modules}))
+"""
+
+
+def test_a_studys_probes_of_model_and_machine_import_neither_torch_nor_transformers(tiny_model: str) -> None:
+    """Every study and retrieval asks for the model's architecture and the machine: with the model's facts
+    cached (and, here, no GPU), neither import costs its seconds; the answers are the ones torch and
+    transformers give."""
+    from transformers import CLIPConfig
+
+    from autotune.machine import _GPU_DRIVER_PATHS, detect_machine
+    from autotune.models.facts import model_facts
+    from autotune.models.loading import arch_summary
+
+    facts = model_facts(tiny_model)  # computes and caches the facts, as the first scan of a model does
+    proc = subprocess.run([sys.executable, "-c", _PROBES, tiny_model], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["arch"] == arch_summary(CLIPConfig.from_pretrained(str(facts.path)))
+    assert result["machine_id"] == detect_machine().machine_id  # this process has torch: the same answer
+    assert result["transformers"] is False
+    # Where a GPU driver is present, torch is still asked for the GPUs.
+    assert result["torch"] is any(os.path.exists(p) for p in _GPU_DRIVER_PATHS)

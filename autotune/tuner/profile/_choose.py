@@ -41,14 +41,11 @@ def model_arch(model_id: str) -> str:
     """
     if model_id.startswith("fake:"):
         return model_id
-    # Imported here: transformers (and autotune.models.loading, which imports torch) cost seconds, and the
-    # profile commands only pay for them when they must read a real model's config.
-    from transformers import CLIPConfig
+    # From the model's facts, cached beside its config: reading the config through transformers (and importing
+    # torch) cost every study, retrieval and profile command seconds, for five numbers.
+    from autotune.models.facts import model_facts
 
-    from autotune.models.loading import arch_summary, resolve_model
-
-    path, _ = resolve_model(model_id)
-    return str(arch_summary(CLIPConfig.from_pretrained(str(path))))
+    return model_facts(model_id).arch
 
 
 def _print_note(note: str) -> None:
