@@ -15,6 +15,7 @@ from autotune.bench.tuner import bench_configs
 from autotune.cli.options import DatasetPathOpt, JsonOpt, ModelOpt, SplitOpt
 from autotune.engine.config import EngineConfig
 from autotune.errors import ConfigError, reraise_as
+from autotune.progress import Log
 
 STAND_IN = "synthetic:clip-vit-base-patch32"
 
@@ -67,7 +68,7 @@ def bench_configs_cmd(
     cfgs = [c for c in (_config_json(text) for text in config) if c is not None]
     result = bench_configs(
         cfgs, dataset=str(dataset) if dataset else None, model=model, images=images, repeats=repeats, split=split,
-        log=console.log_for(not as_json),
+        log=_passes_log(as_json),
     )  # fmt: skip
     if as_json:
         console.emit_json(result)
@@ -88,7 +89,7 @@ def bench_first_run_cmd(
     """The first retrieval, which builds the index, against a --rescan of the same database: images/s of each
     (median of interleaved rounds) and their ratio, both through the real retrieval path."""
     cfg = _config_json(config)
-    say = console.log_for(not as_json)
+    say = _passes_log(as_json)
     result = bench_first_run(n=n, repeats=repeats, model=model, config=cfg, log=say)
     rows = [{"run": name, "round": i + 1, **row} for name, rs in result["runs"].items() for i, row in enumerate(rs)]
     _show_runs(result, "first retrieval (index build) vs --rescan", rows, as_json)
@@ -104,7 +105,7 @@ def bench_index_update_cmd(
     """An index update after adding new images, against a full rebuild of the same database: scan seconds of
     each and their ratio (start-up stated apart), both through the real retrieval path."""
     cfg = _config_json(config)
-    say = console.log_for(not as_json)
+    say = _passes_log(as_json)
     result = bench_index_update(n=n, added=added, model=model, config=cfg, log=say)
     rows = [
         {"run": k, **v, "changes": ", ".join(f"{n} {what}" for what, n in v["changes"].items())}
@@ -182,10 +183,16 @@ def bench_ray_cmd(
     config = choose_config(profile, model, log=console.log_for(not as_json), notice=console.note)
     result = bench_ray(
         n=n, dataset=dataset, model=model, config=config, repeats=repeats, address=address, split=split,
-        log=console.log_for(not as_json),
+        log=_passes_log(as_json),
     )  # fmt: skip
     if as_json:
         console.emit_json(result)
         return
     console.print_rows("runs (interleaved)", result["runs"])
     console.print_figures("bench ray", {k: v for k, v in result.items() if k != "runs"})
+
+
+def _passes_log(as_json: bool) -> Log:
+    """Where a whole-run benchmark reports each run as it ends: the log, or with --json dim lines on stderr
+    (stdout stays one JSON document). A run cut off by a timeout still leaves the passes it measured."""
+    return console.log if not as_json else console.note

@@ -72,6 +72,8 @@ def test_bench_configs_compares_full_scans_side_by_side(small_dataset: Path) -> 
     res = json.loads(out.stdout)
     rows = res["rows"]
     assert [len(r["runs"]) for r in rows] == [1, 1] and [r["settings"]["cpu_batch"] for r in rows] == [8, 4]
+    # Each run is reported on stderr as it ends, --json or not: a run cut off still leaves what it measured.
+    assert sum(line.startswith("pass 1/1: ") for line in out.stderr.splitlines()) == 2
     assert max(r["share_of_best"] for r in rows) == 1.0
     best = max(rows, key=lambda r: r["images_per_s"])
     assert res["best"] == best["config"]
