@@ -11,10 +11,9 @@ from autotune import console
 from autotune.bench.tuner import SPLITS, bench_tuner
 from autotune.cli.options import DatasetPathOpt, JsonOpt, ModelOpt, SplitOpt
 from autotune.errors import ConfigError
+from autotune.models.facts import STAND_IN
 from autotune.tuner.profile import Profile, find_profile
 from autotune.tuner.replay import load_grid_file, recommend, replay
-
-STAND_IN = "synthetic:clip-vit-base-patch32"
 
 
 def bench_preprocess_cmd(

@@ -15,9 +15,8 @@ from autotune.bench.tuner import bench_configs
 from autotune.cli.options import DatasetPathOpt, JsonOpt, ModelOpt, SplitOpt
 from autotune.engine.config import EngineConfig
 from autotune.errors import ConfigError, reraise_as
+from autotune.models.facts import STAND_IN
 from autotune.progress import Log
-
-STAND_IN = "synthetic:clip-vit-base-patch32"
 
 
 def bench_index_cmd(
