@@ -47,7 +47,6 @@ class ConsumerSpec:
     threads: int
     batch: int
     cores: tuple[int, ...] | None = None
-    parent_pid: int = 0
     sink_factory: Callable[[int], EmbeddingSink] | None = None
     preprocess: PreprocessSpec | None = None  # the geometry a replica that decodes (decode: gpu) reproduces
     decode: str = "cpu"  # "gpu": decode the JPEGs producers ship encoded, in batches, on this replica's device
@@ -133,7 +132,7 @@ def consumer_main(
     spec: ConsumerSpec, ready: Queue[FilledSlot | None], free_slots: Queue[int], events: Queue[Event]
 ) -> None:
     """Loop: take ready slot(s), embed, score against the queries, release the slot(s); report at the end."""
-    worker_start(spec.parent_pid)
+    worker_start()
     pool: SlotPool | None = None
     sink: EmbeddingSink | None = None
     try:

@@ -30,7 +30,6 @@ class ProducerSpec:
     layout: SlotLayout
     preprocess: PreprocessSpec
     cores: tuple[int, ...] | None = None
-    parent_pid: int = 0
     decode: str = "cpu"  # "gpu": plain JPEGs travel encoded, for the replica to decode in batches
 
 
@@ -53,7 +52,7 @@ def producer_main(
     go: MpEvent,
 ) -> None:
     """Loop: take a task (batch of records), take a free slot, fill it, hand it to the target queue."""
-    worker_start(spec.parent_pid)
+    worker_start()
     os.environ["OMP_NUM_THREADS"] = "1"
     if spec.cores:
         os.sched_setaffinity(0, spec.cores)

@@ -1,6 +1,7 @@
 """The scan runner: a short orchestration of named steps (start workers, feed tasks, watch events, finish).
 
-Workers are built from picklable specs inside spawned processes; batches travel as shared-memory slot
+Workers are built from picklable specs inside their own processes (forked from a fork server that has
+imported torch once, see :func:`autotune.engine.lifecycle.worker_context`); batches travel as shared-memory slot
 indices; every message is a typed event (:mod:`autotune.engine.events`); the parent keeps the books
 (:mod:`autotune.engine.result`) and merges the exact global top-k.
 """

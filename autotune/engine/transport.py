@@ -38,8 +38,9 @@ def remove_segments(pid: int) -> int:
     """Unlink every segment process ``pid`` created; return how many were removed.
 
     Call it only once that process is dead. Its segments are registered with the resource tracker this
-    process shares with it (spawned children inherit it), so each is unregistered too: otherwise the
-    tracker would unlink it again at exit and print a "leaked shared_memory" warning plus an error.
+    process shares with it (workers inherit it, spawned or forked from the fork server), so each is
+    unregistered too: otherwise the tracker would unlink it again at exit and print a "leaked
+    shared_memory" warning plus an error.
     """
     removed = 0
     for name in segment_names(pid):

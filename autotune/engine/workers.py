@@ -1,16 +1,15 @@
-"""The scan's worker processes: spawned replicas and producers, their queues, liveness and shutdown."""
+"""The scan's worker processes: replicas and producers, their queues, liveness and shutdown."""
 
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 import os
 import queue
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.context import SpawnProcess
+from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as MpEvent
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from autotune.data.sources import ImageSource
 from autotune.engine.config import EngineConfig, gpu_count
 from autotune.engine.consumer import ConsumerSpec, EmbeddingSink, consumer_main
 from autotune.engine.events import BatchTask, Event, FilledSlot
+from autotune.engine.lifecycle import run_in_environment, worker_context
 from autotune.engine.producer import ProducerSpec, producer_main
 from autotune.engine.result import ScanBooks
 from autotune.engine.transport import SlotPool
@@ -115,7 +115,7 @@ def _exit_reason(code: int | None) -> str:
 
 
 class Workers:
-    """The scan's spawned processes, their queues, and the shared-memory slots that carry their batches."""
+    """The scan's worker processes, their queues, and the shared-memory slots that carry their batches."""
 
     def __init__(self, job: ScanJob) -> None:
         """Create the slot pool and the queues (no process yet); every slot starts free."""
@@ -129,14 +129,14 @@ class Workers:
             width=job.preprocess.crop,
             encoded_bytes=ENCODED_BYTES if job.config.decode == "gpu" else 0,
         )
-        ctx = mp.get_context("spawn")  # CUDA and torch's thread pools are only safe in spawned children
+        ctx = worker_context(fresh_runtime=job.config.omp_wait != "default")
         self.ctx = ctx
         self.tasks: Queue[BatchTask | None] = ctx.Queue()
         self.free_slots: Queue[int] = ctx.Queue()
         self.events: Queue[Event] = ctx.Queue()
         self.go: MpEvent = ctx.Event()  # producers start once every replica has loaded its model
         self.ready: list[Queue[FilledSlot | None]] = [ctx.Queue() for _ in range(len(replicas) if job.static else 1)]
-        self.procs: dict[tuple[str, int], SpawnProcess] = {}
+        self.procs: dict[tuple[str, int], BaseProcess] = {}
         self.consumers = len(replicas)
         self.producers = job.config.producers
         for s in range(self.pool.layout.slots):
@@ -165,7 +165,6 @@ class Workers:
                 batch=rep.batch,
                 cores=cons_cores[c] if rep.device == "cpu" else None,
                 sink_factory=job.sink_factory,
-                parent_pid=os.getpid(),
                 preprocess=job.preprocess,
                 decode=job.config.decode,
                 omp_wait=job.config.omp_wait,
@@ -175,14 +174,15 @@ class Workers:
             self._spawn(("consumer", c), f"consumer-{c}-{rep.device}", consumer_main, consumer_args)
         for i in range(job.config.producers):
             pspec = ProducerSpec(
-                i, job.source, self.pool.layout, job.preprocess, prod_cores[i], os.getpid(), job.config.decode
+                i, job.source, self.pool.layout, job.preprocess, prod_cores[i], job.config.decode
             )
             producer_args = (pspec, self.tasks, self.free_slots, self.ready, self.events, self.go)
             self._spawn(("producer", i), f"producer-{i}", producer_main, producer_args)
 
     def _spawn(self, key: tuple[str, int], name: str, target: Callable[..., None], args: tuple[object, ...]) -> None:
-        """Start one daemon worker (a daemon dies with the parent even if cleanup never runs)."""
-        p = self.ctx.Process(target=target, args=args, name=name, daemon=True)
+        """Start one daemon worker under this process's environment (a daemon is stopped by the parent's exit)."""
+        env = dict(os.environ)
+        p = self.ctx.Process(target=run_in_environment, args=(env, target, *args), name=name, daemon=True)
         p.start()
         self.procs[key] = p
 

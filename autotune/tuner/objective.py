@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import resource
 import signal
 import time
@@ -238,7 +237,7 @@ def _figures(result: ScanResult, window: tuple[float, float, int] | None, reused
 
 def _trial_child(conn: Connection, config: dict[str, Any], spec: ScanSpec) -> None:
     """Child process: run the engine once on the fixed workload and send back its figures."""
-    worker_start(os.getppid())
+    worker_start()
     try:
         source = open_source(spec.dataset, spec.image_column, spec.split)
         cfg = EngineConfig.from_dict(config)

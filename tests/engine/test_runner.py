@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import NoReturn
 
 import numpy as np
-import psutil
 import pytest
+from processes import leftover_processes
 
 from autotune.atomic import TMP_MARK, DiskFullError, temporary_name
 from autotune.data import open_source
@@ -32,11 +32,6 @@ QUERIES = ["a photo of Felis catus", "a photo of Coffea arabica"]
 def _shm_segments() -> list[str]:
     """This process's shared-memory segments: other processes on the machine may be scanning meanwhile."""
     return segment_names(os.getpid())
-
-
-def _worker_children() -> list[psutil.Process]:
-    kids = psutil.Process().children(recursive=True)
-    return [k for k in kids if "resource_tracker" not in " ".join(k.cmdline())]
 
 
 def _brute_force(source, k: int = 9) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +89,7 @@ def test_scan_is_exact_and_covers_every_record_once(source, cfg: EngineConfig, t
     per = time_per_image(res.workers, res.images, res.scan_seconds, cores=2)
     assert per["preprocess_ms"] > 0 and per["forward_ms"] > 0 and 0 < per["preprocess_core_share"] <= 1
     assert set(per) == {"preprocess_ms", "preprocess_core_share", "forward_ms", "transfer_ms", "score_ms", "wait_ms"}
-    assert not _worker_children()
+    assert not leftover_processes()
     assert not _shm_segments()
 
 
@@ -199,7 +194,7 @@ def test_killed_consumer_ends_scan_promptly_and_cleanly(source) -> None:
             on_batch=kill_one,
         )
     assert time.monotonic() - killed["at"] < 5.0
-    assert not _worker_children()
+    assert not leftover_processes()
     assert not _shm_segments()
 
 
@@ -221,7 +216,7 @@ def test_killed_producer_is_named(source) -> None:
             fake_delay_s=0.05,
             on_batch=kill_producer,
         )
-    assert not _worker_children()
+    assert not leftover_processes()
 
 
 def test_interrupt_shuts_down_cleanly(source) -> None:
@@ -240,7 +235,7 @@ def test_interrupt_shuts_down_cleanly(source) -> None:
             on_batch=interrupt,
         )
     assert time.monotonic() - t0 < 30
-    assert not _worker_children()
+    assert not leftover_processes()
     assert not _shm_segments()
 
 
@@ -268,7 +263,7 @@ def test_duplicate_record_ids_fail_the_bookkeeping(source, tmp_path: Path) -> No
         f"scan bookkeeping mismatch: record id {recs[3].id} was embedded 2 times (1 ids more than once); "
         "record ids must be unique"
     )
-    assert not _worker_children()
+    assert not leftover_processes()
     assert not _shm_segments()
 
 
@@ -276,7 +271,7 @@ def test_a_worker_error_is_one_line_naming_its_first_line(source) -> None:
     with pytest.raises(ScanAborted) as info:
         run_scan(source, FAKE, EngineConfig(producers=1, cpu_batch=4), sink_factory=FailingSinkFactory())
     assert str(info.value) == "consumer 0 failed: ValueError: the sink cannot open"
-    assert not _worker_children()
+    assert not leftover_processes()
 
 
 @pytest.fixture
@@ -327,5 +322,5 @@ def test_a_full_disk_ends_the_scan_with_one_line_and_keeps_committed_shards(sour
     assert len(ids) >= 4 and len(ids) % 4 == 0 and emb.shape == (len(ids), 4096)  # whole shards only
     assert len(set(ids.tolist())) == len(ids)
     assert not [p.name for p in sink.iterdir() if TMP_MARK in p.name or not p.name.endswith(".npz")]
-    assert not _worker_children()
+    assert not leftover_processes()
     assert not _shm_segments()
