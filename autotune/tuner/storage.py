@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,8 @@ DB_NAME = "autotune.db"
 SQLITE_TIMEOUT_S = 30  # a study and a report may share one SQLite file: wait for its lock, do not fail
 HEARTBEAT_S = 5.0  # a running trial's heartbeat period
 GRACE_FACTOR = 4  # a trial whose heartbeat stopped this many periods ago belongs to a dead worker
+SCHEMA_ATTEMPTS = 5  # tries at opening a storage whose tables another worker is creating at the same moment
+_SCHEMA_RACE = ("already exists", "duplicate key")  # how PostgreSQL, MySQL and SQLite word that race
 
 
 def default_storage(create: bool = True) -> str:
@@ -61,10 +64,17 @@ def _rdb(url: str, **kwargs: Any) -> RDBStorage:
     elif url.startswith(("postgresql", "mysql")):
         # A worker idles on its connection for a whole trial (minutes): a server or a proxy may have closed it.
         engine_kwargs = {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-    except Exception as exc:
-        raise ConfigError(f"cannot open study storage {url}: {one_line(exc)}") from None
+    for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except Exception as exc:
+            # Workers started together on an empty database race to create Optuna's tables: the losers fail
+            # on a table, type or version row the winner has just made; a second look finds the schema done.
+            if attempt < SCHEMA_ATTEMPTS and any(mark in str(exc).lower() for mark in _SCHEMA_RACE):
+                time.sleep(0.25 * attempt)
+                continue
+            raise ConfigError(f"cannot open study storage {url}: {one_line(exc)}") from None
+    raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns or raises
 
 
 def writer_storage(url: str, heartbeat_s: float = HEARTBEAT_S) -> RDBStorage:

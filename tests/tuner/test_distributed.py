@@ -17,6 +17,7 @@ import pytest
 from pg_server import PgServer, postgres_server, why_unavailable
 
 from autotune.tuner.search import is_measured
+from autotune.tuner.storage import reader_storage
 
 pytestmark = pytest.mark.skipif(why_unavailable() is not None, reason=str(why_unavailable()))
 
@@ -40,6 +41,29 @@ def pg() -> Iterator[PgServer]:
     """A PostgreSQL server on loopback for this module, removed afterwards."""
     with postgres_server() as server:
         yield server
+
+
+OPEN_AT = """
+import sys, time
+from autotune.tuner.storage import writer_storage
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+writer_storage(sys.argv[1])
+"""
+
+
+def test_workers_starting_together_on_an_empty_database_all_open_it(pg: PgServer) -> None:
+    """Machines started at once race to create Optuna's tables; every one of them must get the storage."""
+    import psycopg
+
+    with psycopg.connect(f"host=127.0.0.1 port={pg.port} user=postgres dbname=postgres", autocommit=True) as conn:
+        conn.execute('CREATE DATABASE "together"')
+    url = pg.url.rsplit("/", 1)[0] + "/together"
+    at = time.time() + 5  # every process has imported Optuna by then, and opens the storage at this instant
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT, url, str(at)], env=env, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]  # fmt: skip
+    errors = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(errors)
 
 
 def _worker(tmp: Path, name: str, url: str, dataset: Path) -> subprocess.Popen[bytes]:
@@ -66,7 +90,10 @@ _STORAGES: dict[str, optuna.storages.RDBStorage] = {}
 def _study(url: str) -> optuna.Study:
     """The one study in the storage, read without a heartbeat (one storage per server: the polling loop opened
     a connection pool per read and exhausted the server's connections)."""
-    storage = _STORAGES.setdefault(url, optuna.storages.RDBStorage(url))
+    if url not in _STORAGES:
+        # The project's opener: the workers may be creating the tables at this very moment.
+        _STORAGES[url] = reader_storage(url)
+    storage = _STORAGES[url]
     (summary,) = storage.get_all_studies()
     return optuna.load_study(study_name=summary.study_name, storage=storage)
 
