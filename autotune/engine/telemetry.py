@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -43,6 +44,9 @@ class StageTimer:
             "counts": dict(self.counts),
             "alive_s": round(alive, 4),
             "idle_s": round(max(alive - busy, 0.0), 4),
+            # The worker's own high-water mark: its parent (a fork server) is not the scan, so the scan cannot
+            # read it from its children's resource usage.
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
 
 

@@ -211,9 +211,12 @@ _SETUP_KEYS = ("backend", "setup_seconds", "cache_hit")
 def _figures(result: ScanResult, window: tuple[float, float, int] | None, reused: int) -> dict[str, Any]:
     """The fields of a :class:`Measurement` (all but the round rates) from one scan and its timed window."""
     t_a, t_b, timed = window or (result.startup_s, result.startup_s, 0)
+    # The largest process of the trial: a worker (each reports its own peak; those forked from the fork server
+    # are not this process's children) or this process itself.
     rss_kb = max(
         resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     )
+    worker_peak_mb = max((float(w["stats"].get("peak_rss_mb") or 0.0) for w in result.workers), default=0.0)
     consumers = [w for w in result.workers if w["role"] == "consumer"]
     return {
         "startup_s": result.startup_s,
@@ -226,7 +229,7 @@ def _figures(result: ScanResult, window: tuple[float, float, int] | None, reused
         "steady_images_per_s": result.steady_images_per_s,
         "bottleneck": result.bottleneck,
         "stage_seconds": _stage_seconds(result),
-        "peak_rss_mb": round(rss_kb / 1024, 1),
+        "peak_rss_mb": round(max(rss_kb / 1024, worker_peak_mb), 1),
         "threads": [w["stats"].get("torch_threads") for w in consumers],
         "affinity": [w.get("affinity") for w in result.workers],
         "skipped": len(result.skipped),
