@@ -1,7 +1,8 @@
-"""One trial's measurement: the engine's steady state over timed batch rounds, in a fresh process."""
+"""One trial's measurement: the engine's steady state over timed batch rounds, in a process of its own."""
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import resource
 import signal
@@ -212,10 +213,9 @@ def _figures(result: ScanResult, window: tuple[float, float, int] | None, reused
     """The fields of a :class:`Measurement` (all but the round rates) from one scan and its timed window."""
     t_a, t_b, timed = window or (result.startup_s, result.startup_s, 0)
     # The largest process of the trial: a worker (each reports its own peak; those forked from the fork server
-    # are not this process's children) or this process itself.
-    rss_kb = max(
-        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    )
+    # are not this process's children, and this process's children's figure would span every trial it ran) or
+    # this process itself.
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     worker_peak_mb = max((float(w["stats"].get("peak_rss_mb") or 0.0) for w in result.workers), default=0.0)
     consumers = [w for w in result.workers if w["role"] == "consumer"]
     return {
@@ -238,9 +238,26 @@ def _figures(result: ScanResult, window: tuple[float, float, int] | None, reused
     }
 
 
-def _trial_child(conn: Connection, config: dict[str, Any], spec: ScanSpec) -> None:
-    """Child process: run the engine once on the fixed workload and send back its figures."""
+def _trial_process(conn: Connection) -> None:
+    """The trial process: measure each trial it is sent, one after another, until told to end.
+
+    It lives across trials so that its engine's fork server (torch imported once) serves them all; a trial
+    that ends any other way than with its figures, or stopped on request, ends the process with it.
+    """
     worker_start()
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        if msg != "stop":  # a stop that crossed its trial's figures is past: only trials are measured
+            _trial(conn, msg[1], msg[2])
+
+
+def _trial(conn: Connection, config: dict[str, Any], spec: ScanSpec) -> None:
+    """Run the engine once on the fixed workload and send back its figures (or why there are none)."""
     try:
         source = open_source(spec.dataset, spec.image_column, spec.split)
         cfg = EngineConfig.from_dict(config)
@@ -254,8 +271,66 @@ def _trial_child(conn: Connection, config: dict[str, Any], spec: ScanSpec) -> No
         conn.send(("error", "out of memory"))
     except Exception as exc:  # the parent turns this into a FAIL trial with the reason
         conn.send(("error", f"{type(exc).__name__}: {one_line(str(exc))}"))
-    finally:
-        conn.close()
+
+
+class _TrialRunner:
+    """The parent's handle on the trial process: started on first use, kept while trials end cleanly."""
+
+    def __init__(self) -> None:
+        """Start the process (spawned: the study's own process may hold threads and a torch thread pool)."""
+        ctx = mp.get_context("spawn")
+        self.conn, child_conn = ctx.Pipe()
+        self.proc: BaseProcess = ctx.Process(target=_trial_process, args=(child_conn,), name="trial", daemon=False)
+        self.proc.start()
+        child_conn.close()
+
+    def close(self, watch: _Watch | None = None) -> None:
+        """End the process (killing it if it will not end) and remove the shared memory it may have left."""
+        # Ask it to end: an idle process (between trials, or after reporting an error) ends at once, a busy one
+        # once its scan has stopped (a stop, when one was sent, is ahead of this in the pipe).
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        # A child that let its grace period pass without stopping gets no second one: it is killed now.
+        busy = watch is not None and watch.stop_reason is None
+        self.proc.join(timeout=0.0 if watch is not None and watch.grace_spent else STOP_GRACE_S if busy else 5.0)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5.0)
+        self.conn.close()
+        if self.proc.exitcode is not None and self.proc.pid is not None:
+            # A child killed mid-scan never unlinked its shared memory, and the study goes on for hours:
+            # remove it now (its workers died with it, so nothing maps the segments any more).
+            remove_segments(self.proc.pid)
+
+
+_RUNNER: _TrialRunner | None = None
+
+
+def _runner() -> _TrialRunner:
+    """The trial process, started now if there is none (or the last one has died)."""
+    global _RUNNER
+    if _RUNNER is not None and not _RUNNER.proc.is_alive():
+        _RUNNER.close()
+        _RUNNER = None
+    if _RUNNER is None:
+        _RUNNER = _TrialRunner()
+    return _RUNNER
+
+
+def close_trial_process() -> None:
+    """End the process that measures trials, kept between them; the next :func:`measure` starts a new one.
+
+    A study calls it when its last measurement is done; it also runs at exit.
+    """
+    global _RUNNER
+    if _RUNNER is not None:
+        _RUNNER.close()
+        _RUNNER = None
+
+
+atexit.register(close_trial_process)
 
 
 def trial_records(records: list[Record], offset: int, need: int) -> tuple[list[Record], int]:
@@ -279,6 +354,7 @@ class _Watch:
     stop_reason: str | None = None  # pruned | timeout | interrupted
     stop_sent_at: float | None = None
     grace_spent: bool = False
+    acknowledged: bool = False  # the child answered a stop with "stopped": its scan ended cleanly
 
     def stop(self, conn: Connection, reason: str) -> None:
         """Ask the child to stop (its scan ends at its next batch); a child already gone cannot be asked."""
@@ -319,6 +395,7 @@ def _follow(
                     raise TrialFailed("no timed round completed: the scan is too short for this configuration")
                 return Measurement(round_images_per_s=watch.rounds, **msg[1])
             elif kind == "stopped":
+                watch.acknowledged = True
                 return None
             elif kind == "error":
                 raise TrialFailed(str(msg[1]))
@@ -326,20 +403,6 @@ def _follow(
             return None
         if watch.tick(conn):
             return None
-
-
-def _reap(proc: BaseProcess, conn: Connection, watch: _Watch) -> None:
-    """Wait for the child (killing it if it will not end) and remove the shared memory it may have left."""
-    # A child that let its grace period pass without stopping gets no second one: it is killed now.
-    proc.join(timeout=0.0 if watch.grace_spent else STOP_GRACE_S if watch.stop_reason is None else 5.0)
-    if proc.is_alive():
-        proc.kill()
-        proc.join(5.0)
-    conn.close()
-    if proc.exitcode is not None and proc.pid is not None:
-        # A child killed mid-scan never unlinked its shared memory, and the study goes on for hours:
-        # remove it now (its workers died with it, so nothing maps the segments any more).
-        remove_segments(proc.pid)
 
 
 def _no_result(watch: _Watch, code: int | None, spec: ScanSpec) -> Exception:
@@ -362,7 +425,10 @@ def measure(
     spec: ScanSpec,
     on_round: Callable[[int, float], bool] | None = None,
 ) -> Measurement:
-    """Run one timed scan in a fresh process; ``on_round(k, images_per_s)`` returning True stops it early.
+    """Run one timed scan in the trial process; ``on_round(k, images_per_s)`` returning True stops it early.
+
+    The trial process (spawned on first use) is kept for the next call while trials end cleanly, so its
+    engine's fork server imports torch once for them all; :func:`close_trial_process` ends it.
 
     Raises :class:`TrialStopped` when stopped through ``on_round``, :class:`TrialFailed` when the scan
     crashes, runs out of memory or exceeds ``spec.timeout_s``.
@@ -371,20 +437,32 @@ def measure(
         >>> m = measure(EngineConfig(cpu_batch=16), ScanSpec(dataset="data/", model="fake:32"))
         >>> m.images_per_s, m.bottleneck
     """
-    ctx = mp.get_context("spawn")
-    parent_conn, child_conn = ctx.Pipe()
-    proc = ctx.Process(target=_trial_child, args=(child_conn, config.to_dict(), spec), name="trial", daemon=False)
-    proc.start()
-    child_conn.close()
+    runner = _runner()
+    runner.conn.send(("trial", config.to_dict(), spec))
     watch = _Watch(deadline=time.monotonic() + spec.timeout_s)
+    result: Measurement | None = None
     try:
-        result = _follow(parent_conn, proc, watch, on_round)
-        if result is not None:
-            return result
+        result = _follow(runner.conn, runner.proc, watch, on_round)
     except BaseException:
         # Ctrl-C or an error here: ask the scan to stop cleanly, then wait only briefly.
-        watch.stop(parent_conn, "interrupted")
+        watch.stop(runner.conn, "interrupted")
         raise
     finally:
-        _reap(proc, parent_conn, watch)
-    raise _no_result(watch, proc.exitcode, spec)
+        # The process is kept for the next trial only after a clean end: figures with no stop sent, or a
+        # pruning stop it answered. After anything else its state is unknown: it goes, with its workers.
+        clean = (result is not None and watch.stop_sent_at is None) or (
+            watch.acknowledged and watch.stop_reason == "pruned"
+        )
+        if not clean:
+            _retire(runner, watch)
+    if result is not None:
+        return result
+    raise _no_result(watch, runner.proc.exitcode, spec)
+
+
+def _retire(runner: _TrialRunner, watch: _Watch) -> None:
+    """End ``runner`` after a trial that did not end cleanly (stopped, timed out, failed or killed)."""
+    global _RUNNER
+    runner.close(watch)
+    if _RUNNER is runner:
+        _RUNNER = None

@@ -23,7 +23,7 @@ from autotune.errors import AutotuneError, ConfigError
 from autotune.progress import Log, ProgressFactory, quiet
 from autotune.tuner import final
 from autotune.tuner.note import save_study_note
-from autotune.tuner.objective import ScanSpec
+from autotune.tuner.objective import ScanSpec, close_trial_process
 from autotune.tuner.options import StudyOptions, StudySetup, prepare_study
 from autotune.tuner.pick import candidates_for, save_pick, verdict_for
 from autotune.tuner.profile import (
@@ -185,7 +185,7 @@ def _open_study(setup: StudySetup, options: StudyOptions) -> tuple[Study, RDBSto
 def run_study(options: StudyOptions, log: Log | None = None, progress: ProgressFactory | None = None) -> StudyOutcome:
     """Search the space for the fastest engine configuration on this machine, validate it, save a profile.
 
-    Each trial runs the engine in a fresh process and times its steady state over ``rounds`` batch rounds
+    Each trial runs the engine in the trial process and times its steady state over ``rounds`` batch rounds
     (every replica busy; start-up, warm-up and drain recorded apart), so clearly worse trials are pruned
     round by round. Trial 0 is the space's default configuration; infeasible proposals are recorded, never
     run. The pick (best trial) is then validated against trial 0 and the profile in use on a longer scan of
@@ -198,6 +198,14 @@ def run_study(options: StudyOptions, log: Log | None = None, progress: ProgressF
         >>> out = run_study(StudyOptions(device="cpu", trials=10), log=console.log)
         >>> out.config.describe(), out.images_per_s, out.trial_images_per_s
     """
+    try:
+        return _run_study(options, log, progress)
+    finally:
+        close_trial_process()  # no idle trial process outlives the study that used it
+
+
+def _run_study(options: StudyOptions, log: Log | None, progress: ProgressFactory | None) -> StudyOutcome:
+    """:func:`run_study`'s steps: set up, search, then validate and save the pick (or leave it to its holder)."""
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

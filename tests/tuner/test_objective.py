@@ -39,6 +39,7 @@ def _children() -> list[psutil.Process]:
 @pytest.fixture(autouse=True)
 def _no_leftover_processes() -> Any:
     yield
+    objective.close_trial_process()  # kept between trials by design; once it is closed, nothing may be left
     assert leftover_processes() == []
 
 
@@ -169,6 +170,31 @@ def test_scan_size_too_small_names_the_minimum() -> None:
     spec = ScanSpec(dataset="-", model=FAKE, rounds=4, scan_size=100)
     msg = spec.too_small_for(EngineConfig(cpu_models=2, cpu_batch=16, cpu_threads=1))
     assert msg is not None and "192 images" in msg
+
+
+def _trial_pid() -> int | None:
+    """The pid of the process kept between trials, if there is one."""
+    return objective._RUNNER.proc.pid if objective._RUNNER is not None else None
+
+
+def test_one_trial_process_serves_trials_until_one_ends_uncleanly(
+    small_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its fork server (torch imported) serves every trial; a trial that overruns takes the process with it."""
+    monkeypatch.setattr(objective, "STOP_GRACE_S", 0.5)
+    spec = _spec(small_dataset, rounds=2)
+    assert measure(CONFIG, spec).images_per_s > 0
+    first = _trial_pid()
+    assert first is not None and measure(CONFIG, spec).images_per_s > 0
+    assert _trial_pid() == first
+    with pytest.raises(TrialStopped):  # a pruning stop the trial answers: a clean end, the process stays
+        measure(CONFIG, spec, on_round=lambda k, rate: True)
+    assert _trial_pid() == first
+    with pytest.raises(TrialFailed, match="timeout"):
+        measure(CONFIG, _spec(small_dataset, timeout_s=2.0, fake_delay_s=1.0))
+    assert _trial_pid() is None and _gone(first)
+    assert measure(CONFIG, spec).images_per_s > 0  # a new process for the next trial
+    assert _trial_pid() not in (None, first)
 
 
 def test_on_round_true_stops_the_trial(small_dataset: Path) -> None:
