@@ -23,6 +23,7 @@ pytestmark = pytest.mark.skipif(why_unavailable() is not None, reason=str(why_un
 
 ROOT = Path(__file__).resolve().parents[2]
 TOTAL = 4  # --trials: the total across both workers
+SPACE_PARAMS = 3  # what the space below lets the sampler choose
 
 SPACE = """\
 name: shared
@@ -107,7 +108,10 @@ def _running_on(url: str, worker: str) -> optuna.trial.FrozenTrial | None:
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
         return None
     running = optuna.trial.TrialState.RUNNING
-    return next((t for t in trials if t.state == running and t.user_attrs.get("worker") == worker), None)
+    # Measuring: every parameter of the space chosen (a worker frozen between two suggestions is not mid-trial
+    # yet, and its retry would rightly keep only the parameters chosen so far).
+    return next((t for t in trials if t.state == running and t.user_attrs.get("worker") == worker
+                 and len(t.params) == SPACE_PARAMS), None)  # fmt: skip
 
 
 def _kill_mid_trial(victim: subprocess.Popen[bytes], url: str, worker: str, log: Path) -> optuna.trial.FrozenTrial:
