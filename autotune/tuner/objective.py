@@ -245,6 +245,7 @@ def _trial_process(conn: Connection) -> None:
     that ends any other way than with its figures, or stopped on request, ends the process with it.
     """
     worker_start()
+    trials = 0
     while True:
         try:
             msg = conn.recv()
@@ -253,18 +254,25 @@ def _trial_process(conn: Connection) -> None:
         if msg is None:
             return
         if msg != "stop":  # a stop that crossed its trial's figures is past: only trials are measured
-            _trial(conn, msg[1], msg[2])
+            trials += 1
+            _trial(conn, msg[1], msg[2], trials)
 
 
-def _trial(conn: Connection, config: dict[str, Any], spec: ScanSpec) -> None:
-    """Run the engine once on the fixed workload and send back its figures (or why there are none)."""
+def _trial(conn: Connection, config: dict[str, Any], spec: ScanSpec, nth: int = 1) -> None:
+    """Run the engine once on the fixed workload and send back its figures (or why there are none).
+
+    ``nth``: the how-manieth trial of this process; the first one's start-up includes starting the engine's
+    fork server (torch's import), the later ones' do not.
+    """
     try:
         source = open_source(spec.dataset, spec.image_column, spec.split)
         cfg = EngineConfig.from_dict(config)
         records, reused = trial_records(source.records(), spec.offset, spec.images_for(cfg))
         tracker = _RoundTracker(spec, cfg, conn.send, conn)
         result = run_scan(source, spec.model, cfg, records=records, on_batch=tracker, fake_delay_s=spec.fake_delay_s)
-        conn.send(("result", _figures(result, tracker.window, reused)))
+        figures = _figures(result, tracker.window, reused)
+        figures["extra"]["trial_in_process"] = nth
+        conn.send(("result", figures))
     except _Stop:
         conn.send(("stopped", None))
     except MemoryError:

@@ -183,9 +183,9 @@ def test_one_trial_process_serves_trials_until_one_ends_uncleanly(
     """Its fork server (torch imported) serves every trial; a trial that overruns takes the process with it."""
     monkeypatch.setattr(objective, "STOP_GRACE_S", 0.5)
     spec = _spec(small_dataset, rounds=2)
-    assert measure(CONFIG, spec).images_per_s > 0
+    assert measure(CONFIG, spec).extra["trial_in_process"] == 1  # its start-up includes the fork server's
     first = _trial_pid()
-    assert first is not None and measure(CONFIG, spec).images_per_s > 0
+    assert first is not None and measure(CONFIG, spec).extra["trial_in_process"] == 2
     assert _trial_pid() == first
     with pytest.raises(TrialStopped):  # a pruning stop the trial answers: a clean end, the process stays
         measure(CONFIG, spec, on_round=lambda k, rate: True)
@@ -193,7 +193,7 @@ def test_one_trial_process_serves_trials_until_one_ends_uncleanly(
     with pytest.raises(TrialFailed, match="timeout"):
         measure(CONFIG, _spec(small_dataset, timeout_s=2.0, fake_delay_s=1.0))
     assert _trial_pid() is None and _gone(first)
-    assert measure(CONFIG, spec).images_per_s > 0  # a new process for the next trial
+    assert measure(CONFIG, spec).extra["trial_in_process"] == 1  # a new process for the next trial
     assert _trial_pid() not in (None, first)
 
 
