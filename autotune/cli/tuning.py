@@ -139,13 +139,14 @@ def study_cmd(
 ) -> None:
     """Tune the scan engine for this machine with Optuna and save the best configuration as its profile.
 
-    Each trial runs the engine in a fresh process and times its steady state over --rounds batch rounds of
-    every replica, as a full run runs (start-up, warm-up and drain recorded apart); clearly worse trials are
-    pruned round by round. Trial 0 is the space's default. The pick is then validated against the default
-    and the profile in use, on a longer scan of images the trials did not use, interleaved; the profile keeps
-    both figures and becomes the one in use only if it validates faster (or with --save-profile). Every pick
-    is kept under studies/profiles/<machine-id>/ (see `autotune profile list`). Running the same command
-    again resumes the study. Inspect it with `autotune dashboard` or `autotune report`.
+    Each trial runs the engine in a trial process of its own (kept for the next trial while trials end
+    cleanly) and times its steady state over --rounds batch rounds of every replica, as a full run runs
+    (start-up, warm-up and drain recorded apart); clearly worse trials are pruned round by round. Trial 0 is
+    the space's default. The pick is then validated against the default and the profile in use, on a longer
+    scan of images the trials did not use, interleaved; the profile keeps both figures and becomes the one in
+    use only if it validates faster (or with --save-profile). Every pick is kept under
+    studies/profiles/<machine-id>/ (see `autotune profile list`). Running the same command again resumes the
+    study. Inspect it with `autotune dashboard` or `autotune report`.
 
     On several identical machines, run the same command with one --storage postgresql://... URL: each machine
     runs its trials one at a time, --trials is the total across them, a dead machine's trial is run again by
