@@ -1,4 +1,4 @@
-"""One trial's measurement: timed rounds from a fresh process, early stop, failures, and no leftover processes."""
+"""One trial's measurement in the trial process: timed rounds, reuse, early stop, failures, no leftover processes."""
 
 from __future__ import annotations
 
