@@ -18,7 +18,8 @@ from processes import leftover_processes
 from autotune.engine.config import EngineConfig
 from autotune.engine.transport import SHM_DIR, SHM_PREFIX, segment_names, segment_prefix
 from autotune.tuner import objective
-from autotune.tuner.objective import ScanSpec, TrialFailed, TrialStopped, _RoundTracker, measure, trial_records
+from autotune.tuner.objective import ScanSpec, TrialFailed, TrialStopped, measure
+from autotune.tuner.trial_process import _RoundTracker, trial_records
 
 FAKE = "fake:32"
 CONFIG = EngineConfig(producers=1, cpu_models=1, cpu_threads=1, cpu_batch=8)
