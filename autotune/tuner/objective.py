@@ -187,8 +187,7 @@ def _runner() -> _TrialRunner:
     """The trial process, started now if there is none (or the last one has died)."""
     global _RUNNER
     if _RUNNER is not None and not _RUNNER.proc.is_alive():
-        _RUNNER.close()
-        _RUNNER = None
+        _retire()
     if _RUNNER is None:
         _RUNNER = _TrialRunner()
     return _RUNNER
@@ -199,9 +198,14 @@ def close_trial_process() -> None:
 
     A study calls it when its last measurement is done; it also runs at exit.
     """
+    _retire()
+
+
+def _retire(watch: _Watch | None = None) -> None:
+    """End the trial process, if any (``watch``: the trial it did not end cleanly, which sets how long to wait)."""
     global _RUNNER
     if _RUNNER is not None:
-        _RUNNER.close()
+        _RUNNER.close(watch)
         _RUNNER = None
 
 
@@ -317,15 +321,8 @@ def measure(
             watch.acknowledged and watch.stop_reason == "pruned"
         )
         if not clean:
-            _retire(runner, watch)
+            _retire(watch)
     if result is not None:
         return result
     raise _no_result(watch, runner.proc.exitcode, spec)
 
-
-def _retire(runner: _TrialRunner, watch: _Watch) -> None:
-    """End ``runner`` after a trial that did not end cleanly (stopped, timed out, failed or killed)."""
-    global _RUNNER
-    runner.close(watch)
-    if _RUNNER is runner:
-        _RUNNER = None
