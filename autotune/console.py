@@ -105,6 +105,8 @@ def _fmt(value: object) -> str:
         if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
             return f"{value:.3e}"
         return f"{value:.4g}" if abs(value) < 10 else f"{value:,.1f}"
+    if isinstance(value, Mapping):  # counts by name, e.g. the kernels a runtime chose
+        return ", ".join(f"{k} x{v}" for k, v in value.items())
     return str(value)
 
 

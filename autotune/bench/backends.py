@@ -47,6 +47,7 @@ ROW_KEYS = (
     "precision",
     "gflop_per_s",
     "peak_share",
+    "kernels",
     "error",
 )
 # The matrix-product precision each CPU backend runs its linear layers in (what the roofline measured).
@@ -131,6 +132,7 @@ def _build_all(
         spec = model_backends.BackendSpec(model_id=model, backend=name, batch=batch, calibration=cal)
         try:
             built[name] = _build_twice(spec, folder / name, row, pixels[:batch])
+            row["kernels"] = built[name].info().get("kernels")  # the runtimes that report them (OpenVINO)
             say(f"{name}: ready (setup {row['setup_cold_s']} s cold, {row['setup_cached_s']} s cached)")
         except Exception as exc:  # one broken backend must not hide the others' figures
             first = one_line(exc)

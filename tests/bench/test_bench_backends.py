@@ -98,3 +98,9 @@ def test_json_stays_parseable_through_a_cold_nncf_build(
     assert code in (0, None)
     data = json.loads(capsys.readouterr().out)
     assert [r["backend"] for r in data["rows"]] == ["eager", "openvino-int8"] and data["rows"][1]["error"] is None
+    # The kernels OpenVINO chose for the products: int8 ones, and AMX's where the CPU has it.
+    kernels = data["rows"][1]["kernels"]
+    assert kernels and all(count > 0 for count in kernels.values()) and data["rows"][0]["kernels"] is None
+    assert any(kind.lower().endswith("i8") for kind in kernels), kernels
+    if "amx_int8" in Path("/proc/cpuinfo").read_text(encoding="utf-8"):
+        assert any("amx" in kind for kind in kernels), kernels

@@ -180,6 +180,29 @@ def test_cache_that_cannot_be_written_does_not_fail_the_check(
 
 
 
+def test_changed_backend_is_checked_again(
+    reference: GuardReference, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend whose numerics changed (its revision bumped) is not passed on its old cached result."""
+    built: list[str] = []
+
+    def eager(spec: Any, **_: Any) -> Any:
+        """An "onnx" that runs eager (needs no onnxruntime), counting its builds."""
+        built.append(spec.backend)
+        return _Permuted(spec).inner
+
+    monkeypatch.setattr(B, "build_backend", eager)
+    entry = B.CPU_BACKEND_TABLE["onnx"]
+    first = check_backend(reference, tiny_model, "onnx", "fp32", threshold=0.97)  # a threshold no other test uses
+    _MEMO.clear()
+    assert check_backend(reference, tiny_model, "onnx", "fp32", threshold=0.97).to_dict() == first.to_dict()
+    assert len(built) == 1  # the second came from the disk cache
+    monkeypatch.setitem(B.CPU_BACKEND_TABLE, "onnx", dataclasses.replace(entry, revision=entry.revision + 1))
+    _MEMO.clear()
+    assert check_backend(reference, tiny_model, "onnx", "fp32", threshold=0.97).passed
+    assert len(built) == 2
+
+
 def test_non_reference_parts_and_check_config(reference: GuardReference, tiny_model: str) -> None:
     """Eager fp32 has nothing to check; a CPU backend and a GPU precision below fp32 each do."""
     assert non_reference_parts(EngineConfig()) == []

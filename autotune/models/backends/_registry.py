@@ -32,6 +32,9 @@ class BackendEntry:
     needs_compiler: bool
     description: str
     backend_class: BackendBuilder
+    #: Bumped when the backend's numerics change (precision settings, quantisation recipe): the accuracy guard's
+    #: cached results are keyed by it, so a changed backend is checked again instead of passing on an old result.
+    revision: int = 0
 
 
 # name -> entry, in the order the tuner and the benches list them; "eager" (the fp32 reference) first.
@@ -50,7 +53,8 @@ CPU_BACKEND_TABLE: dict[str, BackendEntry] = {
     "openvino": BackendEntry(("openvino",), False, "OpenVINO fp32", OpenVinoBackend),
     "openvino-bf16": BackendEntry(("openvino",), False, "OpenVINO, bfloat16 inference precision", OpenVinoBackend),
     "openvino-int8": BackendEntry(
-        ("openvino", "nncf"), False, "OpenVINO int8 (NNCF, calibrated on the database)", OpenVinoBackend
+        ("openvino", "nncf"), False, "OpenVINO int8 (NNCF, calibrated on the database), bf16 elsewhere",
+        OpenVinoBackend, revision=1,  # 1: the non-quantised ops at bf16 (were fp32)
     ),
 }
 CPU_BACKEND_NAMES: tuple[str, ...] = tuple(CPU_BACKEND_TABLE)
@@ -103,6 +107,17 @@ def available_cpu_backends() -> list[str]:
         ['eager', 'int8']
     """
     return [name for name in CPU_BACKEND_NAMES if backend_unavailable(name) is None]
+
+
+def backend_revision(name: str) -> int:
+    """The revision of a CPU backend's numerics (0 for an unknown one or a GPU backend).
+
+    Example:
+        >>> backend_revision("eager")
+        0
+    """
+    entry = CPU_BACKEND_TABLE.get(name)
+    return entry.revision if entry else 0
 
 
 def describe_backend(name: str) -> str:

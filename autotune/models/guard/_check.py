@@ -50,6 +50,8 @@ def _check_key(
               "device": device.split(":")[0], "threshold": threshold, "versions": versions}  # fmt: skip
     if calibration:  # only then: the keys of existing checks stay valid
         record["calibration"] = calibration
+    if device.split(":")[0] == "cpu" and backends.backend_revision(backend):  # likewise
+        record["revision"] = backends.backend_revision(backend)
     return _digest(record)
 
 
