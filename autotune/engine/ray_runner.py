@@ -100,14 +100,15 @@ def _pipeline(
     for (device, _n, _b), lo, hi in zip(pools, cuts[:-1], cuts[1:], strict=True):
         if hi <= lo:
             continue
-        ds = _dataset(recs[lo:hi], layout.unit_batch())
+        rows = layout.block_rows(hi - lo)
+        ds = _dataset(recs[lo:hi], rows)
         ds = ds.map_batches(
             preprocess_batch, fn_kwargs={"source": source, "spec": pre}, batch_size=None, num_cpus=layout.cpu_share,
             compute=ray.data.TaskPoolStrategy(size=max(1, layout.preprocess_tasks)), batch_format="numpy",
             # The memory a task holds (its batch of pixels, twice over while decoding) is also what keeps Ray
             # Data from fusing this stage into the actors, which it does to stages of equal remote arguments:
             # decode and the model would then take turns in one process instead of overlapping on two cores.
-            memory=2 * layout.unit_batch() * pre.crop * pre.crop * 3,
+            memory=2 * rows * pre.crop * pre.crop * 3,
         )  # fmt: skip
         parts.append(_embedded(ds, layout, backend, layout.cpu_threads, device, kill_flag, config.omp_wait))
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])

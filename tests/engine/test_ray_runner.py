@@ -44,6 +44,15 @@ def test_layout_adds_nodes_up_with_the_smallest_actor_shape() -> None:
         layout_for([_node(gpu, gpus=0)])
 
 
+def test_blocks_are_whole_batches_of_about_a_hundred_images_and_enough_per_actor() -> None:
+    """Blocks of several batches spare the driver's per-block cost; a small scan still spreads over the actors."""
+    two = layout_for([_node(EngineConfig(producers=1, cpu_models=2, cpu_threads=1, cpu_batch=26))])
+    assert two.block_rows(2000) == 104 and two.block_rows(200) == 26 and two.block_rows(5) == 26
+    assert two.block_rows(600) == 52  # 600 // 8 = 75: two batches, so each actor still gets 4 or more blocks
+    gpu = layout_for([_node(EngineConfig(cpu_models=0, gpu_models=1, gpu_batch=256), gpus=1)])
+    assert gpu.block_rows(10**6) == 256  # already over 100 images: one batch
+
+
 def test_a_profile_sharing_the_cores_leaves_cpus_for_the_preprocessing() -> None:
     """2 replicas x 1 thread + 1 producer on 2 cores: Ray's reservations are scaled to fit the node's CPUs, or
     the actors would hold every CPU and no preprocessing task would ever be scheduled (a hung scan)."""
