@@ -10,10 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from autotune.bench.ladder import _add_roofline_shares
-from autotune.bench.roofline import measure_precision, measure_roofline
+from autotune.bench.roofline import _product_chains, measure_openvino_int8, measure_precision, measure_roofline
 from autotune.cli import main
 from autotune.machine import detect_machine
-from autotune.roofline import load_roofline
+from autotune.models.backends import backend_unavailable
+from autotune.models.facts import model_facts
+from autotune.roofline import load_roofline, tower_products
 from autotune.tuner.profile import model_arch
 
 
@@ -36,6 +38,29 @@ def test_every_precision_is_measured_or_says_why(tiny_model: str, small_dataset:
     assert roof.preprocess_s_per_image_per_core and roof.preprocess_s_per_image_per_core > 0
     assert roof.ceiling_images_per_s < roof.model_ceiling_images_per_s
     assert roof.arch == model_arch(tiny_model) and roof.cores >= 1
+
+
+def test_products_chain_with_every_count_used() -> None:
+    """ViT-B/32's products chain up (projections, MLP up then down) with each product used as often as it runs."""
+    vit_b32 = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "patch_size": 32,
+               "image_size": 224}  # fmt: skip
+    products = tower_products(vit_b32)
+    chains = _product_chains(products)
+    for chain in chains:
+        assert all(a[2] == b[1] for a, b in zip(chain, chain[1:], strict=False))  # each output feeds the next
+    used = [shape for chain in chains for shape in chain]
+    assert sorted(used) == sorted((r, k, c) for r, k, c, n in products for _ in range(n))
+
+
+def test_int8_through_openvino_runs_its_quantised_kernels(tiny_model: str) -> None:
+    """OpenVINO's int8 products are measured, with the int8 kernel its CPU plugin chose (AMX's where there)."""
+    if backend_unavailable("openvino"):
+        pytest.skip("openvino missing")
+    peak = measure_openvino_int8(tower_products(model_facts(tiny_model).vision), threads=1, seconds=0.05)
+    assert peak.precision == "int8" and peak.gflops and peak.gflops > 0 and peak.kernel
+    assert peak.kernel.startswith("openvino:") and "i8" in peak.kernel.lower(), peak.kernel
+    if "amx_int8" in Path("/proc/cpuinfo").read_text(encoding="utf-8"):
+        assert "amx" in peak.kernel
 
 
 def test_an_unsupported_product_is_reported_not_raised() -> None:
