@@ -49,8 +49,8 @@ def test_blocks_are_whole_batches_of_about_a_hundred_images_and_enough_per_actor
     two = layout_for([_node(EngineConfig(producers=1, cpu_models=2, cpu_threads=1, cpu_batch=26))])
     assert two.block_rows(2000) == 104 and two.block_rows(200) == 26 and two.block_rows(5) == 26
     assert two.block_rows(600) == 52  # 600 // 8 = 75: two batches, so each actor still gets 4 or more blocks
-    gpu = layout_for([_node(EngineConfig(cpu_models=0, gpu_models=1, gpu_batch=256), gpus=1)])
-    assert gpu.block_rows(10**6) == 256  # already over 100 images: one batch
+    gpu = layout_for([_node(EngineConfig(cpu_models=0, gpu_models=1, gpu_batch=128), gpus=1)])
+    assert gpu.block_rows(10**6) == 8 * 128 and gpu.block_rows(2000) == 3 * 128  # 2000 // 4 = 500: 3 batches
 
 
 def test_a_profile_sharing_the_cores_leaves_cpus_for_the_preprocessing() -> None:
