@@ -111,15 +111,26 @@ def _quantise_onnx_static(source: Path, dest: Path, reader: _CalibrationReader) 
         )
 
 
+#: NNCF's quantisation preset for ``openvino-int8`` (part of the artefact's key). PERFORMANCE quantises the
+#: activations symmetrically, so the int8 products need no zero-point correction: on the 2-core AMX Xeon the
+#: ViT-B/32 stand-in ran 1.15-1.8x faster bare than with the transformer default (MIXED: asymmetric
+#: activations), with the same agreement (min cosine 0.9959 against 0.9956 on 64 images).
+OPENVINO_INT8_PRESET = "performance"
+
+
 def _quantise_openvino(source: Path, folder: Path, pixels: np.ndarray, normalise: Any) -> Path:
-    """NNCF post-training int8 quantisation of the OpenVINO model (transformer preset), saved as IR in ``folder``."""
+    """NNCF post-training int8 quantisation of the OpenVINO model (transformer type, symmetric activations),
+    saved as IR in ``folder``."""
     import nncf
     import openvino as ov
 
     model = ov.Core().read_model(str(source))
     data = nncf.Dataset([normalise(pixels[i : i + 1]) for i in range(len(pixels))])
     with _quiet():
-        quantised = nncf.quantize(model, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(pixels))
+        quantised = nncf.quantize(
+            model, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(pixels),
+            preset=nncf.QuantizationPreset(OPENVINO_INT8_PRESET),
+        )  # fmt: skip
     shutil.rmtree(folder, ignore_errors=True)  # whatever a crashed first quantisation left
     folder.mkdir(parents=True, exist_ok=True)
     xml = folder / "model.xml"
@@ -328,7 +339,9 @@ class OpenVinoBackend(_ExportedBackend):
         """The NNCF int8 IR of the export, calibrated on ``spec.calibration`` (made once, under a build lock)."""
         pixels, digest = load_calibration(spec.calibration, spec.backend)
         self.calibration = digest
-        marker = artefact_path(root, self.facts.weights_hash, "openvino-int8", ".done", calibration=digest)
+        marker = artefact_path(
+            root, self.facts.weights_hash, "openvino-int8", ".done", calibration=digest, preset=OPENVINO_INT8_PRESET
+        )
         folder = root / "openvino-int8" / marker.stem
 
         def build(tmp: Path) -> None:

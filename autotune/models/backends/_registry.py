@@ -54,7 +54,7 @@ CPU_BACKEND_TABLE: dict[str, BackendEntry] = {
     "openvino-bf16": BackendEntry(("openvino",), False, "OpenVINO, bfloat16 inference precision", OpenVinoBackend),
     "openvino-int8": BackendEntry(
         ("openvino", "nncf"), False, "OpenVINO int8 (NNCF, calibrated on the database), bf16 elsewhere",
-        OpenVinoBackend, revision=1,  # 1: the non-quantised ops at bf16 (were fp32)
+        OpenVinoBackend, revision=2,  # 1: the non-quantised ops at bf16 (were fp32); 2: symmetric activations
     ),
 }
 CPU_BACKEND_NAMES: tuple[str, ...] = tuple(CPU_BACKEND_TABLE)
