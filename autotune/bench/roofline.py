@@ -154,7 +154,7 @@ def measure_openvino_int8(
     """Peak int8 GFLOP/s through OpenVINO's CPU plugin (quantised matrix products, as an NNCF model runs them).
 
     ``torch._int_mm`` goes through oneDNN's gemm API, which does not use AMX; OpenVINO's int8 fully connected
-    layers do (``brgemm_avx512_amx_I8``), and ran 1.6-1.7x faster on the same 2-core Xeon. Each product's
+    layers do (``brgemm_avx512_amx_I8``), and ran 1.65-2.2x faster on the same 2-core Xeon. Each product's
     input is fake-quantised as NNCF's models are, and the products are chained so that no large output is
     copied out per product; the fastest of several whole-pass calls in ``seconds`` is the peak.
     """

@@ -25,6 +25,7 @@ from autotune.index import (
     plan_update,
     skipped_rows,
 )
+from autotune.models.backends import backend_revision
 from autotune.models.calibration import Calibration, calibration_set, needs_calibration, stored_calibration
 from autotune.models.facts import model_facts
 from autotune.progress import Log, ProgressFactory, quiet
@@ -37,8 +38,13 @@ def safe_default_config() -> EngineConfig:
 
 
 def embedding_recipe(config: EngineConfig) -> str:
-    """The inference path embeddings come from, e.g. ``cpu:onnx-int8`` or ``cpu:eager+gpu:fp16``."""
-    parts = [f"cpu:{config.cpu_backend}"] if config.cpu_models else []
+    """The inference path embeddings come from, e.g. ``cpu:onnx-int8`` or ``cpu:eager+gpu:fp16``.
+
+    A CPU backend whose numerics were revised carries its revision (``cpu:openvino-int8.r2``): an index built
+    by the earlier recipe is rebuilt, not updated with embeddings of another kind.
+    """
+    revision = backend_revision(config.cpu_backend)
+    parts = [f"cpu:{config.cpu_backend}" + (f".r{revision}" if revision else "")] if config.cpu_models else []
     if config.gpu_models:
         # Only a GPU backend or decoder that changes the numbers joins the key: eager keeps old indexes valid.
         backend = "" if config.gpu_backend == "eager" else f"-{config.gpu_backend}"

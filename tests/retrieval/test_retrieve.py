@@ -144,3 +144,17 @@ def test_static_int8_index_keeps_its_calibration_set_across_updates(
     second = retrieve([QUERY], dataset=str(data), model=tiny_model, config=cfg, index_dir=tmp_path / "i")
     assert second.mode == "index-updated" and second.images == 9
     assert json.loads((tmp_path / "i" / "meta.json").read_text())["key"]["recipe"] == meta["key"]["recipe"]
+
+
+def test_a_revised_backend_changes_the_index_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Embeddings of a backend whose numerics were revised do not share an index with the earlier recipe's."""
+    import dataclasses
+
+    from autotune.models import backends
+    from autotune.retrieval._search import embedding_recipe
+
+    cfg = EngineConfig(cpu_backend="onnx-int8")
+    assert embedding_recipe(cfg) == "cpu:onnx-int8" and embedding_recipe(EngineConfig()) == "cpu:eager"
+    entry = backends.CPU_BACKEND_TABLE["onnx-int8"]
+    monkeypatch.setitem(backends.CPU_BACKEND_TABLE, "onnx-int8", dataclasses.replace(entry, revision=3))
+    assert embedding_recipe(cfg) == "cpu:onnx-int8.r3"
