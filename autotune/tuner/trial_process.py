@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from autotune.data import open_source
 from autotune.data.sources import Record
 from autotune.engine.config import EngineConfig
-from autotune.engine.lifecycle import worker_start
+from autotune.engine.lifecycle import terminate_as_interrupt, worker_start
 from autotune.engine.result import ScanProgress, ScanResult
 from autotune.engine.runner import run_scan
 from autotune.errors import one_line
@@ -116,17 +116,24 @@ def trial_process_main(conn: Connection) -> None:
     that ends any other way than with its figures, or stopped on request, ends the process with it.
     """
     worker_start()
+    # SIGTERM sent to the study's whole process group (`timeout`, a batch system, systemd) reaches this process
+    # too: it unwinds the scan as the study does (workers stopped, shared memory and semaphores released)
+    # instead of dying with its engine's semaphores left for the resource tracker to report as leaked.
+    terminate_as_interrupt()
     trials = 0
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:
-            return
-        if msg is None:
-            return
-        if msg != "stop":  # a stop that crossed its trial's figures is past: only trials are measured
-            trials += 1
-            _trial(conn, msg[1], msg[2], trials)
+    try:
+        while True:
+            try:
+                msg = conn.recv()
+            except EOFError:
+                return
+            if msg is None:
+                return
+            if msg != "stop":  # a stop that crossed its trial's figures is past: only trials are measured
+                trials += 1
+                _trial(conn, msg[1], msg[2], trials)
+    except KeyboardInterrupt:  # only SIGTERM raises it here (worker_start ignores Ctrl-C): the study reports it
+        return
 
 
 def _trial(conn: Connection, config: dict[str, Any], spec: ScanSpec, nth: int = 1) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -297,3 +299,54 @@ def test_a_trial_killed_for_overrunning_leaves_no_segment_and_no_worker(
     while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [pid for pid in workers if not _gone(pid)] == []
+
+
+GROUP_TERM_SCRIPT = """
+    import sys
+    from autotune.engine.config import EngineConfig
+    from autotune.engine.lifecycle import terminate_as_interrupt
+    from autotune.tuner.objective import ScanSpec, measure
+
+    def said(k, rate):
+        print("round", k, flush=True)
+        return False
+
+    if __name__ == "__main__":
+        terminate_as_interrupt()  # what the CLI does for the study's own process
+        spec = ScanSpec(dataset={dataset!r}, model="fake:32", rounds=50, timeout_s=120, fake_delay_s=0.2)
+        try:
+            measure(EngineConfig(producers=1, cpu_models=1, cpu_threads=1, cpu_batch=4), spec, on_round=said)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            sys.exit(130)
+"""
+
+
+def test_sigterm_to_the_study_group_mid_trial_releases_everything(small_dataset: Path, tmp_path: Path) -> None:
+    # `timeout`, a batch system or systemd signal the whole process group: the trial process and its engine's
+    # workers get SIGTERM at the same moment as the study. The trial process must unwind its scan (which
+    # unlinks its semaphores) rather than die with them left to the resource tracker's "leaked" warning.
+    script = tmp_path / "study.py"
+    script.write_text(textwrap.dedent(GROUP_TERM_SCRIPT.format(dataset=str(small_dataset))))
+    env = {**os.environ, "PYTHONWARNINGS": "always"}
+    study = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=env,
+    )
+    try:
+        assert study.stdout is not None
+        line = study.stdout.readline()
+        assert line.startswith("round"), line + (study.stderr.read() if study.stderr else "")
+        os.killpg(study.pid, signal.SIGTERM)
+        out, err = study.communicate(timeout=60)
+    finally:
+        if study.poll() is None:
+            os.killpg(study.pid, signal.SIGKILL)
+            study.wait()
+    assert study.returncode == 130 and "interrupted" in out, (out, err)
+    assert "leaked" not in err and "Traceback" not in err, err
+    assert segment_names(study.pid) == []
