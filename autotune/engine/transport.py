@@ -54,6 +54,38 @@ def remove_segments(pid: int) -> int:
     return removed
 
 
+def mapped_semaphores(pid: int) -> set[str]:
+    """Names (``/mp-...``) of the named semaphores process ``pid`` has open: its queues' and locks'.
+
+    Read while it is still alive, just before it is killed: multiprocessing unlinks a semaphore's name when
+    its creator exits cleanly, so a killed one leaves them to the resource tracker, which unlinks them only
+    when the whole run ends (with a "leaked semaphore objects" warning). Empty where /proc is absent.
+    """
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text(encoding="utf-8")
+    except OSError:
+        return set()
+    return {"/" + line.rsplit("/sem.", 1)[1] for line in maps.splitlines() if f"{SHM_DIR}/sem." in line}
+
+
+def release_semaphores(names: set[str]) -> int:
+    """Unlink the named semaphores of a dead process (from :func:`mapped_semaphores`); return how many.
+
+    They were registered with the resource tracker this process shares with it, so each is unregistered too
+    (else the tracker unlinks it again at exit, with a warning).
+    """
+    removed = 0
+    for name in names:
+        try:
+            (SHM_DIR / f"sem.{name.lstrip('/')}").unlink()
+        except FileNotFoundError:  # its creator got to unlink it after all
+            continue
+        removed += 1
+        with contextlib.suppress(OSError, ValueError):
+            resource_tracker.unregister(name, "semaphore")
+    return removed
+
+
 def _alive(pid: int) -> bool:
     """Whether a process with this pid exists (one we may not signal counts as alive)."""
     try:

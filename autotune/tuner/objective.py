@@ -13,13 +13,14 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from autotune.engine.config import EngineConfig
-from autotune.engine.transport import remove_segments
+from autotune.engine.transport import mapped_semaphores, release_semaphores, remove_segments
 from autotune.errors import AutotuneError
 from autotune.tuner.trial_process import trial_process_main
 
 # How long a trial told to stop may take to wind down before it is killed (read at each call, so tests can
 # shorten it).
 STOP_GRACE_S = 15.0
+TERM_GRACE_S = 3.0  # after the grace: seconds a child told to stop by SIGTERM has to unwind before SIGKILL
 
 
 @dataclass(frozen=True)
@@ -170,14 +171,22 @@ class _TrialRunner:
         # A child that let its grace period pass without stopping gets no second one: it is killed now.
         busy = watch is not None and watch.stop_reason is None
         self.proc.join(timeout=0.0 if watch is not None and watch.grace_spent else STOP_GRACE_S if busy else 5.0)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join(5.0)
+        semaphores: set[str] = set()
+        if self.proc.is_alive() and self.proc.pid is not None:
+            # SIGTERM first: the child unwinds its scan (workers stopped, everything it created released),
+            # unless it is stuck outside Python; then SIGKILL, and its semaphores are released here.
+            semaphores = mapped_semaphores(self.proc.pid)
+            self.proc.terminate()
+            self.proc.join(TERM_GRACE_S)
+            if self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join(5.0)
         self.conn.close()
         if self.proc.exitcode is not None and self.proc.pid is not None:
-            # A child killed mid-scan never unlinked its shared memory, and the study goes on for hours:
-            # remove it now (its workers died with it, so nothing maps the segments any more).
+            # A child killed mid-scan never unlinked its shared memory and semaphores, and the study goes on
+            # for hours: remove them now (its workers died with it, so nothing maps them any more).
             remove_segments(self.proc.pid)
+            release_semaphores(semaphores)
 
 
 _RUNNER: _TrialRunner | None = None

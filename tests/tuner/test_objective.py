@@ -18,7 +18,7 @@ import pytest
 from processes import leftover_processes
 
 from autotune.engine.config import EngineConfig
-from autotune.engine.transport import SHM_DIR, SHM_PREFIX, segment_names, segment_prefix
+from autotune.engine.transport import SHM_DIR, SHM_PREFIX, mapped_semaphores, segment_names, segment_prefix
 from autotune.tuner import objective
 from autotune.tuner.objective import ScanSpec, TrialFailed, TrialStopped, measure
 from autotune.tuner.trial_process import _RoundTracker, trial_records
@@ -241,6 +241,7 @@ class _Watcher(threading.Thread):
         super().__init__(daemon=True)
         self.parents: dict[int, int] = {}
         self.segments: set[str] = set()
+        self.semaphores: dict[int, set[str]] = {}
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -251,6 +252,7 @@ class _Watcher(threading.Thread):
                     self.parents.setdefault(kid.pid, kid.ppid())
                 except psutil.NoSuchProcess:
                     continue
+                self.semaphores.setdefault(kid.pid, set()).update(mapped_semaphores(kid.pid))
             self.segments |= {p.name for p in SHM_DIR.iterdir() if p.name.startswith(SHM_PREFIX)}
 
     def stop(self) -> None:
@@ -295,6 +297,11 @@ def test_a_trial_killed_for_overrunning_leaves_no_segment_and_no_worker(
     # ... and neither its segment nor its workers (the fork server ends with it, and every worker with its
     # parent, through PR_SET_PDEATHSIG) outlive it.
     assert segment_names(trial) == []
+    # Nor the named semaphores of its queues: before, they stayed until the study's resource tracker unlinked
+    # them at its end ("There appear to be 4 leaked semaphore objects").
+    semaphores = set().union(*(watcher.semaphores.get(pid, set()) for pid in [trial, *workers]))
+    assert semaphores, watcher.semaphores
+    assert [name for name in semaphores if (SHM_DIR / f"sem.{name[1:]}").exists()] == []
     deadline = time.monotonic() + 5.0
     while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
