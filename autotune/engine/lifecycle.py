@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
+import multiprocessing.util as util
 import os
 import signal
 import sys
@@ -49,10 +50,25 @@ def _exit_when_gone(sentinel: int) -> None:
 
 
 def worker_start() -> None:
-    """Common start of every worker: die with the parent, leave Ctrl-C to the parent."""
+    """Common start of every worker: die with the parent, leave Ctrl-C to the parent, release on SIGTERM."""
     die_with_parent()
     # The parent owns Ctrl-C handling: it stops every worker itself, in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _release_and_die)
+
+
+def _release_and_die(signum: int, frame: object) -> None:
+    """SIGTERM (a stopped scan's workers get it): run multiprocessing's finalizers, then die of the signal.
+
+    Libraries create named semaphores in the worker, which only a finalizer unlinks (torch.compile's FX
+    interpreter opens a tqdm bar, whose class-level lock is a multiprocessing RLock): a worker dying of the
+    default action left one per compiled replica to the resource tracker's end-of-run "leaked" warning. Only
+    finalizers of priority >= 0 run (unlinking names, closing queues), not the joins of queue feeder threads,
+    which could block on a pipe nobody reads any more; the exit status stays "killed by SIGTERM".
+    """
+    util._run_finalizers(0)  # type: ignore[attr-defined]  # pylint: disable=protected-access  # no public way without exiting
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 # What the scan's workers import first thing: the fork server imports them once, so a worker starts in ~0.1 s

@@ -23,7 +23,7 @@ from autotune.engine.events import BatchTask, Event, FilledSlot
 from autotune.engine.lifecycle import run_in_environment, worker_context
 from autotune.engine.producer import ProducerSpec, producer_main
 from autotune.engine.result import ScanBooks
-from autotune.engine.transport import SlotPool
+from autotune.engine.transport import SlotPool, mapped_semaphores, release_semaphores
 from autotune.errors import AutotuneError
 from autotune.models.backends import BackendSpec
 
@@ -227,9 +227,13 @@ class Workers:
                 p.terminate()
         for p in procs:
             p.join(timeout=2.0)
-            if p.is_alive():
+            if p.is_alive() and p.pid is not None:
+                # Stuck outside Python, so its SIGTERM handler never ran: release the names it opened itself
+                # (not this process's queues, which are unlinked here when they go).
+                own = mapped_semaphores(p.pid) - mapped_semaphores(os.getpid())
                 p.kill()
                 p.join(timeout=2.0)
+                release_semaphores(own)
         queues: list[Queue[Any]] = [self.tasks, self.free_slots, self.events, *self.ready]
         for q in queues:
             q.cancel_join_thread()  # never block on a feeder whose reader is gone

@@ -98,3 +98,33 @@ def test_workers_and_their_fork_server_end_when_the_scan_process_is_killed(tmp_p
         for proc in everyone:  # a failed check leaves nothing behind either
             if proc.is_running():
                 proc.kill()
+
+
+def _worker_with_a_library_lock(out: Queue[str]) -> None:
+    """A worker body that opens what torch.compile's tqdm bar opens: a multiprocessing RLock (a named semaphore)."""
+    import multiprocessing
+
+    worker_start()
+    lock = multiprocessing.RLock()  # the worker's default context: the fork server's, so the name is kept
+    out.put(lock._semlock.name)  # type: ignore[attr-defined]
+    time.sleep(60)
+
+
+def test_a_terminated_worker_releases_what_libraries_opened_in_it() -> None:
+    # A stopped scan terminates its workers; their finalizers must still unlink the names libraries created
+    # in them, or the resource tracker reports them as leaked when the run ends.
+    ctx = worker_context()
+    out = ctx.Queue()
+    proc = ctx.Process(target=_worker_with_a_library_lock, args=(out,))
+    proc.start()
+    try:
+        name = out.get(timeout=60)
+        assert name and Path(f"/dev/shm/sem.{name.lstrip('/')}").exists()
+        proc.terminate()
+        proc.join(10)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    assert proc.exitcode == -signal.SIGTERM  # still reported as killed by SIGTERM
+    assert not Path(f"/dev/shm/sem.{name.lstrip('/')}").exists()
