@@ -55,7 +55,7 @@ def _dataset(recs: Sequence[Record], rows: int) -> Any:
 
 def _embedded(
     ds: Any, layout: RayLayout, backend: BackendSpec, threads: int, device: str, kill_flag: str | None,
-    omp_wait: str = "default",
+    omp_wait: str = "default", preprocess: dict[str, Any] | None = None,
 ) -> Any:  # fmt: skip
     """Append one device type's actor pool to ``ds`` (Ray restarts a dead actor and retries its batch)."""
     import ray.data
@@ -69,7 +69,7 @@ def _embedded(
     return ds.map_batches(
         EmbedActor,
         fn_constructor_kwargs={"backend": spec, "threads": 1 if gpu else threads, "kill_flag": kill_flag,
-                               "omp_wait": "default" if gpu else omp_wait},  # fmt: skip
+                               "omp_wait": "default" if gpu else omp_wait, **(preprocess or {})},  # fmt: skip
         batch_size=spec.batch,
         compute=ray.data.ActorPoolStrategy(size=layout.gpu_actors if gpu else layout.cpu_actors),
         num_cpus=layout.cpu_share * (1 if gpu else threads),
@@ -83,7 +83,8 @@ def _pipeline(
     source: ImageSource, recs: Sequence[Record], model_id: str, config: EngineConfig, layout: RayLayout,
     fake_delay_s: float, calibration: str | None,
 ) -> Any:  # fmt: skip
-    """Records -> preprocessing tasks -> actor pools (CPU and GPU pools each take a static share of the records)."""
+    """Records -> preprocessing tasks -> actor pools (CPU and GPU pools each take a static share of the records);
+    records -> CPU actors that preprocess their own batches where the layout is ``fused``."""
     import ray.data
 
     pre = preprocess_spec_for(model_id)
@@ -102,6 +103,10 @@ def _pipeline(
             continue
         rows = layout.block_rows(hi - lo)
         ds = _dataset(recs[lo:hi], rows)
+        if device == "cpu" and layout.fused:  # the actors read and preprocess their own batches
+            parts.append(_embedded(ds, layout, backend, layout.cpu_threads, device, kill_flag, config.omp_wait,
+                                   preprocess={"source": source, "spec": pre}))  # fmt: skip
+            continue
         ds = ds.map_batches(
             preprocess_batch, fn_kwargs={"source": source, "spec": pre}, batch_size=None, num_cpus=layout.cpu_share,
             compute=ray.data.TaskPoolStrategy(size=max(1, layout.preprocess_tasks)), batch_format="numpy",

@@ -72,7 +72,8 @@ def preprocess_batch(batch: dict[str, np.ndarray], *, source: ImageSource, spec:
 
 
 class EmbedActor:
-    """One model replica in a Ray actor pool: embeds the readable rows of each batch it is handed.
+    """One model replica in a Ray actor pool: embeds the readable rows of each batch it is handed (or, built with
+    a source and a preprocessing spec, reads and preprocesses a batch of records first).
 
     Built inside the actor process from a :class:`BackendSpec`; every output row carries the actor's pid,
     node and the time its model was ready, so the driver can time the scan from when the pool was loaded.
@@ -84,15 +85,20 @@ class EmbedActor:
     """
 
     def __init__(
-        self, backend: BackendSpec, threads: int, kill_flag: str | None = None, omp_wait: str = "default"
-    ) -> None:
-        """Fix the thread count (and OpenMP's wait policy) before the model exists, then build it."""
+        self, backend: BackendSpec, threads: int, kill_flag: str | None = None, omp_wait: str = "default",
+        source: ImageSource | None = None, spec: PreprocessSpec | None = None,
+    ) -> None:  # fmt: skip
+        """Fix the thread count (and OpenMP's wait policy) before the model exists, then build it.
+
+        With ``source`` and ``spec`` the actor reads and preprocesses its batches itself (records in, no pixels).
+        """
         from autotune.engine.consumer import _set_threads
         from autotune.models.backends import build_backend
 
         _set_threads(threads, need_torch=backend.needs_torch, omp_wait=omp_wait)
         self.backend = build_backend(dataclasses.replace(backend, threads=threads))
         self.kill_flag = kill_flag
+        self.preprocess = (source, spec) if source is not None and spec is not None else None
         self.pid = os.getpid()
         self.node = socket.gethostname()
         self.ready_t = time.time()
@@ -102,7 +108,9 @@ class EmbedActor:
         if self.kill_flag and os.path.exists(self.kill_flag):
             os.remove(self.kill_flag)
             os._exit(1)  # a hard crash mid-batch: no exception handler, no clean-up
-        t0 = time.perf_counter()
+        t0 = time.perf_counter()  # busy time includes the preprocessing of a fused actor: its work too
+        if self.preprocess is not None:
+            batch = preprocess_batch(batch, source=self.preprocess[0], spec=self.preprocess[1])
         ok = np.asarray(batch["ok"], bool)
         n = len(ok)
         emb = np.zeros((n, self.backend.embed_dim), np.float32)

@@ -54,14 +54,25 @@ def test_blocks_are_whole_batches_of_about_a_hundred_images_and_enough_per_actor
 
 
 def test_a_profile_sharing_the_cores_leaves_cpus_for_the_preprocessing() -> None:
-    """2 replicas x 1 thread + 1 producer on 2 cores: Ray's reservations are scaled to fit the node's CPUs, or
-    the actors would hold every CPU and no preprocessing task would ever be scheduled (a hung scan)."""
-    shared = EngineConfig(producers=1, cpu_models=2, cpu_threads=1, cpu_batch=16)
+    """1 replica x 2 threads + 1 producer on 2 cores: Ray's reservations are scaled to fit the node's CPUs, or
+    the actor would hold every CPU and no preprocessing task would ever be scheduled (a hung scan)."""
+    shared = EngineConfig(producers=1, cpu_models=1, cpu_threads=2, cpu_batch=16)
     layout = layout_for([NodePlan("10.0.0.1", "m", 2, 0, shared, None)])
     asked = layout.preprocess_tasks * layout.cpu_share + layout.cpu_actors * layout.cpu_threads * layout.cpu_share
-    assert layout.cpu_share == pytest.approx(2 / 3) and asked == pytest.approx(2)
+    assert not layout.fused and layout.cpu_share == pytest.approx(2 / 3) and asked == pytest.approx(2)
     roomy = layout_for([NodePlan("10.0.0.1", "m", 8, 0, shared, None)])
     assert roomy.cpu_share == 1.0  # room for everything: whole CPUs, as before
+
+
+def test_one_thread_replicas_sharing_the_cores_preprocess_inside_the_actors() -> None:
+    """1 producer + 2 replicas x 1 thread on 2 cores: each actor reads and preprocesses its own batches and
+    reserves a whole CPU; with room for the producer, or with GPU actors, preprocessing stays a task stage."""
+    shared = EngineConfig(producers=1, cpu_models=2, cpu_threads=1, cpu_batch=16)
+    fused = layout_for([NodePlan("10.0.0.1", "m", 2, 0, shared, None)])
+    assert fused.fused and fused.cpu_share == 1.0 and "preprocess task" not in fused.describe()
+    assert not layout_for([NodePlan("10.0.0.1", "m", 3, 0, shared, None)]).fused
+    with_gpu = EngineConfig(producers=1, cpu_models=2, cpu_threads=1, gpu_models=1)
+    assert not layout_for([NodePlan("10.0.0.1", "m", 2, 1, with_gpu, None)]).fused
 
 
 @pytest.mark.parametrize(
@@ -149,6 +160,27 @@ def test_ray_index_equals_local_and_survives_a_killed_actor(
     _same_answer(res, local_answer)
     # The node has no profile here: it runs the safe default, and the warning names it.
     assert any("127.0.0.1" in s and "has no profile" in s and "safe default" in s for s in said), said
+
+
+def test_actors_that_preprocess_their_own_batches_give_the_local_engines_answer(
+    ray_session: dict[str, Any], db: Path, tiny_model: str
+) -> None:
+    """The fused layout (1 producer + 2 one-thread replicas per 2-CPU node): same top-9 and skipped images as
+    the local engine with the same configuration, every record accounted for once."""
+    from autotune.data import open_source
+    from autotune.engine.ray_runner import run_scan_ray
+    from autotune.engine.runner import embed_queries, run_scan
+
+    cfg = EngineConfig(producers=1, cpu_models=2, cpu_threads=1, cpu_batch=8)
+    source = open_source(str(db))
+    q = embed_queries(tiny_model, [QUERY])
+    local = run_scan(source, tiny_model, cfg, queries=q)
+    ray_res = run_scan_ray(source, tiny_model, cfg, queries=q, address=ray_session["address"], per_node_profiles=False)
+    assert "preprocessing inside" in ray_res.workers[0]["stats"]["layout"]
+    assert [i for i, _s in ray_res.hits(0)] == [i for i, _s in local.hits(0)]
+    assert ray_res.images == local.images == 54
+    skipped = [sorted((s["id"], s["reason"]) for s in r.skipped) for r in (ray_res, local)]
+    assert skipped[0] == skipped[1] and len(skipped[0]) == 4
 
 
 @pytest.mark.slow  # two more Ray scans (about 2 minutes on the loaded 2-core machine)
