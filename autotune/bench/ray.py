@@ -37,7 +37,9 @@ def bench_ray(
     replica start-up (spawn and model load) included: Ray Data's preprocessing runs ahead while its actors
     load, so timing it from loaded replicas, as the local engine's own figure is, would count that work for
     free. Ray's own start-up (``ray_startup_s``: started once here, or joined at ``address``) is apart; each
-    run's replica start-up and the local engine's figure from loaded replicas are listed per run. Every
+    run's replica start-up and both engines' rates from loaded replicas are listed per run, and their median
+    ratio is ``steady_ray_over_local``: a fair figure where the actors preprocess their own batches
+    (``preprocessing``: inside the actors), an optimistic one where a task stage ran ahead. Every
     pair's top-9 is checked to be the same images (``same_top9``). ``driver_us_per_image``: the Ray
     driver's own time per image (bookkeeping and top-k; the benchmark writes no index), part of what bounds
     one driver's intake.
@@ -70,6 +72,8 @@ def bench_ray(
                 "repeat": rep + 1, "local_images_per_s": round(loc.images / loc.seconds, 2),
                 "ray_images_per_s": round(ray.images / ray.seconds, 2),
                 "local_steady_images_per_s": round(loc.images_per_s, 2), "local_startup_s": round(loc.startup_s, 3),
+                "ray_steady_images_per_s": round(ray.workers[0]["stats"]["steady_images_per_s"], 2),
+                "ray_layout": ray.workers[0]["stats"]["layout"],
                 "ray_actor_startup_s": round(ray.startup_s, 3),
                 "same_top9": [i for i, _s in loc.hits(0)] == [i for i, _s in ray.hits(0)],
                 "ray_bottleneck": ray.bottleneck,
@@ -81,11 +85,16 @@ def bench_ray(
             import_ray().shutdown()
     local = statistics.median(r["local_images_per_s"] for r in runs)
     ray_rate = statistics.median(r["ray_images_per_s"] for r in runs)
+    steady = [r["ray_steady_images_per_s"] / r["local_steady_images_per_s"]
+              for r in runs if r["local_steady_images_per_s"]]  # fmt: skip
     return {
         "images": len(records), "model": model, "config": cfg.describe(), "repeats": repeats,
         "ray_address": conn.address, "ray_nodes": nodes,
         "local_images_per_s": round(local, 2), "ray_images_per_s": round(ray_rate, 2),
         "ray_over_local": round(ray_rate / local, 3) if local else None,
+        "steady_ray_over_local": round(statistics.median(steady), 3) if steady else None,
+        "ray_layout": runs[-1]["ray_layout"],
+        "preprocessing": "inside the actors" if "preprocessing inside" in runs[-1]["ray_layout"] else "tasks",
         "ray_startup_s": round(conn.startup_s, 3),
         "driver_us_per_image": statistics.median(r["driver_us_per_image"] for r in runs),
         "same_top9": all(r["same_top9"] for r in runs), "runs": runs,

@@ -174,7 +174,9 @@ def bench_ray_cmd(
     Runs alternate (local, Ray, local, Ray...); each engine's images/s is over its whole run, replica start-up
     included (Ray's preprocessing runs ahead while its actors load), Ray's own start-up is reported apart
     (ray_startup_s), and each pair's top-9 must be the same.
-    The ratio ray_over_local is the Ray engine's overhead on one machine (goal >= 0.85).
+    The ratio ray_over_local is the Ray engine's overhead on one machine (goal >= 0.85);
+    steady_ray_over_local compares both from loaded replicas (fair where the actors preprocess their own
+    batches, preprocessing: inside the actors).
     """
     from autotune.bench.ray import bench_ray  # imports the engines: not for --help
     from autotune.retrieval import choose_config

@@ -277,12 +277,17 @@ def _result(
          "stats": {**a, "ready_s": round(a["ready_t"] - books.start, 3)}}
         for pid, a in sorted(books.actors.items())
     ]  # fmt: skip
+    busy = sum(a["busy_s"] for a in books.actors.values())
+    loaded = end - t_go  # the actors' busy share counts from when the last of them was ready
+    # The rate once every actor had loaded, counting only the images that came back after that (the local
+    # engine's figure from loaded replicas). Fair where the actors preprocess their own batches (``fused``); a
+    # task stage runs ahead while they load, and its work would count for free.
+    after = sum(n for t, n, _pid in books.received if t > t_go)
     workers.insert(0, {"role": "driver", "index": 0, "pid": os.getpid(), "affinity": None,
                        "stats": {"ray_startup_s": round(conn.startup_s, 3), "ray_address": conn.address,
                                  "layout": layout.describe(), "duplicates_dropped": books.duplicates,
-                                 "driver_s": round(books.driver_s, 3)}})  # fmt: skip
-    busy = sum(a["busy_s"] for a in books.actors.values())
-    loaded = end - t_go  # the actors' busy share counts from when the last of them was ready
+                                 "driver_s": round(books.driver_s, 3),
+                                 "steady_images_per_s": round(after / loaded, 3) if loaded > 0 else 0.0}})  # fmt: skip
     share = busy / (len(pids) * loaded) if pids and loaded > 0 else 0.0
     return finished_scan(
         config, requested, books.embedded, books.skipped, images=books.images,

@@ -29,3 +29,7 @@ def test_bench_ray_reports_both_engines_and_their_ratio(small_dataset: Path, tin
     assert figures["ray_over_local"] == pytest.approx(figures["ray_images_per_s"] / figures["local_images_per_s"],
                                                       rel=0.01)  # fmt: skip
     assert figures["ray_startup_s"] > 0  # joined here, so its start-up was timed
+    run = figures["runs"][0]
+    assert figures["steady_ray_over_local"] == pytest.approx(
+        run["ray_steady_images_per_s"] / run["local_steady_images_per_s"], rel=0.01)  # fmt: skip
+    assert figures["preprocessing"] == "tasks"  # 1 producer + 1 replica on 2 CPUs: nothing shared
