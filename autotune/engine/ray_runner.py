@@ -286,6 +286,7 @@ def _result(
     workers.insert(0, {"role": "driver", "index": 0, "pid": os.getpid(), "affinity": None,
                        "stats": {"ray_startup_s": round(conn.startup_s, 3), "ray_address": conn.address,
                                  "layout": layout.describe(), "duplicates_dropped": books.duplicates,
+                                 "preprocessing": "inside the actors" if layout.fused else "tasks",
                                  "driver_s": round(books.driver_s, 3),
                                  "steady_images_per_s": round(after / loaded, 3) if loaded > 0 else 0.0}})  # fmt: skip
     share = busy / (len(pids) * loaded) if pids and loaded > 0 else 0.0

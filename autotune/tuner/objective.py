@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing as mp
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -175,7 +176,7 @@ class _TrialRunner:
         if self.proc.is_alive() and self.proc.pid is not None:
             # SIGTERM first: the child unwinds its scan (workers stopped, everything it created released),
             # unless it is stuck outside Python; then SIGKILL, and its semaphores are released here.
-            semaphores = mapped_semaphores(self.proc.pid)
+            semaphores = mapped_semaphores(self.proc.pid) - mapped_semaphores(os.getpid())  # its own only
             self.proc.terminate()
             self.proc.join(TERM_GRACE_S)
             if self.proc.is_alive():

@@ -16,6 +16,7 @@ import optuna
 import pytest
 from pg_server import PgServer, postgres_server, why_unavailable
 
+from autotune.engine.transport import SHM_DIR, mapped_semaphores
 from autotune.tuner.search import is_measured
 from autotune.tuner.storage import reader_storage
 
@@ -124,13 +125,12 @@ def _crash(group: int) -> None:
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == group:  # field 5: the process group
-                maps = (stat.parent / "maps").read_text()
-                names.update(line.split()[-1] for line in maps.splitlines() if "/dev/shm/sem." in line)
+                names |= mapped_semaphores(int(stat.parent.name))
         except (OSError, ValueError, IndexError):  # a process that ended meanwhile
             continue
     os.killpg(group, signal.SIGKILL)
-    for name in names:
-        Path(name).unlink(missing_ok=True)
+    for name in names:  # not release_semaphores: they were registered with the dead group's tracker, not ours
+        (SHM_DIR / f"sem.{name.lstrip('/')}").unlink(missing_ok=True)
 
 
 def _kill_mid_trial(victim: subprocess.Popen[bytes], url: str, worker: str, log: Path) -> optuna.trial.FrozenTrial:
