@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -162,24 +160,37 @@ def test_killed_update_resumes_to_the_same_index(small_dataset: Path, tiny_model
     """SIGKILL during a build: committed shards are kept, the next run finishes with no duplicates."""
     db = _copy(small_dataset, tmp_path / "db", 24)
     idx = tmp_path / "idx"
+    # The build SIGKILLs itself once a shard is committed and part of the scan is still to come: a test that
+    # polled for the first shard and then killed the build from outside lost the race on a loaded machine (the
+    # 24 tiny-model images were all committed before its kill landed). SIGKILL to the build process alone, as
+    # the kernel's OOM killer sends it: its workers die with it (parent-death signal), and multiprocessing's
+    # resource tracker, still alive, unlinks the build's semaphores. Killing the whole group would take the
+    # tracker too and leave them in /dev/shm for good.
     script = textwrap.dedent(f"""
+        import os, signal
         from pathlib import Path
         from autotune.engine import EngineConfig
         from autotune.retrieval import retrieve
+
+        class DieMidway:
+            def __init__(self, desc, total):
+                self.total = total
+            def update(self, completed, info=""):
+                if 0 < completed < self.total - 4 and list(Path({str(idx)!r}).glob("shard-*.npz")):
+                    os.kill(os.getpid(), signal.SIGKILL)
+            def advance(self, k=1, info=""):
+                pass
+            def close(self):
+                pass
+
         if __name__ == "__main__":
             retrieve([{QUERY!r}], dataset={str(db)!r}, model={tiny_model!r}, index_dir=Path({str(idx)!r}),
-                     config=EngineConfig(producers=1, cpu_models=1, cpu_threads=1, cpu_batch=2), shard_images=2)
+                     config=EngineConfig(producers=1, cpu_models=1, cpu_threads=1, cpu_batch=2), shard_images=2,
+                     progress=DieMidway)
     """)  # fmt: skip
     (tmp_path / "build.py").write_text(script)
     proc = subprocess.Popen([sys.executable, str(tmp_path / "build.py")], start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not list(idx.glob("shard-*.npz")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    # SIGKILL to the build process alone, as the kernel's OOM killer sends it: its workers die with it (parent-
-    # death signal), and multiprocessing's resource tracker, still alive, unlinks the build's semaphores. Killing
-    # the whole group would take the tracker too and leave them in /dev/shm for good.
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(30)
+    proc.wait(120)
     assert proc.returncode == -signal.SIGKILL, "the build ended before it could be killed"
     resumed = _ask(db, tiny_model, idx, top_k=24)
     assert resumed.mode == "index-resumed" and 0 < resumed.images < 24
