@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import importlib.util
 import os
 import tempfile
 import time
@@ -148,6 +147,13 @@ def _product_chains(products: list[tuple[int, int, int, int]]) -> list[list[tupl
     return chains
 
 
+def _openvino_installed() -> bool:
+    """Whether OpenVINO can run here (the backends' registry says; nothing is imported)."""
+    from autotune.models.backends import backend_unavailable  # the backends package imports torch: late
+
+    return backend_unavailable("openvino") is None
+
+
 def measure_openvino_int8(
     products: list[tuple[int, int, int, int]], threads: int, seconds: float = TIME_PER_PRECISION_S
 ) -> PrecisionPeak:
@@ -161,6 +167,8 @@ def measure_openvino_int8(
     import numpy as np
     import openvino as ov
     import openvino.opset13 as ops
+
+    from autotune.models.backends import product_kernels
 
     gen = np.random.default_rng(0)
     lo, hi = ops.constant(np.float32(-4.0)), ops.constant(np.float32(4.0))
@@ -179,11 +187,7 @@ def measure_openvino_int8(
     config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "bf16", "NUM_STREAMS": 1,
               "PERFORMANCE_HINT": "LATENCY"}  # fmt: skip
     compiled = ov.Core().compile_model(ov.Model(outputs, inputs), "CPU", config)
-    kinds = {
-        op.get_rt_info()["primitiveType"].astype(str)
-        for op in compiled.get_runtime_model().get_ordered_ops()
-        if op.get_rt_info()["layerType"].astype(str).startswith("FullyConnected")
-    }
+    kinds = product_kernels(compiled)
     request = compiled.create_infer_request()
     feed = {i: gen.standard_normal(tuple(x.get_output_partial_shape(0).to_shape())).astype(np.float32)
             for i, x in enumerate(inputs)}  # fmt: skip
@@ -260,7 +264,7 @@ def measure_roofline(
     peaks = []
     for precision in PRECISIONS:
         peak = measure_precision(precision, products, cores, seconds)
-        if precision == "int8" and importlib.util.find_spec("openvino") is not None:
+        if precision == "int8" and _openvino_installed():
             # The backends' int8 runs in OpenVINO or ONNX Runtime, not torch: the machine's int8 peak is the faster.
             try:
                 peak = max(peak, measure_openvino_int8(products, cores, seconds), key=lambda p: p.gflops or 0.0)

@@ -66,7 +66,8 @@ def _release_and_die(signum: int, frame: object) -> None:
     finalizers of priority >= 0 run (unlinking names, closing queues), not the joins of queue feeder threads,
     which could block on a pipe nobody reads any more; the exit status stays "killed by SIGTERM".
     """
-    util._run_finalizers(0)  # type: ignore[attr-defined]  # pylint: disable=protected-access  # no public way without exiting
+    # multiprocessing has no public way to run its finalizers without exiting.
+    util._run_finalizers(0)  # type: ignore[attr-defined]  # pylint: disable=protected-access
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 

@@ -68,6 +68,14 @@ def mapped_semaphores(pid: int) -> set[str]:
     return {"/" + line.rsplit("/sem.", 1)[1] for line in maps.splitlines() if f"{SHM_DIR}/sem." in line}
 
 
+def own_semaphores(pid: int) -> set[str]:
+    """The named semaphores child ``pid`` has open that this process does not: the ones it created itself.
+
+    Its parent's queues, which it maps too, are unlinked by the parent when they go.
+    """
+    return mapped_semaphores(pid) - mapped_semaphores(os.getpid())
+
+
 def release_semaphores(names: set[str]) -> int:
     """Unlink the named semaphores of a dead process (from :func:`mapped_semaphores`); return how many.
 

@@ -23,7 +23,7 @@ from autotune.engine.events import BatchTask, Event, FilledSlot
 from autotune.engine.lifecycle import run_in_environment, worker_context
 from autotune.engine.producer import ProducerSpec, producer_main
 from autotune.engine.result import ScanBooks
-from autotune.engine.transport import SlotPool, mapped_semaphores, release_semaphores
+from autotune.engine.transport import SlotPool, own_semaphores, release_semaphores
 from autotune.errors import AutotuneError
 from autotune.models.backends import BackendSpec
 
@@ -228,9 +228,8 @@ class Workers:
         for p in procs:
             p.join(timeout=2.0)
             if p.is_alive() and p.pid is not None:
-                # Stuck outside Python, so its SIGTERM handler never ran: release the names it opened itself
-                # (not this process's queues, which are unlinked here when they go).
-                own = mapped_semaphores(p.pid) - mapped_semaphores(os.getpid())
+                # Stuck outside Python, so its SIGTERM handler never ran: release the names it opened itself.
+                own = own_semaphores(p.pid)
                 p.kill()
                 p.join(timeout=2.0)
                 release_semaphores(own)

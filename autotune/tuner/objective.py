@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing as mp
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from autotune.engine.config import EngineConfig
-from autotune.engine.transport import mapped_semaphores, release_semaphores, remove_segments
+from autotune.engine.transport import own_semaphores, release_semaphores, remove_segments
 from autotune.errors import AutotuneError
 from autotune.tuner.trial_process import trial_process_main
 
@@ -176,7 +175,7 @@ class _TrialRunner:
         if self.proc.is_alive() and self.proc.pid is not None:
             # SIGTERM first: the child unwinds its scan (workers stopped, everything it created released),
             # unless it is stuck outside Python; then SIGKILL, and its semaphores are released here.
-            semaphores = mapped_semaphores(self.proc.pid) - mapped_semaphores(os.getpid())  # its own only
+            semaphores = own_semaphores(self.proc.pid)
             self.proc.terminate()
             self.proc.join(TERM_GRACE_S)
             if self.proc.is_alive():

@@ -57,7 +57,7 @@ from autotune.models.backends._cache import (
     lock_path,
     materialise,
 )
-from autotune.models.backends._exported import ONNX_OPSET, OnnxRuntimeBackend, OpenVinoBackend
+from autotune.models.backends._exported import ONNX_OPSET, OnnxRuntimeBackend, OpenVinoBackend, product_kernels
 from autotune.models.backends._fake import FakeBackend, fake_text_embeddings
 from autotune.models.backends._fake import _fake_dim as _fake_dim  # for the engine runner: a fake model's width
 from autotune.models.backends._registry import (
@@ -108,4 +108,5 @@ __all__ = [
     "library_versions",
     "lock_path",
     "materialise",
+    "product_kernels",
 ]

@@ -267,6 +267,20 @@ class OnnxRuntimeBackend(_ExportedBackend):
 _PRODUCT_LAYERS = frozenset({"FullyConnected", "FullyConnectedQuantizedLegacy", "MatMul", "Convolution"})
 
 
+def product_kernels(compiled: Any) -> dict[str, int]:
+    """How many of a compiled OpenVINO model's matrix products ran on each CPU-plugin kernel.
+
+    E.g. ``{"brgemm_avx512_amx_I8": 72}``: ``brgemm_*_amx_*`` means AMX, ``jit_`` or ``gemm_`` that it is not used.
+    """
+    kernels: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        if "layerType" in rt and rt["layerType"].astype(str) in _PRODUCT_LAYERS and "primitiveType" in rt:
+            kind = rt["primitiveType"].astype(str)
+            kernels[kind] = kernels.get(kind, 0) + 1
+    return kernels
+
+
 def _cpu_signature() -> str:
     """12 hex characters naming this CPU's model and instruction sets (compiled blobs are kept per CPU kind)."""
     try:
@@ -366,13 +380,7 @@ class OpenVinoBackend(_ExportedBackend):
         E.g. ``{"brgemm_avx512_amx_I8": 72, "brgconv_avx512_amx_I8": 1}`` for the int8 copy on an AMX Xeon:
         the check that int8 and bf16 really run on AMX (``jit_`` or ``gemm_`` kernels mean they do not).
         """
-        kernels: dict[str, int] = {}
-        for op in self.compiled.get_runtime_model().get_ordered_ops():
-            rt = op.get_rt_info()
-            if "layerType" in rt and rt["layerType"].astype(str) in _PRODUCT_LAYERS and "primitiveType" in rt:
-                kind = rt["primitiveType"].astype(str)
-                kernels[kind] = kernels.get(kind, 0) + 1
-        return {**super().info(), "kernels": kernels}
+        return {**super().info(), "kernels": product_kernels(self.compiled)}
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         """One synchronous inference; the output is copied out of the request's reused buffer."""
