@@ -80,9 +80,6 @@ def run_demo(
         trials=trials,
         model=model,
         dataset=str(data),
-        validate_repeats=1,
-        validate_rounds=6,
-        final_repeats=1,  # the demo shows the final; a real study runs each finalist twice
     )
     outcome = run_study(options, log=say)
     view.print_figures("study", outcome.summary())

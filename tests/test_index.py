@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -160,15 +162,17 @@ def test_killed_update_resumes_to_the_same_index(small_dataset: Path, tiny_model
     """SIGKILL during a build: committed shards are kept, the next run finishes with no duplicates."""
     db = _copy(small_dataset, tmp_path / "db", 24)
     idx = tmp_path / "idx"
-    # The build SIGKILLs itself once a shard is committed and part of the scan is still to come: a test that
-    # polled for the first shard and then killed the build from outside lost the race on a loaded machine (the
-    # 24 tiny-model images were all committed before its kill landed). SIGKILL to the build process alone, as
-    # the kernel's OOM killer sends it: its workers die with it (parent-death signal), and multiprocessing's
-    # resource tracker, still alive, unlinks the build's semaphores. Killing the whole group would take the
-    # tracker too and leave them in /dev/shm for good.
+    # The build SIGKILLs itself once a shard is committed, as the kernel's OOM killer would: its workers die with
+    # it (parent-death signal), and multiprocessing's resource tracker, still alive, unlinks the build's
+    # semaphores. The tiny model embeds a batch in ~5 ms, faster than the build's progress reports reach it on a
+    # loaded machine (all 24 images were committed before a kill at "20 done"), so the build first stops
+    # (SIGSTOP) every process it started, freezing the scan where it is, and the test resumes them (SIGCONT)
+    # once the build is dead: they see their parent gone and exit without embedding anything more.
+    stopped = tmp_path / "stopped-pids"
     script = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
+        import psutil
         from autotune.engine import EngineConfig
         from autotune.retrieval import retrieve
 
@@ -176,7 +180,11 @@ def test_killed_update_resumes_to_the_same_index(small_dataset: Path, tiny_model
             def __init__(self, desc, total):
                 self.total = total
             def update(self, completed, info=""):
-                if 0 < completed < self.total - 4 and list(Path({str(idx)!r}).glob("shard-*.npz")):
+                if list(Path({str(idx)!r}).glob("shard-*.npz")):
+                    kids = psutil.Process().children(recursive=True)
+                    for kid in kids:
+                        kid.suspend()
+                    Path({str(stopped)!r}).write_text(" ".join(str(k.pid) for k in kids))
                     os.kill(os.getpid(), signal.SIGKILL)
             def advance(self, k=1, info=""):
                 pass
@@ -191,6 +199,9 @@ def test_killed_update_resumes_to_the_same_index(small_dataset: Path, tiny_model
     (tmp_path / "build.py").write_text(script)
     proc = subprocess.Popen([sys.executable, str(tmp_path / "build.py")], start_new_session=True)
     proc.wait(120)
+    for pid in stopped.read_text().split() if stopped.is_file() else []:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGCONT)
     assert proc.returncode == -signal.SIGKILL, "the build ended before it could be killed"
     resumed = _ask(db, tiny_model, idx, top_k=24)
     assert resumed.mode == "index-resumed" and 0 < resumed.images < 24

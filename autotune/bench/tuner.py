@@ -60,8 +60,8 @@ def ground_truth_configs(
     base = space.default_params()
     rows = []
     for backend, (models, threads), batch in itertools.product(backends, splits, batches):
-        params = {**base, "cpu_backend": backend, "cpu_models": models, "cpu_threads": threads, "cpu_batch": batch}
-        if not space.violations(params):
+        params = space.with_layout({**base, "cpu_backend": backend, "cpu_batch": batch}, models, threads)
+        if space.admits(params):
             rows.append(params)
     return rows
 

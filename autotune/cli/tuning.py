@@ -37,7 +37,15 @@ TrialsOpt = Annotated[
         help="Trials that run a scan (infeasible ones excluded); on a study shared by several machines, their total.",
     ),
 ]
-TimeoutOpt = Annotated[float | None, typer.Option("--timeout", help="Stop searching after this many seconds.")]
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        min=1,
+        help="Seconds for the whole study: the search stops early enough to validate and save its pick in the "
+        "time left (a trial running then is stopped at its next round).",
+    ),
+]
 ScanSizeOpt = Annotated[
     int | None,
     typer.Option(
@@ -74,7 +82,9 @@ ValidateRepeatsOpt = Annotated[
     typer.Option(
         "--validate-repeats",
         min=0,
-        help="Interleaved validation runs of the pick, the default and the profile in use (0: none).",
+        help="The fewest interleaved pairs of pick and baseline runs (0: no validation). The pick goes in use when "
+        "it beats the profile in use (else the safe default) by a one-sided sign test at p < 0.05: five pairs all "
+        "won is the fewest that can; more are measured while the answer is open and the time allows.",
     ),
 ]
 SaveProfileOpt = Annotated[
@@ -112,7 +122,7 @@ def study_cmd(
     ] = None,
     image_column: ImageColumnOpt = None,
     split: SplitOpt = None,
-    validate_repeats: ValidateRepeatsOpt = 3,
+    validate_repeats: ValidateRepeatsOpt = 5,
     save_profile: SaveProfileOpt = False,
     sampler: Annotated[str, typer.Option("--sampler", help="Optuna sampler: tpe, gp or random.")] = "tpe",
     patience: PatienceOpt = None,
@@ -142,11 +152,14 @@ def study_cmd(
     Each trial runs the engine in a trial process of its own (kept for the next trial while trials end
     cleanly) and times its steady state over --rounds batch rounds of every replica, as a full run runs
     (start-up, warm-up and drain recorded apart); clearly worse trials are pruned round by round. Trial 0 is
-    the space's default. The pick is then validated against the default and the profile in use, on a longer
-    scan of images the trials did not use, interleaved; the profile keeps both figures and becomes the one in
-    use only if it validates faster (or with --save-profile). Every pick is kept under
-    studies/profiles/<machine-id>/ (see `autotune profile list`). Running the same command again resumes the
-    study. Inspect it with `autotune dashboard` or `autotune report`.
+    the space's default, which is also the safe default `retrieve` runs without a profile. The best kinds meet
+    again in a short final, and the pick is validated against the profile in use (else the safe default) in
+    interleaved pairs on images the trials did not use: it goes in use when it is faster by a one-sided sign
+    test at p < 0.05 (or with --save-profile); the last line says which, why, and the command to change it.
+    The final and the validation take about a third of the search's time, sized from the measured rates;
+    --timeout bounds the whole study. Every pick is kept under studies/profiles/<machine-id>/ (see `autotune
+    profile list`). Running the same command again resumes the study. Inspect it with `autotune dashboard` or
+    `autotune report`.
 
     On several identical machines, run the same command with one --storage postgresql://... URL: each machine
     runs its trials one at a time, --trials is the total across them, a dead machine's trial is run again by

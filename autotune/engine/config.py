@@ -48,14 +48,18 @@ def gpu_count() -> int:
 
 
 def safe_default_for(cores: int) -> EngineConfig:
-    """A configuration that works on any machine of ``cores`` cores: a quarter producers, one replica on the rest.
+    """A configuration that works on any machine of ``cores`` cores: a quarter producers, one replica on all cores.
+
+    It is trial 0 of the built-in CPU spaces, and what runs where a machine has no profile. The replica takes
+    every core, the producers' included: on 2 cores one eager replica of 2 threads beside the producer scans
+    1.8x as fast as one of 1 thread (ViT-B/32, 2,000-image retrievals), since the model is the slow stage and
+    the producer waits most of the time.
 
     Example:
         >>> safe_default_for(2).describe()
-        '1 producer, 1 cpu x 1 thread (batch 32, eager), dynamic'
+        '1 producer, 1 cpu x 2 threads (batch 32, eager), dynamic'
     """
-    producers = max(1, cores // 4)
-    return EngineConfig(producers=producers, cpu_models=1, cpu_threads=max(1, cores - producers), cpu_batch=32)
+    return EngineConfig(producers=max(1, cores // 4), cpu_models=1, cpu_threads=max(1, cores), cpu_batch=32)
 
 
 @dataclass(frozen=True, kw_only=True)

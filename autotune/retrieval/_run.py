@@ -10,12 +10,13 @@ from autotune.defaults import DEFAULT_MODEL, default_dataset
 from autotune.engine.config import EngineConfig
 from autotune.errors import ConfigError, DataError
 from autotune.index import EmbeddingIndex
+from autotune.machine import detect_machine
 from autotune.models.facts import resolve_model, weights_hash
 from autotune.progress import Log, ProgressFactory, quiet
 from autotune.retrieval._outputs import write_outputs, write_skipped
 from autotune.retrieval._result import NoReadableImages, RetrievalResult
 from autotune.retrieval._search import retrieve, safe_default_config, scan_engine
-from autotune.tuner.profile import Profile, arch_short, find_profile, model_arch
+from autotune.tuner.profile import Profile, arch_short, best_unused, find_profile, model_arch
 
 INDEX_DTYPES = ("float16", "float32")
 
@@ -122,10 +123,7 @@ def choose_config(profile: str, model: str, *, log: Log | None = None, notice: L
     if prof is None:
         config = safe_default_config()
         if profile == "auto":
-            tell(
-                f"no profile for this model's architecture ({arch_short(model_arch(model))}) on this machine: "
-                f"using a safe default ({config.describe()}); run autotune study --model {model}"
-            )
+            tell(_fallback_note(model, config))
         return config
     from autotune.tuner.profile import guard_ok_for  # imports the inference backends: only with a profile
 
@@ -136,6 +134,20 @@ def choose_config(profile: str, model: str, *, log: Log | None = None, notice: L
         )
     say(f"profile {prof.id or profile}: {prof.config.describe()} ({profile_rate(prof)})")
     return prof.config
+
+
+def _fallback_note(model: str, config: EngineConfig) -> str:
+    """Why a retrieval runs the safe default, and the one command that would change it."""
+    arch = model_arch(model)
+    head = f"no profile in use for this model's architecture ({arch_short(arch)}) on this machine: using the safe "
+    head += f"default ({config.describe()})"
+    saved = best_unused(detect_machine().machine_id, arch)
+    if saved is None:
+        return f"{head}; run autotune study --model {model}"
+    return (
+        f"{head}; profile {saved.id} ({saved.config.describe()}, {profile_rate(saved)}) is saved but not in use: "
+        f"autotune profile use {saved.id}"
+    )
 
 
 def profile_rate(prof: Profile) -> str:

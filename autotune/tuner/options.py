@@ -37,9 +37,8 @@ class StudyOptions:
     scan_size: int | None = None  # cap on one trial's images; None: derived from the space
     rounds: int = 4  # timed batch rounds per trial
     min_timed_images: int = 96  # ... or more rounds, until the timed part holds this many images
-    validate_rounds: int = 12  # timed rounds of each validation run
-    validate_min_images: int = 480  # ... or more, as for trials: a validation window of a few seconds is noise
-    validate_repeats: int = 3  # interleaved validation runs per candidate (0: no validation)
+    validate_rounds: int = 12  # the most timed rounds of one final or validation run (sized from the budget)
+    validate_repeats: int = 5  # the fewest interleaved pairs of pick and baseline (0: no validation); see validation
     finalists: int = 3  # best kinds (backend x layout) whose best trials meet in the final (1: no final)
     final_repeats: int = 2  # interleaved runs of each finalist (0: no final, the best trial is the pick)
     space: str | None = None
@@ -58,6 +57,7 @@ class StudyOptions:
     guard_threshold: float = DEFAULT_THRESHOLD
     guard_sample: int = 256
     heartbeat_s: float = HEARTBEAT_S  # a running trial's heartbeat; silent for 4 beats: its worker is dead
+    fake_delay_s: float = 0.0  # seconds slept per image by ``fake:`` models (tests of slow replicas); else unused
 
 
 @dataclass
@@ -123,6 +123,7 @@ def _scan_spec(options: StudyOptions, dataset: str, model: str) -> ScanSpec:
         timeout_s=options.trial_timeout_s,
         image_column=options.image_column,
         split=options.split,
+        fake_delay_s=options.fake_delay_s,
     )
 
 

@@ -1,4 +1,4 @@
-"""The study's pick after the search: its validation verdict, and the profile it is saved as."""
+"""The study's pick after the search: the decision about its use, and the profile it is saved as."""
 
 from __future__ import annotations
 
@@ -7,33 +7,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autotune.engine.config import EngineConfig
-from autotune.progress import Log
 from autotune.tuner.options import StudyOptions, StudySetup
-from autotune.tuner.profile import (
-    Profile,
-    guard_record,
-    library_versions,
-    save_profile,
-)
+from autotune.tuner.profile import Profile, guard_record, library_versions, save_profile
 from autotune.tuner.search import TrialGuard
 from autotune.tuner.storage import trial_value
-from autotune.tuner.validation import Candidate, Validation
+from autotune.tuner.validation import ALPHA, Candidate, Validation
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
-
-def candidates_for(
-    setup: StudySetup, best: FrozenTrial, default: FrozenTrial | None, current: Profile | None
-) -> list[Candidate]:
-    """The pick first, then the default (trial 0) and the profile in use, each with its trial figure."""
-    space = setup.space
-    out = [Candidate("pick", space.to_config(best.params), trial_value(best))]
-    if default is not None:
-        out.append(Candidate("default", space.to_config(default.params), trial_value(default)))
-    if current is not None:
-        out.append(Candidate("current", current.config, current.trial_images_per_s))
-    return out
+BASELINE_WORDS = {"current": "profile in use", "default": "safe default"}
 
 
 @dataclass
@@ -43,66 +26,92 @@ class Verdict:
     images_per_s: float
     overhead_s: float
     spread: float
-    unstable: bool
+    noisy: bool
     make_current: bool
+    why: str  # the decision in words, with the figures
     validation: Validation | None = None
     by_name: dict[str, Candidate] = field(default_factory=dict)
 
 
 def verdict_for(
-    candidates: list[Candidate], validation: Validation | None, best: FrozenTrial, options: StudyOptions, say: Log
+    candidates: list[Candidate], validation: Validation | None, best: FrozenTrial, options: StudyOptions
 ) -> Verdict:
-    """The pick's validated figures, and whether it beats the profile in use (an unstable pick never does)."""
+    """The pick's validated figures, and whether it goes in use: it beats the baseline (the profile in use, or
+    the safe default) in the interleaved pairs, or ``--save-profile`` forces it. A noisy machine is reported,
+    never a veto on its own."""
     pick = candidates[0]
     by_name = {c.name: c for c in candidates}
-    validated = pick.images_per_s if validation else trial_value(best)
-    overhead = pick.overhead_s if validation else float(best.user_attrs.get("overhead_s") or 0.0)
-    spread = pick.spread if validation else 0.0
-    unstable = bool(validation and validation.unstable)
-    cur = by_name.get("current")
-    beats_current = cur is None or (validation is not None and validated > cur.images_per_s)
-    make_current = options.save_profile or beats_current
-    if unstable:
-        say(f"the pick is unstable: its validation runs spread {spread:.0%}; it is saved but not put in use")
-        make_current = options.save_profile
-    return Verdict(validated, overhead, spread, unstable, make_current, validation, by_name)
+    if validation is None or validation.comparison is None:
+        figure = trial_value(best)
+        overhead = float(best.user_attrs.get("overhead_s") or 0.0)
+        in_use = options.save_profile or "current" not in by_name
+        why = "is not validated (--validate-repeats 0), and " + (
+            "no profile was in use" if in_use else "the profile in use stays"
+        )
+        return Verdict(figure, overhead, 0.0, False, in_use, why, validation, by_name)
+    cmp = validation.comparison
+    base = by_name[cmp.baseline]
+    words = BASELINE_WORDS.get(cmp.baseline, cmp.baseline)
+    figures = (
+        f"{pick.images_per_s:.1f} vs {base.images_per_s:.1f} images/s median, faster in {cmp.wins} of "
+        f"{cmp.pairs} interleaved pairs (sign test p = {cmp.p_value:.3f})"
+    )
+    if cmp.same_config:
+        in_use = options.save_profile or cmp.baseline == "default"
+        why = f"is the {words} itself ({pick.images_per_s:.1f} images/s)"
+    elif cmp.beats:
+        in_use, why = True, f"beats the {words}: {figures}"
+        if (pick.config.cpu_backend, pick.config.gpu_backend) != (base.config.cpu_backend, base.config.gpu_backend):
+            # The index is keyed by the embedding recipe: another backend's embeddings go to another index.
+            why += f"; its backend keys a new index, which the next `autotune retrieve` builds ({words}: kept)"
+    else:
+        in_use = options.save_profile
+        why = f"does not beat the {words} at p < {ALPHA}: {figures}"
+        if options.save_profile:
+            why += "; in use anyway (--save-profile)"
+    noisy = validation.noisy
+    if noisy:
+        why += f"; its runs spread {pick.spread:.0%} (a noisy machine)"
+    return Verdict(pick.images_per_s, pick.overhead_s, pick.spread, noisy, in_use, why, validation, by_name)
 
 
 def save_pick(
-    setup: StudySetup, best: FrozenTrial, config: EngineConfig, verdict: Verdict, trial_guard: TrialGuard, say: Log
+    setup: StudySetup,
+    best: FrozenTrial,
+    config: EngineConfig,
+    verdict: Verdict,
+    trial_guard: TrialGuard,
+    phase_seconds: dict[str, float],
 ) -> tuple[Profile, Path]:
     """Save the pick's profile (in use or not, as the verdict says) with the guard it passed."""
-    profile = pick_profile(
-        setup, best, config, verdict.images_per_s, verdict.spread, verdict.validation, verdict.unstable
-    )
-    profile.overhead_s = verdict.overhead_s
+    profile = pick_profile(setup, best, config, verdict)
+    profile.phase_seconds = {k: round(v, 1) for k, v in phase_seconds.items()}
     checks = trial_guard.checks(config)  # cached from the trials: checked on this very model
     if checks:
         profile.guard = guard_record(checks)
     path = save_profile(profile, make_current=verdict.make_current)
-    cur = verdict.by_name.get("current")
-    kept = f"the profile in use ({cur.images_per_s:.1f} images/s) stays" if cur else "not put in use"
-    in_use = "in use" if verdict.make_current else f"kept; {kept}"
-    say(f"profile {profile.id}: {config.describe()} at {verdict.images_per_s:.1f} images/s validated ({in_use})")
     return profile, path
 
 
-def pick_profile(
-    setup: StudySetup,
-    best: FrozenTrial,
-    config: EngineConfig,
-    validated: float,
-    spread: float,
-    validation: Validation | None,
-    unstable: bool,
-) -> Profile:
+def decision_line(profile: Profile | None, config: EngineConfig, verdict: Verdict) -> str:
+    """The study's last line: the pick, whether it is in use and why, and the command that changes it."""
+    head = f"profile {profile.id}: " if profile is not None else "the pick: "
+    text = f"{head}{config.describe()} at {verdict.images_per_s:.1f} images/s validated"
+    if verdict.make_current:
+        return f"{text}; in use: it {verdict.why}"
+    use = f"; to use it anyway: autotune profile use {profile.id}" if profile is not None else ""
+    return f"{text}; saved, not in use: it {verdict.why}{use}"
+
+
+def pick_profile(setup: StudySetup, best: FrozenTrial, config: EngineConfig, verdict: Verdict) -> Profile:
     """The profile of a validated pick, with its provenance and the guard it passed."""
+    validation = verdict.validation
     return Profile(
         machine_id=setup.machine.machine_id,
         machine=setup.machine.summary(),
         config=config,
-        images_per_s=validated,
-        spread=spread,
+        images_per_s=verdict.images_per_s,
+        spread=verdict.spread,
         study=setup.name,
         storage=setup.url,
         trial=best.number,
@@ -117,7 +126,8 @@ def pick_profile(
         startup_s=best.user_attrs.get("startup_s"),
         backend_setup={"replicas": (best.user_attrs.get("extra") or {}).get("backend_setup", [])},
         trial_images_per_s=trial_value(best),
-        validated_images_per_s=validated if validation else None,
+        validated_images_per_s=verdict.images_per_s if validation else None,
         validation=validation.to_dict() if validation else {},
-        unstable=unstable,
+        unstable=verdict.noisy,
+        overhead_s=verdict.overhead_s,
     )

@@ -119,6 +119,9 @@ def study_report(
         "speedup_over_default": fig.gain(best_value),
         "predicted_seconds_500k": round(REFERENCE_IMAGES / best_value, 1) if best_value else None,
         "top": _top_rows(complete, fig, top),
+        # Where the last run of the study spent its time, and what it decided about its pick.
+        "phase_seconds": study.user_attrs.get("phase_seconds") or {},
+        "decision": study.user_attrs.get("decision", ""),
     }
     machine_id, arch = study.user_attrs.get("machine_id"), study.user_attrs.get("arch")
     if best_value and machine_id and arch:

@@ -14,6 +14,7 @@ worker's trial is failed and queued again, and the waiting worker measures it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -142,6 +143,7 @@ class _Trials:
         self.since_best = 0
         self.diagnosis: list[str] = []
         self.stopped = False  # patience ran out, or the setup is broken
+        self.deadline: Callable[[], float | None] | None = None  # the search's end (--timeout), if any
 
     @property
     def gave_up(self) -> bool:
@@ -181,15 +183,24 @@ class _Trials:
         """Measure the config, reporting each timed round so that the pruner can stop a clearly worse one."""
         import optuna
 
+        stop_at = self.deadline() if self.deadline is not None else None
+        late = False
+
         def on_round(k: int, rate: float) -> bool:
-            """Report round ``k``; True asks the scan to stop."""
+            """Report round ``k``; True asks the scan to stop (pruned, or the search's time is up)."""
+            nonlocal late
             trial.report(rate, k)
-            return bool(trial.should_prune())
+            late = stop_at is not None and time.monotonic() >= stop_at
+            return late or bool(trial.should_prune())
 
         try:
             m = measure(config, self.setup.spec, on_round)
         except TrialStopped as stop:
             trial.set_user_attr("round_images_per_s", stop.args[0] if stop.args else [])
+            if late:
+                trial.set_user_attr("stopped", "--timeout")
+                self.stopped = True
+                raise optuna.TrialPruned("stopped: the search's time is up (--timeout)") from None
             raise optuna.TrialPruned("pruned: among the slowest quarter at the same round") from None
         except TrialFailed as exc:
             trial.set_user_attr("fail_reason", str(exc))
@@ -244,21 +255,30 @@ def _measured_twin(trial: Trial, params: dict[str, object]) -> FrozenTrial | Non
 
 
 def search(
-    study: Study, setup: StudySetup, options: StudyOptions, trial_guard: TrialGuard, say: Log, goal: int
+    study: Study,
+    setup: StudySetup,
+    options: StudyOptions,
+    trial_guard: TrialGuard,
+    say: Log,
+    goal: int,
+    deadline: Callable[[], float | None] | None = None,
 ) -> int:
     """Run trials until the study holds ``goal`` measured ones: feasibility, accuracy guard, measurement with
     round-by-round pruning; wait while the last ones run on other workers, and take over a dead worker's.
 
-    Returns the number of trials this worker measured.
+    ``deadline()`` (monotonic seconds, None for none) ends the search: no trial starts after it, and a trial
+    running at it is stopped at its next round (recorded as pruned), leaving the rest of a ``--timeout`` to the
+    validation. Returns the number of trials this worker measured.
     """
     trials = _Trials(setup, options, trial_guard, say)
-    deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
+    trials.deadline = deadline
     proposals = 0
     told_waiting = False
     try:
         while not trials.stopped:
-            if deadline is not None and time.monotonic() >= deadline:
-                say(f"--timeout reached: stopping after {proposals} proposals")
+            stop_at = deadline() if deadline is not None else None
+            if stop_at is not None and time.monotonic() >= stop_at:
+                say(f"--timeout: the search stops after {proposals} proposals, leaving the rest to the validation")
                 break
             fail_orphaned_running(study)  # a dead worker's trial goes back to the queue, for this worker to take
             now = tally(study)

@@ -19,7 +19,11 @@ from autotune.models import backends
 from autotune.models.backends import GPU_BACKENDS
 
 DEVICES = ("cpu", "gpu", "cpu+gpu")
-_PARAM_KEYS = {"type", "low", "high", "step", "log", "choices"}
+_PARAM_KEYS = {"type", "low", "high", "step", "log", "choices", "when"}
+# The replica layout: one categorical parameter of "MxT" labels (M replicas of T threads each) standing for the
+# engine's two settings cpu_models and cpu_threads, so that every layout proposed fits the machine's cores.
+LAYOUT = "cpu_layout"
+LAYOUT_FIELDS = ("cpu_models", "cpu_threads")
 _TOP_KEYS = {"name", "description", "device", "params", "fixed", "constraints", "defaults"}
 _FIELDS = {f.name: f for f in dataclasses.fields(EngineConfig)}
 
@@ -35,12 +39,13 @@ class Param:
     step: Any = None
     log: bool = False
     choices: tuple[Any, ...] = ()
+    when: str | None = None  # an expression over machine facts and earlier parameters: asked only where true
 
     def distribution(self) -> Any:
         """The Optuna distribution for this parameter (bounds already resolved)."""
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-        if self.type == "categorical":
+        if self.type in ("categorical", "layout"):
             return CategoricalDistribution(list(self.choices))
         if self.type == "int":
             return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
@@ -48,7 +53,7 @@ class Param:
 
     def values(self) -> list[Any]:
         """Every value (for exhaustive grids): choices, or the integer range (log spaces use powers of 2)."""
-        if self.type == "categorical":
+        if self.type in ("categorical", "layout"):
             return list(self.choices)
         if self.type != "int":
             raise ConfigError(f"parameter {self.name}: a float range has no finite grid")
@@ -86,10 +91,12 @@ class SearchSpace:
         return {p.name: p.distribution() for p in self.params}
 
     def suggest(self, trial: Any) -> dict[str, Any]:
-        """Ask an Optuna trial for every parameter."""
+        """Ask an Optuna trial for every parameter whose ``when`` holds (define-by-run: the others keep defaults)."""
         out: dict[str, Any] = {}
         for p in self.params:
-            if p.type == "categorical":
+            if not self._applies(p, out):
+                continue
+            if p.type in ("categorical", "layout"):
                 out[p.name] = trial.suggest_categorical(p.name, list(p.choices))
             elif p.type == "int":
                 out[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
@@ -97,9 +104,37 @@ class SearchSpace:
                 out[p.name] = trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)
         return out
 
+    def _applies(self, param: Param, params: Mapping[str, Any]) -> bool:
+        """Whether ``param`` is asked for, given the parameters chosen before it."""
+        if param.when is None:
+            return True
+        where = f"{self.path or self.source}: params.{param.name}.when"
+        return bool(expressions.evaluate(expressions.parse(param.when, where), self.values(params), where))
+
+    def values(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Machine facts, fixed settings and ``params``, with a replica layout spelt out as its engine settings."""
+        env = {**self.facts, **self.fixed, **params}
+        if LAYOUT in params:
+            env.update(zip(LAYOUT_FIELDS, parse_layout(params[LAYOUT]), strict=True))
+        return env
+
+    def admits(self, params: Mapping[str, Any]) -> bool:
+        """Whether ``params`` is a point of this space: every value within its parameter's domain, no constraint
+        broken (a layout the machine's cores cannot hold is not one of its choices)."""
+        for p in self.params:
+            if p.name not in params:
+                continue
+            value = params[p.name]
+            if p.type in ("categorical", "layout"):
+                if value not in p.choices:
+                    return False
+            elif not p.low <= value <= p.high:
+                return False
+        return not self.violations(params)
+
     def violations(self, params: Mapping[str, Any]) -> list[str]:
         """The constraints a proposal breaks (empty when feasible)."""
-        env = {**self.facts, **self.fixed, **params}
+        env = self.values(params)
         bad = []
         for i, expr in enumerate(self.constraints):
             where = f"{self.path or self.source}: constraints[{i}]"
@@ -118,33 +153,80 @@ class SearchSpace:
             return None, [str(exc)]
 
     def to_config(self, params: Mapping[str, Any]) -> EngineConfig:
-        """Engine configuration for a proposal (fixed settings merged in)."""
-        return EngineConfig.from_dict({**self.fixed, **params})
+        """Engine configuration for a proposal (fixed settings merged in; parameters not asked for: defaults)."""
+        asked = {**{k: v for k, v in self.defaults.items() if k not in params}, **params}
+        values = {k: v for k, v in self.values(asked).items() if k in _FIELDS}
+        return EngineConfig.from_dict(values)
 
     def default_params(self) -> dict[str, Any]:
-        """Trial 0: the space's defaults, clipped into the machine's bounds."""
-        out = {}
+        """Trial 0: the space's defaults, clipped into the machine's bounds (a parameter not asked for: left out)."""
+        out: dict[str, Any] = {}
         for p in self.params:
+            if not self._applies(p, out):
+                continue
             value = self.defaults.get(p.name)
             if value is None:
-                value = p.choices[0] if p.type == "categorical" else p.low
-            if p.type != "categorical":
+                value = p.choices[0] if p.type in ("categorical", "layout") else p.low
+            if p.type in ("int", "float"):
                 value = min(max(value, p.low), p.high)
             out[p.name] = value
         return out
 
+    def with_layout(self, params: Mapping[str, Any], models: int, threads: int) -> dict[str, Any]:
+        """``params`` with ``models`` replicas of ``threads`` threads, in whichever form the space takes them."""
+        if any(p.name == LAYOUT for p in self.params):
+            return {**params, LAYOUT: layout_label(models, threads)}
+        return {**params, "cpu_models": models, "cpu_threads": threads}
+
     def largest(self, name: str, fallback: Any) -> Any:
         """The largest value ``name`` can take in this space: its upper bound, largest choice or fixed value."""
         for p in self.params:
+            if p.name == LAYOUT and name in LAYOUT_FIELDS:
+                return max(parse_layout(c)[LAYOUT_FIELDS.index(name)] for c in p.choices)
             if p.name == name:
                 return max(p.choices) if p.type == "categorical" else p.high
         return self.fixed.get(name, fallback)
 
     def grid(self) -> list[dict[str, Any]]:
         """Every feasible proposal (for exhaustive comparisons on small spaces)."""
-        names = [p.name for p in self.params]
-        combos = (dict(zip(names, vals, strict=True)) for vals in itertools.product(*(p.values() for p in self.params)))
-        return [c for c in combos if not self.violations(c)]
+        out: list[dict[str, Any]] = []
+        for vals in itertools.product(*(p.values() for p in self.params)):
+            combo: dict[str, Any] = {}
+            for p, v in zip(self.params, vals, strict=True):
+                if self._applies(p, combo):
+                    combo[p.name] = v
+            if combo not in out and not self.violations(combo):
+                out.append(combo)
+        return out
+
+
+def layout_label(models: int, threads: int) -> str:
+    """The label of a replica layout: ``2x1`` is two replicas of one thread each."""
+    return f"{models}x{threads}"
+
+
+def parse_layout(label: Any) -> tuple[int, int]:
+    """(replicas, threads) of a layout label such as ``2x1``; anything else is one ConfigError line."""
+    parts = str(label).split("x")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise ConfigError(f"{LAYOUT}: {label!r} is not a layout like 2x1 (replicas x threads each)")
+    return int(parts[0]), int(parts[1])
+
+
+def layouts_for(cores: int, min_models: int = 1) -> tuple[str, ...]:
+    """Replica layouts up to ``cores`` model threads in all: every split of each power of two and of ``cores``.
+
+    On 2 cores: ``1x1``, ``1x2``, ``2x1``. Powers of two and the core count keep a 56-core machine at 29
+    layouts instead of every product up to 56 (230).
+    """
+    totals = {cores} | {1 << k for k in range(cores.bit_length()) if 1 << k <= cores}
+    out = [
+        layout_label(m, total // m)
+        for total in sorted(totals)
+        for m in range(max(min_models, 1), total + 1)
+        if total % m == 0
+    ]
+    return tuple(sorted(out, key=parse_layout))
 
 
 def builtin_space_path(name: str) -> Path:
@@ -197,7 +279,8 @@ def load_space(space: str | Path, *, machine_facts: Mapping[str, Any], device: s
     dev = _device(doc, device, facts, label)
     params, dropped = _parse_params(doc.get("params"), facts, label)
     fixed = _parse_fixed(doc.get("fixed"), facts, label)
-    constraints = _parse_constraints(doc.get("constraints"), set(facts) | {p.name for p in params} | set(fixed), label)
+    known = set(facts) | {p.name for p in params} | set(fixed) | set(LAYOUT_FIELDS)
+    constraints = _parse_constraints(doc.get("constraints"), known, label)
     defaults = _parse_defaults(doc.get("defaults"), params, facts, label)
     for p in params:
         _check_categorical_default(p, defaults.get(p.name), dropped.get(p.name, {}), f"{label}: defaults.{p.name}")
@@ -267,27 +350,53 @@ def _parse_params(
     """The parameters, bounds resolved on this machine, and why listed choices were dropped here."""
     if not isinstance(raw_params, dict) or not raw_params:
         raise ConfigError(f"{label}: 'params' must be a non-empty mapping of parameter -> spec")
-    params = []
+    params: list[Param] = []
     # Why listed choices were dropped on this machine (a missing package...), for the defaults check.
     dropped: dict[str, dict[Any, str]] = {}
     for name, spec in raw_params.items():
         where = f"{label}: params.{name}"
-        if name not in _FIELDS:
-            raise ConfigError(f"{where}: not an engine setting (known: {', '.join(sorted(_FIELDS))})")
+        if name not in _FIELDS and name != LAYOUT:
+            raise ConfigError(f"{where}: not an engine setting (known: {', '.join(sorted([*_FIELDS, LAYOUT]))})")
         if not isinstance(spec, dict):
             raise ConfigError(f"{where}: expected a mapping with 'type', got {spec!r}")
         bad = set(spec) - _PARAM_KEYS
         if bad:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(bad))}")
         kind = spec.get("type")
-        if kind not in ("int", "float", "categorical"):
-            raise ConfigError(f"{where}.type: must be int, float or categorical, got {kind!r}")
-        if kind == "categorical":
+        if kind not in ("int", "float", "categorical", "layout"):
+            raise ConfigError(f"{where}.type: must be int, float, categorical or layout, got {kind!r}")
+        if (kind == "layout") != (name == LAYOUT):
+            raise ConfigError(f"{where}.type: the replica layout is the parameter {LAYOUT}, of type layout")
+        if kind == "layout":
+            param = _layout_param(spec, facts, where)
+        elif kind == "categorical":
             param, dropped[name] = _categorical_param(name, spec, where)
         else:
             param = _range_param(name, kind, spec, facts, where)
+        when = spec.get("when")
+        if when is not None:
+            if not isinstance(when, str):
+                raise ConfigError(f"{where}.when: must be an expression string, got {when!r}")
+            known = set(facts) | {q.name for q in params} | set(_FIELDS) | {"true", "false", "True", "False"}
+            missing = expressions.names(expressions.parse(when, f"{where}.when")) - known
+            if missing:
+                raise ConfigError(f"{where}.when: unknown name(s) {', '.join(sorted(missing))}")
+            param = dataclasses.replace(param, when=when)
         params.append(param)
+    if LAYOUT in {p.name for p in params} and set(LAYOUT_FIELDS) & {p.name for p in params}:
+        raise ConfigError(f"{label}: params: {LAYOUT} already sets cpu_models and cpu_threads; drop them")
     return params, dropped
+
+
+def _layout_param(spec: Mapping[str, Any], facts: Mapping[str, Any], where: str) -> Param:
+    """The replica layout: every ``MxT`` with at most ``high`` threads in all (see :func:`layouts_for`)."""
+    if "high" not in spec:
+        raise ConfigError(f"{where}.high: missing (the most model threads in all, e.g. cores)")
+    high = int(_resolve_number(spec["high"], facts, f"{where}.high"))
+    low = int(_resolve_number(spec.get("low", 1), facts, f"{where}.low"))
+    if high < 1 or low < 1 or low > high:
+        raise ConfigError(f"{where}: needs 1 <= low (fewest replicas) <= high (most threads), got {low} and {high}")
+    return Param(LAYOUT, "layout", low, high, choices=layouts_for(high, low))
 
 
 def _categorical_param(name: str, spec: Mapping[str, Any], where: str) -> tuple[Param, dict[Any, str]]:
@@ -371,16 +480,29 @@ def _parse_defaults(raw: Any, params: list[Param], facts: Mapping[str, Any], lab
     for k in defaults:
         if k not in pnames:
             raise ConfigError(f"{label}: defaults.{k}: not a parameter of this space")
-    ranged = {p.name for p in params if p.type != "categorical"}
-    return {
+    ranged = {p.name for p in params if p.type in ("int", "float")}
+    out = {
         k: _resolve_number(v, facts, f"{label}: defaults.{k}") if k in ranged and v is not None else v
         for k, v in defaults.items()
     }
+    if out.get(LAYOUT) is not None:
+        out[LAYOUT] = _layout_default(out[LAYOUT], facts, f"{label}: defaults.{LAYOUT}")
+    return out
+
+
+def _layout_default(value: Any, facts: Mapping[str, Any], where: str) -> str:
+    """A layout default written ``[replicas, threads]`` (each a number or an expression), as its label."""
+    if isinstance(value, str):
+        parse_layout(value)
+        return value
+    if not isinstance(value, list) or len(value) != 2:
+        raise ConfigError(f"{where}: write the default layout as [replicas, threads], got {value!r}")
+    return layout_label(*(int(_resolve_number(v, facts, f"{where}[{i}]")) for i, v in enumerate(value)))
 
 
 def _check_categorical_default(param: Param, value: Any, dropped: Mapping[Any, str], where: str) -> None:
     """Refuse a categorical default outside the (machine-filtered) choices: Optuna would fail trial 0 on it."""
-    if param.type != "categorical" or value is None or value in param.choices:
+    if param.type not in ("categorical", "layout") or value is None or value in param.choices:
         return
     choices = ", ".join(map(str, param.choices))
     # Compared one by one: a default may be unhashable (a YAML list), which a dict lookup would raise on.

@@ -14,24 +14,15 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from autotune.engine.config import EngineConfig
 from autotune.errors import AutotuneError, ConfigError
 from autotune.progress import Log, ProgressFactory, quiet
-from autotune.tuner import final
+from autotune.tuner.conclude import Clock, conclude, search_deadline
 from autotune.tuner.note import save_study_note
-from autotune.tuner.objective import ScanSpec, close_trial_process
+from autotune.tuner.objective import close_trial_process
 from autotune.tuner.options import StudyOptions, StudySetup, prepare_study
-from autotune.tuner.pick import candidates_for, save_pick, verdict_for
-from autotune.tuner.profile import (
-    REFERENCE_IMAGES,
-    Profile,
-    current_profile,
-    predict_seconds,
-)
+from autotune.tuner.outcome import StudyOutcome
 from autotune.tuner.samplers import make_sampler
 from autotune.tuner.search import TrialGuard, search, settle, tally, trial_goal
 from autotune.tuner.storage import (
@@ -43,7 +34,6 @@ from autotune.tuner.storage import (
     worker_name,
     writer_storage,
 )
-from autotune.tuner.validation import Validation, validate, validation_spec
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
@@ -53,90 +43,6 @@ if TYPE_CHECKING:
 __all__ = ["StudyOptions", "StudyOutcome", "run_study"]
 
 OBJECTIVE_NAME = "images_per_s"
-
-
-@dataclass
-class StudyOutcome:
-    """The study's pick: its trial figure, its validated figure, the default's, and the profile it saved."""
-
-    study_name: str
-    storage: str
-    best_trial: int
-    config: EngineConfig
-    trial_images_per_s: float
-    images_per_s: float  # validated (the trial figure when validation was off)
-    spread: float
-    unstable: bool
-    default_images_per_s: float | None
-    current_images_per_s: float | None
-    made_current: bool
-    trials: dict[str, int]
-    seconds: float
-    profile: Profile | None
-    profile_path: Path | None
-    validation: dict[str, Any] = field(default_factory=dict)
-    trial_images: int = 0
-    overhead_s: float = 0.0  # warm-up and drain seconds beyond the steady rate (validation median)
-    worker: str = ""  # this worker (host:pid)
-    validated_by: str = ""  # the worker that validated and saved the pick (this one, or another of the study)
-    measured_here: int = 0  # trials this worker measured
-
-    @property
-    def validated_here(self) -> bool:
-        """Whether this worker validated and saved the pick (else another worker of the study did)."""
-        return self.validated_by == self.worker
-
-    def predicted_images_per_s(self, images: int) -> float:
-        """Predicted images/s of a scan of ``images`` images (start-up excluded, as `retrieve` reports it)."""
-        return images / predict_seconds(images, self.images_per_s, self.overhead_s)
-
-    def summary(self) -> dict[str, Any]:
-        """Flat figures for tables and JSON; a worker that did not validate the pick reports no validated figure."""
-        if not self.validated_here:
-            return {
-                "study": self.study_name,
-                "storage": self.storage,
-                "worker": self.worker,
-                "validated_by": self.validated_by,
-                "trials_measured_here": self.measured_here,
-                "best_trial": self.best_trial,
-                "config": self.config.describe(),
-                "trial_images_per_s": round(self.trial_images_per_s, 3),
-                **{f"trials_{k}": v for k, v in self.trials.items()},
-                "seconds": round(self.seconds, 1),
-            }
-        gain = self.images_per_s / self.default_images_per_s if self.default_images_per_s else None
-        ratio = self.trial_images_per_s / self.images_per_s if self.images_per_s else None
-        return {
-            "worker": self.worker,
-            "validated_by": self.validated_by,
-            "trials_measured_here": self.measured_here,
-            "study": self.study_name,
-            "storage": self.storage,
-            "best_trial": self.best_trial,
-            "config": self.config.describe(),
-            "trial_images_per_s": round(self.trial_images_per_s, 3),
-            "images_per_s": round(self.images_per_s, 3),
-            "trial_over_validated": round(ratio, 3) if ratio else None,
-            "spread": round(self.spread, 4),
-            "unstable": self.unstable,
-            "default_images_per_s": round(self.default_images_per_s, 3) if self.default_images_per_s else None,
-            "speedup_over_default": round(gain, 3) if gain else None,
-            "current_profile_images_per_s": (
-                round(self.current_images_per_s, 3) if self.current_images_per_s else None
-            ),
-            "profile_in_use": self.made_current,
-            "overhead_s": round(self.overhead_s, 3),
-            "predicted_seconds_500k": (
-                round(predict_seconds(REFERENCE_IMAGES, self.images_per_s, self.overhead_s), 1)
-                if self.images_per_s
-                else None
-            ),
-            "max_trial_images": self.trial_images,
-            **{f"trials_{k}": v for k, v in self.trials.items()},
-            "seconds": round(self.seconds, 1),
-            "profile": str(self.profile_path) if self.profile_path else None,
-        }
 
 
 def _open_study(setup: StudySetup, options: StudyOptions) -> tuple[Study, RDBStorage, set[int]]:
@@ -187,16 +93,18 @@ def run_study(options: StudyOptions, log: Log | None = None, progress: ProgressF
 
     Each trial runs the engine in the trial process and times its steady state over ``rounds`` batch rounds
     (every replica busy; start-up, warm-up and drain recorded apart), so clearly worse trials are pruned
-    round by round. Trial 0 is the space's default configuration; infeasible proposals are recorded, never
-    run. The pick (best trial) is then validated against trial 0 and the profile in use on a longer scan of
-    images the trials did not use, interleaved; its profile keeps the trial figure, the validated figure and
-    their ratio, and becomes the one in use only when it validates faster than the current one (or with
-    ``save_profile``). ``log`` receives one line per trial and step, ``progress`` the generation of the embedded
-    corpus if it must be built; nothing is printed.
+    round by round. Trial 0 is the space's default configuration. The best kinds then meet in a final, and
+    the pick is validated against the baseline (the profile in use, else the safe default) in interleaved
+    pairs on images the trials did not use: it becomes the profile in use when it is faster by a one-sided
+    sign test at p < 0.05 (or with ``save_profile``); either way it is saved, and the outcome's ``decision``
+    says why in one line. The final and the validation are sized in seconds from the measured rates (a third
+    of the search's time, never fewer pairs than the test needs); ``timeout_s`` bounds the whole study, the
+    search stopping early enough to validate and save in the time left. ``log`` receives one line per trial
+    and step, ``progress`` the generation of the embedded corpus if it must be built; nothing is printed.
 
     Example:
         >>> out = run_study(StudyOptions(device="cpu", trials=10), log=console.log)
-        >>> out.config.describe(), out.images_per_s, out.trial_images_per_s
+        >>> out.config.describe(), out.images_per_s, out.made_current, out.phase_seconds
     """
     try:
         return _run_study(options, log, progress)
@@ -211,6 +119,7 @@ def _run_study(options: StudyOptions, log: Log | None, progress: ProgressFactory
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     say = log or quiet
     t_start = time.perf_counter()
+    clock = Clock(deadline=None if options.timeout_s is None else time.monotonic() + options.timeout_s)
     setup = prepare_study(options, progress)
     study, storage, before = _open_study(setup, options)
     me = worker_name()
@@ -218,7 +127,13 @@ def _run_study(options: StudyOptions, log: Log | None, progress: ProgressFactory
     say(f"each trial: {setup.spec.rounds} timed batch rounds, at most {setup.trial_images} images")
     goal = trial_goal(study, options.trials, say)
     trial_guard = TrialGuard(setup, options, say)
-    measured_here = search(study, setup, options, trial_guard, say, goal)
+    clock.lap("setup")
+
+    def deadline() -> float | None:
+        """The search's end: what a --timeout leaves once the validation's floor is kept back."""
+        return search_deadline(study, setup, options, clock)
+
+    measured_here = search(study, setup, options, trial_guard, say, goal, deadline)
     if not complete_trials(study.trials):
         raise AutotuneError("no trial completed: nothing to pick (see `autotune report` for the reasons)")
     # One worker validates and saves the pick of this run of the study: the first to get here.
@@ -229,19 +144,23 @@ def _run_study(options: StudyOptions, log: Log | None, progress: ProgressFactory
         # that died meanwhile (queued again: this worker measures them).
         settle(study, options, say)
         while tally(study).waiting:
-            measured_here += search(study, setup, options, trial_guard, say, goal)
+            measured_here += search(study, setup, options, trial_guard, say, goal, deadline)
             settle(study, options, say)
-        complete = complete_trials(study.trials)
         if any(t.user_attrs.get("worker") not in (None, me) for t in study.trials if t.number not in before):
             say(f"this worker ({me}) validates and saves the pick for every worker of the study")
-        best = _final(study, setup, options, complete, say)
-        default = next((t for t in study.trials if t.user_attrs.get("default") and t.value is not None), None)
-        outcome = _validate_and_save(study, setup, options, best, default, trial_guard, say)
+        stopped_early = tally(study).measured < goal
+        clock.lap("search")
+        outcome = conclude(study, setup, options, trial_guard, clock, say)
         outcome.validated_by = me
+        outcome.stopped_early = stopped_early
+        if stopped_early:
+            say(f"--timeout stopped the search at {tally(study).measured} of {goal} trials; the pick is of those")
     else:
         by = str(holder.get("worker"))
         say(f"the pick is validated and saved by {by} (claimed at {holder.get('at')}); this worker stops here")
+        clock.lap("search")
         outcome = _picked_elsewhere(setup, complete_trials(study.trials), by)
+        outcome.phase_seconds = dict(clock.phase_seconds)
     outcome.worker, outcome.measured_here = me, measured_here
     outcome.trials = state_counts(t for t in study.trials if t.number not in before)
     outcome.seconds = time.perf_counter() - t_start
@@ -269,79 +188,4 @@ def _picked_elsewhere(setup: StudySetup, complete: list[FrozenTrial], by: str) -
         profile_path=None,
         trial_images=setup.trial_images,
         validated_by=by,
-    )
-
-
-def _final(
-    study: Study, setup: StudySetup, options: StudyOptions, complete: list[FrozenTrial], say: Log
-) -> FrozenTrial:
-    """The pick: the fastest of diverse finalists scanned again side by side (see :mod:`autotune.tuner.final`)."""
-    chosen = final.finalists(setup, complete, options.finalists) if options.finalists > 1 else []
-    if len(chosen) < 2 or options.validate_repeats == 0 or options.final_repeats == 0:
-        return max(complete, key=trial_value)  # ties: the earlier trial
-    say(
-        f"final: {len(chosen)} finalists (the best of each of the best kinds, and their untried layout "
-        f"neighbours) x {options.final_repeats} runs, interleaved"
-    )
-    winner, runs = final.run_final(study, setup, chosen, _validation_rule(setup, options), options.final_repeats, say)
-    picked: FrozenTrial | None = chosen[winner].trial
-    for f, run in zip(chosen, runs, strict=True):
-        if f.trial is None:
-            recorded = final.record_variant(study, setup, f, run)
-            picked = recorded if f is chosen[winner] else picked
-    assert picked is not None
-    if winner:
-        say(f"final: {runs[winner].name} ran fastest ({runs[winner].images_per_s:.1f} images/s): it is the pick")
-    return picked
-
-
-def _validation_rule(setup: StudySetup, options: StudyOptions) -> ScanSpec:
-    """How the final and the validation scan: longer windows, on images the trials did not use."""
-    return validation_spec(setup.spec, setup.trial_images, options.validate_rounds, options.validate_min_images)
-
-
-def _validate_and_save(
-    study: Study,
-    setup: StudySetup,
-    options: StudyOptions,
-    best: FrozenTrial,
-    default: FrozenTrial | None,
-    trial_guard: TrialGuard,
-    say: Log,
-) -> StudyOutcome:
-    """Validate the pick against the default and the profile in use; save it; choose the profile in use."""
-    current = current_profile(setup.machine.machine_id, setup.arch) if options.save else None
-    candidates = candidates_for(setup, best, default, current)
-    validation: Validation | None = None
-    if options.validate_repeats > 0:
-        vspec = _validation_rule(setup, options)
-        say(f"validation: {len(candidates)} candidates x {options.validate_repeats} runs on unseen images")
-        validation = validate(candidates, vspec, options.validate_repeats, say)
-        study.set_user_attr("validation", validation.to_dict())
-    verdict = verdict_for(candidates, validation, best, options, say)
-    config = candidates[0].config
-    profile: Profile | None = None
-    path: Path | None = None
-    if options.save:
-        profile, path = save_pick(setup, best, config, verdict, trial_guard, say)
-    cur, dflt = verdict.by_name.get("current"), verdict.by_name.get("default")
-    return StudyOutcome(
-        study_name=setup.name,
-        storage=setup.url,
-        best_trial=best.number,
-        config=config,
-        trial_images_per_s=trial_value(best),
-        images_per_s=verdict.images_per_s,
-        spread=verdict.spread,
-        unstable=verdict.unstable,
-        default_images_per_s=(dflt.images_per_s if validation else dflt.trial_images_per_s) if dflt else None,
-        current_images_per_s=cur.images_per_s if cur and validation else None,
-        made_current=bool(options.save and verdict.make_current),
-        trials={},
-        seconds=0.0,
-        profile=profile,
-        profile_path=path,
-        validation=validation.to_dict() if validation else {},
-        trial_images=setup.trial_images,
-        overhead_s=verdict.overhead_s,
     )

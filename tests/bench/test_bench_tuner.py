@@ -16,10 +16,10 @@ def test_ground_truth_is_a_full_factorial_of_feasible_points() -> None:
     space = load_space("cpu", machine_facts={"cores": 2, "gpus": 0}, device="cpu")
     rows = ground_truth_configs(space, ["eager", "onnx-int8"])
     assert len(rows) == 2 * 3 * 2
-    assert {(r["cpu_models"], r["cpu_threads"]) for r in rows} == {(1, 1), (1, 2), (2, 1)}
+    assert {r["cpu_layout"] for r in rows} == {"1x1", "1x2", "2x1"}
     assert all(r["producers"] == space.default_params()["producers"] for r in rows)
     one_core = load_space("cpu", machine_facts={"cores": 1, "gpus": 0}, device="cpu")
-    assert {(r["cpu_models"], r["cpu_threads"]) for r in ground_truth_configs(one_core, ["eager"])} == {(1, 1)}
+    assert {r["cpu_layout"] for r in ground_truth_configs(one_core, ["eager"])} == {"1x1"}
 
 
 @pytest.mark.slow

@@ -89,6 +89,28 @@ def test_retrieve_without_a_profile_for_the_architecture(
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if "profile" in line]
     assert len(lines) == 1, captured.err
-    assert lines[0].startswith("no profile for this model's architecture (")
+    assert lines[0].startswith("no profile in use for this model's architecture (")
     assert "safe default" in lines[0] and lines[0].endswith(f"run autotune study --model {tiny_model}")
+    assert json.loads(captured.out)["config"] == safe_default_config().describe()
+
+
+def test_the_safe_default_names_a_saved_profile_not_in_use(
+    small_dataset: Path, tiny_model: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A study's pick that was saved but not put in use: retrieve names the fastest such profile and the command."""
+    from autotune.tuner.profile import model_arch
+
+    tiny = {"model": tiny_model, "model_arch": model_arch(tiny_model), "id": "", "date": ""}
+    base = _saved(model="fake:32").__dict__  # another architecture's profile, in use: never named
+    slow = Profile(**{**base, **tiny, "validated_images_per_s": 90.0})
+    fast = Profile(**{**base, **tiny, "validated_images_per_s": 180.0})
+    for prof in (slow, fast):
+        save_profile(prof, make_current=False)
+    args = ["retrieve", "a photo of Felis catus", "--dataset", str(small_dataset), "--model", tiny_model,
+            "--index-dir", str(tmp_path / "idx"), "--out", str(tmp_path / "out"), "--json"]  # fmt: skip
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    note = next(line for line in captured.err.splitlines() if line.startswith("no profile in use"))
+    assert f"profile {fast.id} (" in note and "180.0 images/s validated" in note
+    assert note.endswith(f"is saved but not in use: autotune profile use {fast.id}")
     assert json.loads(captured.out)["config"] == safe_default_config().describe()

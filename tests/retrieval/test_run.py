@@ -36,7 +36,7 @@ def test_without_a_profile_the_safe_default_runs_and_auto_says_so(tiny_model: st
     assert choose_config("none", tiny_model, notice=notices.append) == safe_default_config()
     assert notices == []
     assert choose_config("auto", tiny_model, notice=notices.append) == safe_default_config()
-    assert len(notices) == 1 and notices[0].startswith("no profile for this model's architecture")
+    assert len(notices) == 1 and notices[0].startswith("no profile in use for this model's architecture")
 
 
 def test_run_retrieval_writes_the_results_folder(small_dataset: Path, tiny_model: str, tmp_path: Path) -> None:

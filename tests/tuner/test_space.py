@@ -6,10 +6,12 @@ import textwrap
 from importlib import resources
 from pathlib import Path
 
+import optuna
 import pytest
 
+from autotune.engine.config import safe_default_for
 from autotune.errors import ConfigError
-from autotune.tuner.space import DEVICES, builtin_space_path, load_space
+from autotune.tuner.space import DEVICES, builtin_space_path, layouts_for, load_space, parse_layout
 
 SMALL_CPU = {"cores": 2, "logical_cores": 2, "physical_cores": 2, "memory_gb": 24.0, "gpus": 0, "gpu_memory_gb": 0.0}
 BIG_GPU = {"cores": 16, "logical_cores": 16, "physical_cores": 8, "memory_gb": 128.0, "gpus": 1, "gpu_memory_gb": 80.0}
@@ -28,14 +30,13 @@ def test_cpu_space_on_a_small_machine() -> None:
     space = load_space("cpu", machine_facts=SMALL_CPU, device="cpu")
     assert space.device == "cpu"
     bounds = {p.name: p for p in space.params}
-    assert bounds["cpu_threads"].high == 2  # cores
-    assert bounds["cpu_models"].high == 2
+    assert bounds["cpu_layout"].choices == ("1x1", "1x2", "2x1")  # every layout fits the 2 cores
     assert bounds["producers"].high == 1  # max(1, cores // 2)
     defaults = space.default_params()
     assert not space.violations(defaults)
-    assert defaults["cpu_threads"] == 2
+    assert defaults["cpu_layout"] == "1x2"
     cfg = space.to_config(defaults).validate(cores=2, gpus=0)
-    assert cfg.gpu_models == 0
+    assert cfg.gpu_models == 0 and (cfg.cpu_models, cfg.cpu_threads) == (1, 2)
 
 
 # Explicit ids: a bare "gpu" id would read as the `gpu` marker keyword and skip these CPU-only checks.
@@ -70,27 +71,24 @@ def test_bounds_follow_the_machine() -> None:
         facts = {**SMALL_CPU, "cores": cores, "logical_cores": cores}
         space = load_space("cpu", machine_facts=facts)
         bounds = {p.name: p for p in space.params}
-        assert bounds["cpu_threads"].high == cores
-        assert bounds["cpu_models"].high == cores
+        assert space.largest("cpu_threads", 1) == cores and space.largest("cpu_models", 1) == cores
+        assert all(m * t <= cores for m, t in map(parse_layout, bounds["cpu_layout"].choices))
         assert bounds["producers"].high == max(1, cores // 2)
         assert not space.violations(space.default_params())
 
 
-def test_constraints_filter_proposals() -> None:
-    space = load_space("cpu", machine_facts=SMALL_CPU)
-    ok = {
-        "producers": 1,
-        "cpu_models": 1,
-        "cpu_threads": 2,
-        "cpu_batch": 16,
-        "scheduling": "dynamic",
-        "pin_cores": False,
-    }
+def test_constraints_filter_proposals(tmp_path: Path) -> None:
+    """A constraint may name the engine settings a replica layout stands for."""
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "params:\n  cpu_layout: {type: layout, high: cores}\n  cpu_batch: {type: int, low: 8, high: 64}\n"
+        "constraints: ['cpu_models * cpu_threads * cpu_batch <= 64']\ndefaults: {cpu_layout: [1, 1], cpu_batch: 8}\n"
+    )
+    space = load_space(path, machine_facts=SMALL_CPU)
+    ok = {"cpu_layout": "2x1", "cpu_batch": 32}
     assert space.violations(ok) == []
-    too_many = {**ok, "cpu_models": 2, "cpu_threads": 2}
-    assert space.violations(too_many) == ["cpu_models * cpu_threads <= cores"]
-    pinned = {**ok, "pin_cores": True}  # 1 producer + 1 x 2 threads > 2 cores
-    assert len(space.violations(pinned)) == 1 and "pin_cores" in space.violations(pinned)[0]
+    assert space.violations({**ok, "cpu_batch": 64}) == ["cpu_models * cpu_threads * cpu_batch <= 64"]
+    assert space.to_config(ok).cpu_models == 2 and space.default_params() == {"cpu_layout": "1x1", "cpu_batch": 8}
 
 
 def test_grid_is_all_feasible() -> None:
@@ -210,3 +208,51 @@ def test_custom_space_with_expressions(tmp_path: Path) -> None:
     grid = space.grid()
     assert len(grid) == 4
     assert space.to_config(grid[0]).cpu_models == 1
+
+
+def test_layouts_fit_the_cores_and_stay_few_on_big_machines() -> None:
+    """Every split of each power of two and of the core count: all fit, and 56 cores give 29, not 230."""
+    assert layouts_for(2) == ("1x1", "1x2", "2x1")
+    big = layouts_for(56)
+    assert len(big) == 29 and "7x8" in big and "1x56" in big and "3x1" not in big
+    assert all(m * t <= 56 for m, t in map(parse_layout, big))
+    with pytest.raises(ConfigError, match="not a layout"):
+        parse_layout("2 by 1")
+
+
+@pytest.mark.parametrize("cores", [1, 2, 4, 16, 56])
+def test_trial_0_is_the_safe_default(cores: int) -> None:
+    """The built-in CPU spaces start from the configuration `retrieve` runs without a profile."""
+    facts = {**SMALL_CPU, "cores": cores, "logical_cores": cores}
+    for name in ("cpu", "cpu-quick"):
+        space = load_space(builtin_space_path(name), machine_facts=facts)
+        assert space.to_config(space.default_params()) == safe_default_for(cores)
+
+
+def test_every_proposal_of_the_cpu_space_is_feasible() -> None:
+    """No constraint to break: the layout fits the cores, and pinning is only asked for where it can be placed."""
+    for cores in (2, 4):
+        facts = {**SMALL_CPU, "cores": cores, "logical_cores": cores}
+        space = load_space("cpu", machine_facts=facts)
+        assert space.constraints == ()
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cores))
+        for _ in range(60):
+            trial = study.ask()
+            params = space.suggest(trial)
+            config, bad = space.checked_config(params, cores, 0)
+            assert config is not None and not bad, (params, bad)
+            cfg = space.to_config(params)
+            placeable = cfg.producers + cfg.cpu_models * cfg.cpu_threads <= cores
+            assert ("pin_cores" in params) == placeable
+            study.tell(trial, 1.0)
+
+
+def test_a_conditional_parameter_names_only_known_settings(tmp_path: Path) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "params:\n  producers: {type: int, low: 1, high: 2}\n"
+        "  pin_cores: {type: categorical, choices: [false, true], when: 'producers < speed'}\n"
+    )
+    with pytest.raises(ConfigError, match="when: unknown name") as info:
+        load_space(path, machine_facts=SMALL_CPU)
+    assert "\n" not in str(info.value)

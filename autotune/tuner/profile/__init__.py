@@ -40,6 +40,7 @@ from autotune.tuner.profile._profile import (
 )
 from autotune.tuner.profile._store import (
     CURRENT_FILE,
+    best_unused,
     current_profile,
     history,
     list_profiles,
@@ -58,6 +59,7 @@ __all__ = [
     "Profile",
     "arch_key",
     "arch_short",
+    "best_unused",
     "check_profile",
     "current_profile",
     "find_profile",

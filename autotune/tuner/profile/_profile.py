@@ -150,6 +150,8 @@ class Profile:
     saved_by: str = ""
     # Seconds a scan takes beyond its images at the steady rate (warm-up and drain rounds), from validation.
     overhead_s: float = 0.0
+    # Where the study that saved it spent its time: setup, search, final, validation, save.
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def predicted_seconds_500k(self) -> float:

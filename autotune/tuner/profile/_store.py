@@ -250,6 +250,13 @@ def current_profile(machine_id: str, arch: str, folder: Path | None = None) -> P
     return prof
 
 
+def best_unused(machine_id: str, arch: str, folder: Path | None = None) -> Profile | None:
+    """The fastest saved profile of a machine and architecture that is not in use (by its validated figure,
+    else its trial figure), or None: what a retrieval falling back to the safe default should name."""
+    unused = [p for p, in_use in history(machine_id, folder) if not in_use and p.model_arch == arch]
+    return max(unused, key=lambda p: p.validated_images_per_s or p.images_per_s, default=None)
+
+
 def _latest_current(machine_id: str, folder: Path | None = None) -> Profile | None:
     """The most recently saved of a machine's current profiles (for callers with no model at hand)."""
     home = machine_folder(machine_id, folder)
