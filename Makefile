@@ -41,11 +41,14 @@ test: install test-deps
 test-all: install test-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# ruff (style, imports), mypy (types), and pylint's duplicate-code check alone (6 lines or more repeated).
+# ruff (style, imports), mypy (types), pylint's duplicate-code check alone (6 lines or more repeated), the import
+# layers and cycles (import-linter's contracts in pyproject.toml), and docs/benchmarks.md against its run files.
 lint: install
 	$(BIN)/ruff check autotune tests
 	$(BIN)/mypy autotune
 	$(BIN)/pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 --score=n autotune
+	$(BIN)/lint-imports
+	$(BIN)/python -m autotune.bench.runs render --check
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

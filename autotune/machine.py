@@ -116,11 +116,17 @@ def cpu_flags(keep: tuple[str, ...] = _SPEED_FLAGS) -> tuple[str, ...]:
     return ()
 
 
+def logical_cores() -> int:
+    """Cores this process may run on (affinity-aware, unlike os.cpu_count())."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
 def detect_machine() -> MachineInfo:
     """Probe this machine (CPU, cores, memory, GPUs, torch/CUDA versions)."""
     import psutil
-
-    from autotune.engine.config import logical_cores
 
     gpus: list[GpuInfo] = []
     torch_version = _torch_version_without_import()

@@ -189,8 +189,8 @@ def _fill_peaks(rows: dict[str, Row], model: str, threads: int) -> None:
     roofline`), or one measured on another thread count: no share.
     """
     from autotune.machine import detect_machine
-    from autotune.roofline import load_roofline, tower_flops
     from autotune.tuner.profile import model_arch
+    from autotune.tuner.roofline import load_roofline, tower_flops
 
     gflop = tower_flops(model_facts(model).vision) / 1e9
     roof = load_roofline(detect_machine().machine_id, model_arch(model))

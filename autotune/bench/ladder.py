@@ -22,8 +22,8 @@ from autotune.bench.ladder_stages import (
 from autotune.data import make_dataset
 from autotune.machine import detect_machine
 from autotune.progress import Log, ProgressFactory, quiet
-from autotune.roofline import load_roofline
 from autotune.tuner.profile import Profile, model_arch
+from autotune.tuner.roofline import load_roofline
 
 DEFAULT_QUERY = "a photo of Felis catus"
 

@@ -67,7 +67,7 @@ def bench_ray(
             say(f"repeat {rep + 1}/{repeats}: local engine")
             loc = run_scan(source, model, cfg, queries=q, records=records)
             say(f"repeat {rep + 1}/{repeats}: Ray engine")
-            ray = run_scan_ray(source, model, cfg, queries=q, records=records, per_node_profiles=False)
+            ray = run_scan_ray(source, model, cfg, queries=q, records=records)
             runs.append({
                 "repeat": rep + 1, "local_images_per_s": round(loc.images / loc.seconds, 2),
                 "ray_images_per_s": round(ray.images / ray.seconds, 2),

@@ -7,7 +7,7 @@ backends can use is timed (fp32; bf16, which runs on AMX tiles where the CPU has
 ``torch._int_mm``, and through OpenVINO's quantised products where it is installed, the faster kept), with the
 kernel that ran it, and the preprocessing cost per image per core is
 measured with the fast path, so the ceiling of the whole scan (model + preprocessing sharing the cores) is
-stated too. The record and its store are :mod:`autotune.roofline`.
+stated too. The record and its store are :mod:`autotune.tuner.roofline`.
 
 Example:
     >>> roof = measure_roofline("synthetic:clip-vit-base-patch32")  # doctest: +SKIP
@@ -27,7 +27,7 @@ from typing import Any
 
 from autotune.errors import ConfigError, one_line
 from autotune.progress import Log, quiet
-from autotune.roofline import PRECISIONS, PrecisionPeak, Roofline, cpu_isa, tower_flops, tower_products
+from autotune.tuner.roofline import PRECISIONS, PrecisionPeak, Roofline, cpu_isa, tower_flops, tower_products
 
 # Seconds each precision is timed for (after a warm-up call), in passes of one image's products whose fastest
 # is the peak: several passes, so that a slow moment of a shared machine is outrun, yet the whole roofline

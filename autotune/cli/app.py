@@ -70,6 +70,7 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., None]]] = [
     (bench_app, "backends", bench.bench_backends_cmd),
     (bench_app, "samplers", bench.bench_samplers_cmd),
     (bench_app, "roofline", bench.bench_roofline_cmd),
+    (bench_app, "vendor", bench.bench_vendor_cmd),
     (bench_app, "gpu-check", bench_runs.bench_gpu_check_cmd),
     (bench_app, "ray", bench_runs.bench_ray_cmd),
     (profile_app, "list", tuning.profile_list_cmd),

@@ -10,6 +10,7 @@ import typer
 from autotune import console
 from autotune.bench.tuner import SPLITS, bench_tuner
 from autotune.cli.options import DatasetPathOpt, JsonOpt, ModelOpt, SplitOpt
+from autotune.defaults import default_dataset
 from autotune.errors import ConfigError
 from autotune.models.facts import STAND_IN
 from autotune.tuner.profile import Profile, find_profile
@@ -207,7 +208,7 @@ def bench_roofline_cmd(
     `profile show` then state their figures as a share of the ceiling.
     """
     from autotune.bench.roofline import measure_roofline  # imports torch: not for --help
-    from autotune.roofline import save_roofline
+    from autotune.tuner.roofline import save_roofline
 
     roof = measure_roofline(model, dataset, split=split, seconds=seconds, log=console.log_for(not as_json))
     data = roof.to_dict()
@@ -294,3 +295,37 @@ def bench_samplers_cmd(
     )
     best = ", ".join(f"{k}={v}" for k, v in result["best_params"].items())
     console.print_figures("grid", {k: v for k, v in result.items() if k != "samplers"} | {"best_params": best})
+
+
+def bench_vendor_cmd(
+    profile: Annotated[
+        str,
+        typer.Option("--profile", help="Profile to run: auto (this machine's, in use), an id or a file."),
+    ] = "auto",
+    config: Annotated[
+        str | None, typer.Option("--config", help="Engine settings as JSON instead of a profile (an openvino backend).")
+    ] = None,
+    dataset: DatasetPathOpt = None,
+    model: ModelOpt = STAND_IN,
+    images: Annotated[int, typer.Option("--images", min=1, help="Images in each full retrieval.")] = 2000,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Interleaved passes of the three runs.")] = 3,
+    seconds: Annotated[int, typer.Option("--seconds", min=3, help="benchmark_app's run time (-t) per pass.")] = 15,
+    as_json: JsonOpt = False,
+) -> None:
+    """OpenVINO's own tuner beside ours: `benchmark_app -hint throughput` on the very IR our replicas load (the
+    model alone, at our batch size, on the configuration's cores), our bare forward with the same configuration,
+    and our full retrieval (decode and preprocessing included), interleaved; medians, bare_over_vendor and
+    full_over_vendor. The configuration is the profile in use (--profile) or --config."""
+    from autotune.bench.vendor import bench_vendor
+    from autotune.cli.bench_runs import config_json
+
+    cfg = config_json(config)
+    if cfg is None:
+        prof = find_profile(profile, model=model)
+        if prof is None:
+            raise ConfigError("no profile in use for this model here: run autotune study, or pass --config")
+        cfg = prof.config
+    data = str(dataset) if dataset else str(default_dataset())
+    result = bench_vendor(cfg, dataset=data, model=model, images=images, repeats=repeats, seconds=seconds,
+                          log=console.log_for(not as_json))  # fmt: skip
+    console.show(result, "bench vendor", as_json)

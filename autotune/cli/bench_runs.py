@@ -40,7 +40,7 @@ ConfigJsonOpt = Annotated[
 ]
 
 
-def _config_json(text: str | None) -> EngineConfig | None:
+def config_json(text: str | None) -> EngineConfig | None:
     """The engine configuration given as JSON on the command line (None: the command's default)."""
     with reraise_as(ConfigError, "--config must be a JSON object of engine settings", ValueError, TypeError):
         return EngineConfig.from_dict(json.loads(text)) if text else None
@@ -64,7 +64,7 @@ def bench_configs_cmd(
 ) -> None:
     """Full scans of several engine configurations side by side (a hand-found config against a profile's,
     one backend against another): interleaved passes, median images/s of each and its share of the best."""
-    cfgs = [c for c in (_config_json(text) for text in config) if c is not None]
+    cfgs = [c for c in (config_json(text) for text in config) if c is not None]
     result = bench_configs(
         cfgs, dataset=str(dataset) if dataset else None, model=model, images=images, repeats=repeats, split=split,
         log=_passes_log(as_json),
@@ -87,7 +87,7 @@ def bench_first_run_cmd(
 ) -> None:
     """The first retrieval, which builds the index, against a --rescan of the same database: images/s of each
     (median of interleaved rounds) and their ratio, both through the real retrieval path."""
-    cfg = _config_json(config)
+    cfg = config_json(config)
     say = _passes_log(as_json)
     result = bench_first_run(n=n, repeats=repeats, model=model, config=cfg, log=say)
     rows = [{"run": name, "round": i + 1, **row} for name, rs in result["runs"].items() for i, row in enumerate(rs)]
@@ -103,7 +103,7 @@ def bench_index_update_cmd(
 ) -> None:
     """An index update after adding new images, against a full rebuild of the same database: scan seconds of
     each and their ratio (start-up stated apart), both through the real retrieval path."""
-    cfg = _config_json(config)
+    cfg = config_json(config)
     say = _passes_log(as_json)
     result = bench_index_update(n=n, added=added, model=model, config=cfg, log=say)
     rows = [

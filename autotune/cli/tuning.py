@@ -14,7 +14,6 @@ from autotune.defaults import default_dataset
 from autotune.errors import ConfigError
 from autotune.machine import detect_machine
 from autotune.models.guard import DEFAULT_THRESHOLD
-from autotune.roofline import roofline_share
 from autotune.tuner.profile import (
     Profile,
     arch_short,
@@ -26,6 +25,7 @@ from autotune.tuner.profile import (
     use_profile,
 )
 from autotune.tuner.report import serve_dashboard, study_report, top_text
+from autotune.tuner.roofline import roofline_share
 from autotune.tuner.study import StudyOptions, run_study
 
 # The study's options, declared here so that the handler itself stays a readable page.
@@ -156,7 +156,7 @@ def study_cmd(
     again in a short final, and the pick is validated against the profile in use (else the safe default) in
     interleaved pairs on images the trials did not use: it goes in use when it is faster by a one-sided sign
     test at p < 0.05 (or with --save-profile); the last line says which, why, and the command to change it.
-    The final and the validation take about a third of the search's time, sized from the measured rates;
+    The final and the validation take about 0.3 of the search's time, sized from the measured rates;
     --timeout bounds the whole study. Every pick is kept under studies/profiles/<machine-id>/ (see `autotune
     profile list`). Running the same command again resumes the study. Inspect it with `autotune dashboard` or
     `autotune report`.

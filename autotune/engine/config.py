@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from autotune.errors import ConfigError
+from autotune.machine import logical_cores
 from autotune.models.backends import CPU_BACKEND_NAMES, GPU_BACKENDS, backend_unavailable
+from autotune.models.calibration import calibration_for
+
+if TYPE_CHECKING:
+    from autotune.data.sources import ImageSource
 
 Scheduling = Literal["dynamic", "static"]
 DecodePlacement = Literal["cpu", "gpu"]
@@ -28,12 +32,9 @@ GPU_PRECISIONS: tuple[str, ...] = ("fp16", "bf16", "fp32")
 CPU_BACKENDS: tuple[str, ...] = CPU_BACKEND_NAMES
 
 
-def logical_cores() -> int:
-    """Cores this process may run on (affinity-aware, unlike os.cpu_count())."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
+def config_calibration(source: ImageSource, model_id: str, config: EngineConfig) -> str | None:
+    """The calibration set's file when ``config``'s CPU replicas are quantised statically, else None."""
+    return calibration_for(source, model_id, config.cpu_backend) if config.cpu_models else None
 
 
 def gpu_count() -> int:
@@ -92,7 +93,13 @@ class EngineConfig:
     gpu_backend: str = "eager"
     decode: DecodePlacement = "cpu"
     pin_cores: bool = False
+    # Pin only the CPU replicas, each to cores of its own, leaving the producers to float: placeable where
+    # producers and replicas together need more cores than the machine has (2 x 1 plus a producer on 2 cores).
+    pin_replicas: bool = False
     omp_wait: str = "default"
+    # Inference streams inside each OpenVINO CPU replica (OpenVINO's own throughput layout: one process, one
+    # copy of the weights, each stream its share of the replica's threads and of each batch).
+    cpu_streams: int = 1
     probe_batches: int = 2
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -121,6 +128,7 @@ class EngineConfig:
             "gpu_batch": self.gpu_batch,
             "queue_depth": self.queue_depth,
             "probe_batches": self.probe_batches,
+            "cpu_streams": self.cpu_streams,
         }
         for key, value in ints.items():
             if not isinstance(value, int) or isinstance(value, bool):
@@ -159,12 +167,32 @@ class EngineConfig:
                 raise ConfigError(f"cpu_backend: {reason}")
         if self.cpu_precision != "fp32":
             raise ConfigError(f"cpu_precision must be fp32 (use cpu_backend for int8), got {self.cpu_precision!r}")
+        self._check_streams()
+        if self.pin_replicas and (self.pin_cores or self.cpu_models * self.cpu_threads > cores):
+            raise ConfigError(
+                f"pin_replicas needs cpu_models * cpu_threads <= {cores} cores and pin_cores off, got "
+                f"{self.cpu_models} * {self.cpu_threads}" + (" with pin_cores" if self.pin_cores else "")
+            )
         if self.pin_cores and self.producers + self.cpu_models * self.cpu_threads > cores:
             raise ConfigError(
                 f"pin_cores needs producers + cpu_models * cpu_threads <= {cores} cores, got "
                 f"{self.producers} + {self.cpu_models} * {self.cpu_threads}"
             )
         return self
+
+    def _check_streams(self) -> None:
+        """Streams split a replica's threads evenly, and only OpenVINO replicas run them."""
+        if self.cpu_streams < 1:
+            raise ConfigError(f"cpu_streams must be >= 1, got {self.cpu_streams}")
+        if self.cpu_streams == 1 or not self.cpu_models:
+            return
+        if not self.cpu_backend.startswith("openvino"):
+            raise ConfigError(f"cpu_streams={self.cpu_streams} needs an OpenVINO backend, not {self.cpu_backend}")
+        if self.cpu_threads % self.cpu_streams:
+            raise ConfigError(
+                f"cpu_streams={self.cpu_streams} must divide cpu_threads={self.cpu_threads} (each stream gets an "
+                "equal share of the replica's threads)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary (round-trips through :meth:`from_dict`)."""
@@ -186,8 +214,9 @@ class EngineConfig:
         """A short human summary, e.g. ``2 producers, 1 cpu x 2 threads (batch 32), dynamic``."""
         parts = [f"{self.producers} producer{'s' if self.producers != 1 else ''}"]
         if self.cpu_models:
+            streams = f" in {self.cpu_streams} streams" if self.cpu_streams > 1 else ""
             parts.append(
-                f"{self.cpu_models} cpu x {self.cpu_threads} thread{'s' if self.cpu_threads != 1 else ''} "
+                f"{self.cpu_models} cpu x {self.cpu_threads} thread{'s' if self.cpu_threads != 1 else ''}{streams} "
                 f"(batch {self.cpu_batch}, {self.cpu_backend})"
             )
         if self.gpu_models:
@@ -198,6 +227,8 @@ class EngineConfig:
         parts.append(self.scheduling)
         if self.pin_cores:
             parts.append("pinned")
+        if self.pin_replicas:
+            parts.append("replicas pinned")
         if self.omp_wait != "default" and self.cpu_models:
             parts.append(f"{self.omp_wait} OpenMP wait")
         return ", ".join(parts)

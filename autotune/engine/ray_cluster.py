@@ -1,8 +1,9 @@
 """The Ray cluster the Ray engine runs on: joining (or starting) Ray, and sizing each node's actor pools.
 
 Ray is imported lazily: without it installed, asking for the Ray engine is one line naming the extra. Each
-node's actors are sized from the profile of that node's machine id (a node without one gets the safe default
-and a warning naming it), and their CPU reservations scaled so that preprocessing tasks always fit beside them.
+node's actors are sized by the caller's sizer (a retrieval's: the profile of that node's machine id, or the safe
+default and a warning naming it), and their CPU reservations scaled so that preprocessing tasks always fit
+beside them.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from autotune.engine.config import EngineConfig, logical_cores, safe_default_for
+from autotune.engine.config import EngineConfig, logical_cores
 from autotune.engine.ray_stages import node_machine_id
 from autotune.errors import ConfigError, one_line
-from autotune.progress import Log, quiet
 
 RAY_EXTRA = 'the Ray engine needs Ray: pip install "clip-autotune[ray]" (ray[data] >= 2.40)'
 # A Ray started here for one run: small, private and quiet. The object store holds a few batches of pixels
@@ -112,20 +112,20 @@ class NodePlan:
     profile: str | None  # the profile id it came from; None for the safe default or the run's own config
 
 
-def plan_nodes(
-    model_id: str, config: EngineConfig, *, per_node_profiles: bool = True, log: Log | None = None
-) -> list[NodePlan]:
-    """Size every alive node: from the profile in use for its machine id and the model's architecture.
+NodeSizer = Callable[[str, str, int], tuple[EngineConfig, str | None]]
+"""How a node is sized: (its address, machine id, CPUs) -> (its configuration, the profile id it came from)."""
 
-    A node with no such profile gets the safe default for its cores, and ``log`` hears one warning naming it.
-    ``per_node_profiles=False`` sizes every node with ``config`` (benchmarks compare engines that way).
-    The backend and precision always come from ``config``: they decide the embeddings, hence the index key,
-    so a node whose profile tuned another backend runs its layout with the run's backend (and says so).
+
+def plan_nodes(config: EngineConfig, *, sizer: NodeSizer | None = None) -> list[NodePlan]:
+    """Size every alive node: by ``sizer`` from its machine id and CPUs, or with ``config`` where there is none.
+
+    The engine knows no profiles: the caller (a retrieval) hands in the sizer that looks up each machine's
+    profile, so the layers stay in one direction. ``config`` alone sizes every node in benchmarks that compare
+    engines on one configuration.
     """
     ray = import_ray()
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    say = log or quiet
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     probe = ray.remote(num_cpus=0)(node_machine_id)
     refs = [
@@ -133,27 +133,11 @@ def plan_nodes(
         for n in nodes
     ]
     facts = ray.get(refs, timeout=300)
-    arch = None
-    if per_node_profiles:
-        from autotune.tuner.profile import arch_short, current_profile, model_arch
-
-        arch = model_arch(model_id)
     plans = []
     for node, fact in zip(nodes, facts, strict=True):
         addr, mid = str(node["NodeManagerAddress"]), str(fact["machine_id"])
         cpus, gpus = int(node["Resources"].get("CPU", 0)), int(node["Resources"].get("GPU", 0))
-        cfg, pid = config, None
-        if arch is not None:
-            prof = current_profile(mid, arch)
-            if prof is None:
-                cfg = safe_default_for(max(cpus, 1))
-                say(f"warning: Ray node {addr} (machine {mid}) has no profile for {arch_short(arch)}: "
-                    f"safe default ({cfg.describe()})")  # fmt: skip
-            else:
-                cfg, pid = prof.config, prof.id
-                if cfg.cpu_models and cfg.cpu_backend != config.cpu_backend:
-                    say(f"note: Ray node {addr} was tuned on {cfg.cpu_backend}; it runs {config.cpu_backend}, "
-                        "the backend this index is keyed on, with its tuned layout")  # fmt: skip
+        cfg, pid = sizer(addr, mid, cpus) if sizer is not None else (config, None)
         plans.append(NodePlan(addr, mid, cpus, gpus, cfg, pid))
     return plans
 

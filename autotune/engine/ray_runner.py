@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from autotune.data.sources import ImageSource, Record
-from autotune.engine.config import EngineConfig
+from autotune.engine.config import EngineConfig, config_calibration
 from autotune.engine.consumer import EmbeddingSink
 from autotune.engine.ray_cluster import (
+    NodeSizer,
     RayConnection,
     RayLayout,
     connect,
@@ -40,8 +41,7 @@ from autotune.engine.runner import _query_matrix, _scan_records, preprocess_spec
 from autotune.engine.sink import ShardSinkFactory
 from autotune.engine.topk import RunningTopK
 from autotune.models.backends import BackendSpec
-from autotune.models.calibration import config_calibration
-from autotune.progress import Log, ProgressFactory, Task
+from autotune.progress import ProgressFactory, Task
 
 
 def _dataset(recs: Sequence[Record], rows: int) -> Any:
@@ -65,6 +65,7 @@ def _embedded(
         model_id=backend.model_id, device="cuda:0" if gpu else "cpu", precision=backend.precision if gpu else "fp32",
         backend="eager" if gpu else backend.backend, fake_delay_s=backend.fake_delay_s,
         batch=layout.gpu_batch if gpu else layout.cpu_batch, calibration=None if gpu else backend.calibration,
+        streams=1 if gpu else backend.streams,
     )  # fmt: skip
     return ds.map_batches(
         EmbedActor,
@@ -89,7 +90,7 @@ def _pipeline(
 
     pre = preprocess_spec_for(model_id)
     backend = BackendSpec(model_id=model_id, precision=config.gpu_precision, backend=config.cpu_backend,
-                          fake_delay_s=fake_delay_s, calibration=calibration)  # fmt: skip
+                          fake_delay_s=fake_delay_s, calibration=calibration, streams=config.cpu_streams)  # fmt: skip
     kill_flag = os.environ.get(KILL_FLAG_ENV) or None
     pools = [(d, n, b) for d, n, b in (("cpu", layout.cpu_actors, layout.cpu_batch),
                                         ("gpu", layout.gpu_actors, layout.gpu_batch)) if n]  # fmt: skip
@@ -192,19 +193,19 @@ def run_scan_ray(
     fake_delay_s: float = 0.0,
     calibration: str | None = None,
     address: str | None = None,
-    per_node_profiles: bool = True,
-    log: Log | None = None,
+    sizer: NodeSizer | None = None,
 ) -> ScanResult:
     """Scan ``records`` (default: every record of ``source``) on a Ray cluster; same result as :func:`run_scan`.
 
     ``address`` is ``auto`` or ``HOST:PORT`` of a running cluster, or None to start a private Ray on this
-    machine for the run (a process already connected keeps its session). Each node's pools are sized from
-    its own profile (``per_node_profiles``; a node with none gets the safe default and a warning on ``log``),
-    with ``config``'s backend. The driver writes what ``sink_factory(n)`` opens (``n`` unique per run),
-    merges the exact top-k, skips unreadable images with their reasons and checks that every record was
-    embedded or skipped exactly once. ``scan_seconds`` and images/s run from the call, the actors' start-up
-    included (preprocessing runs ahead while they load, so no later start is fair); ``startup_s`` is when the
-    last actor had loaded; the Ray start-up itself is apart (``workers[0]['stats']['ray_startup_s']``).
+    machine for the run (a process already connected keeps its session). Each node's pools are sized by
+    ``sizer`` (machine id and CPUs -> its configuration: a retrieval passes one that reads each machine's
+    profile), else from ``config``; the backend is always ``config``'s. The driver writes what
+    ``sink_factory(n)`` opens (``n`` unique per run), merges the exact top-k, skips unreadable images with
+    their reasons and checks that every record was embedded or skipped exactly once. ``scan_seconds`` and
+    images/s run from the call, the actors' start-up included (preprocessing runs ahead while they load, so no
+    later start is fair); ``startup_s`` is when the last actor had loaded; the Ray start-up itself is apart
+    (``workers[0]['stats']['ray_startup_s']``).
 
     Example:
         >>> q = embed_queries("synthetic:tiny", ["a photo of Felis catus"])
@@ -220,7 +221,7 @@ def run_scan_ray(
     batches: Any = None
     try:
         wall0, t0 = time.time(), time.perf_counter()
-        layout = layout_for(plan_nodes(model_id, config, per_node_profiles=per_node_profiles, log=log))
+        layout = layout_for(plan_nodes(config, sizer=sizer))
         ds = _pipeline(source, recs, model_id, config, layout, fake_delay_s,
                        calibration or config_calibration(source, model_id, config))  # fmt: skip
         # Shard names carry the writer's consumer number and pid: the local engine's replicas are new processes

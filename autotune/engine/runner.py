@@ -16,7 +16,7 @@ import numpy as np
 
 from autotune.atomic import DiskFullError
 from autotune.data.sources import ImageSource, Record
-from autotune.engine.config import EngineConfig
+from autotune.engine.config import EngineConfig, config_calibration
 from autotune.engine.consumer import EmbeddingSink
 from autotune.engine.events import BatchDone, Done, Failed, Produced, Ready
 from autotune.engine.result import ScanBooks, ScanMismatch, ScanProgress, ScanResult, check_accounting
@@ -25,7 +25,6 @@ from autotune.engine.sink import ShardSinkFactory
 from autotune.engine.workers import ScanAborted, ScanJob, Workers, replicas_for
 from autotune.errors import AutotuneError, DataError
 from autotune.models.backends import fake_text_embeddings
-from autotune.models.calibration import config_calibration
 from autotune.progress import ProgressFactory, Task, rate_info
 
 if TYPE_CHECKING:  # the module imports torch; workers and model_facts import it only when needed

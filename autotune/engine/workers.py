@@ -89,13 +89,18 @@ class ScanJob:
 
 
 def _core_plan(config: EngineConfig) -> tuple[list[tuple[int, ...] | None], list[tuple[int, ...] | None]]:
-    """Disjoint core sets for producers and CPU replicas when pinning is on."""
-    if not config.pin_cores:
+    """Disjoint core sets for producers and CPU replicas when pinning is on (for the replicas alone with
+    ``pin_replicas``)."""
+    if not config.pin_cores and not config.pin_replicas:
         return [None] * config.producers, [None] * config.cpu_models
 
     cores = sorted(os.sched_getaffinity(0))
-    prod: list[tuple[int, ...] | None] = [(cores[i],) for i in range(config.producers)]
-    start = config.producers
+    if config.pin_replicas:  # the producers float over every core; the replicas take the first ones
+        prod: list[tuple[int, ...] | None] = [None] * config.producers
+        start = 0
+    else:
+        prod = [(cores[i],) for i in range(config.producers)]
+        start = config.producers
     cons: list[tuple[int, ...] | None] = []
     for c in range(config.cpu_models):
         cons.append(tuple(cores[start + c * config.cpu_threads : start + (c + 1) * config.cpu_threads]))
@@ -157,6 +162,7 @@ class Workers:
                     fake_delay_s=job.fake_delay_s,
                     batch=rep.batch,
                     calibration=job.calibration if rep.device == "cpu" else None,
+                    streams=job.config.cpu_streams if rep.device == "cpu" else 1,
                 ),
                 layout=self.pool.layout,
                 queries=job.queries,

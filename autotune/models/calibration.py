@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from autotune.atomic import atomic_path
+from autotune.cache import cache_dir
 from autotune.errors import BadImageError, ConfigError, DataError
 
 if TYPE_CHECKING:
     from autotune.data.sources import ImageSource
-    from autotune.engine.config import EngineConfig
     from autotune.preprocess import PreprocessSpec
 
 # Images in a calibration set: ORT and NNCF calibrate on a few hundred by default; 64 evenly spaced images hold
@@ -37,6 +37,8 @@ CALIBRATION_MIN = 8
 
 # CPU backends quantised statically: they need a calibration set (see the registry for what runs them).
 STATIC_INT8_BACKENDS = ("onnx-int8s", "openvino-int8")
+# The accuracy guard's default sample size (its images are left out of calibration sets; the guard reads it here).
+GUARD_SAMPLE = 256
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,6 @@ def calibration_for(source: ImageSource, model_id: str, backend: str) -> str | N
 def evenly_spaced(count: int, sample: int) -> np.ndarray:
     """Positions of ``sample`` of ``count`` records, evenly spaced, the first and the last included."""
     return np.unique(np.linspace(0, count - 1, min(sample, count)).round().astype(int))
-
-
-def config_calibration(source: ImageSource, model_id: str, config: EngineConfig) -> str | None:
-    """The calibration set's file when ``config``'s CPU replicas are quantised statically, else None."""
-    return calibration_for(source, model_id, config.cpu_backend) if config.cpu_models else None
 
 
 def sample_pixels(
@@ -137,20 +134,21 @@ def calibration_set(
     if images < 1:
         raise ConfigError(f"a calibration set needs at least one image, got {images}")
     if guard_sample is None:
-        from autotune.models.guard._figures import DEFAULT_SAMPLE
-
-        guard_sample = DEFAULT_SAMPLE
+        guard_sample = GUARD_SAMPLE
     pixels, _ids, _labels = sample_pixels(source, images, model_facts(model_id).preprocess, avoid=guard_sample)
     return store_calibration(pixels, cache_root)
 
 
+def _calibration_dir(cache_root: Path | None) -> Path:
+    """Where calibration sets live: ``calibration/`` in the backends' artefact folder (``cache_root`` if given)."""
+    return (cache_root if cache_root is not None else cache_dir("backends")) / "calibration"
+
+
 def store_calibration(pixels: np.ndarray, cache_root: Path | None = None) -> Calibration:
     """Store uint8 [N, H, W, 3] calibration pixels under the digest of their content (once)."""
-    from autotune.models.backends._cache import backends_cache
-
     pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
     digest = hashlib.sha256(repr(pixels.shape).encode() + pixels.tobytes()).hexdigest()[:12]
-    folder = backends_cache(cache_root) / "calibration"
+    folder = _calibration_dir(cache_root)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{digest}.npy"
     if not path.exists():
@@ -161,9 +159,7 @@ def store_calibration(pixels: np.ndarray, cache_root: Path | None = None) -> Cal
 
 def stored_calibration(digest: str, cache_root: Path | None = None) -> Calibration | None:
     """The calibration set stored under ``digest``, or None when its file is gone."""
-    from autotune.models.backends._cache import backends_cache
-
-    path = backends_cache(cache_root) / "calibration" / f"{digest}.npy"
+    path = _calibration_dir(cache_root) / f"{digest}.npy"
     try:
         pixels = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError):

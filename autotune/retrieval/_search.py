@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -147,7 +146,35 @@ def scan_engine(engine: str, address: str | None = None, log: Log | None = None)
         raise ConfigError(RAY_EXTRA)
     from autotune.engine.ray_runner import run_scan_ray
 
-    return functools.partial(run_scan_ray, address=address, log=log)
+    def scan_ray(source: ImageSource, model: str, config: EngineConfig, **options: Any) -> ScanResult:
+        """The Ray engine, each node sized from its own machine's profile."""
+        return run_scan_ray(source, model, config, address=address, sizer=node_sizer(model, config, log), **options)
+
+    return scan_ray
+
+
+def node_sizer(model: str, config: EngineConfig, log: Log | None = None) -> Callable[[str, str, int], Any]:
+    """How a Ray scan sizes a node: the profile in use for its machine id and the model's architecture, else the
+    safe default for its CPUs (``log`` hears a warning naming the node). The backend stays ``config``'s: it keys
+    the index, so a node tuned on another backend runs its layout with the run's backend, and says so."""
+    from autotune.tuner.profile import arch_short, current_profile, model_arch
+
+    say, arch = log or quiet, model_arch(model)
+
+    def size(address: str, machine_id: str, cpus: int) -> tuple[EngineConfig, str | None]:
+        """(configuration, profile id) of one node."""
+        prof = current_profile(machine_id, arch)
+        if prof is None:
+            cfg = safe_default_for(max(cpus, 1))
+            say(f"warning: Ray node {address} (machine {machine_id}) has no profile for {arch_short(arch)}: "
+                f"safe default ({cfg.describe()})")  # fmt: skip
+            return cfg, None
+        if prof.config.cpu_models and prof.config.cpu_backend != config.cpu_backend:
+            say(f"note: Ray node {address} was tuned on {prof.config.cpu_backend}; it runs {config.cpu_backend}, "
+                "the backend this index is keyed on, with its tuned layout")  # fmt: skip
+        return prof.config, prof.id
+
+    return size
 
 
 def _index_key(model: str, cfg: EngineConfig, dtype: str, calibration: Calibration | None = None) -> IndexKey:

@@ -12,12 +12,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# The part of the search's own seconds that the final and the validation may take together: a third, so that
-# they are at most a quarter of the study (the floor of the decision rule's pairs aside).
-POST_SHARE = 1 / 3
+# The part of the search's own seconds that the final and the validation may take together: 0.3, so that they
+# stay under a quarter of the study (the floor of the decision rule's pairs aside).
+POST_SHARE = 0.3
 FINAL_SHARE = 0.35  # of the post-search budget, for the final when it fits beside the validation's floor
 MIN_TIMED_ROUNDS = 2  # a run's fewest timed rounds: one round is all noise
 DEFAULT_FIXED_S = 5.0  # start-up, warm-up and drain of a configuration never measured here (a guess)
+# What a run costs beyond its trial's start-up, warm-up and drain: the request to the trial process, the scan's
+# set-up and teardown. The 30-trial study's validation passes ran about this much over their estimate each.
+RUN_OVERHEAD_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class RunCost:
 
     def seconds(self, timed_rounds: int) -> float:
         """Seconds of one run of ``timed_rounds`` timed rounds."""
-        return self.fixed_s + timed_rounds * self.round_s
+        return RUN_OVERHEAD_S + self.fixed_s + timed_rounds * self.round_s
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any], images_per_s: float, round_images: int) -> RunCost:
@@ -59,7 +62,7 @@ def timed_rounds(costs: Sequence[RunCost], seconds: float, passes: int, max_roun
         >>> timed_rounds([fast, slow], seconds=60.0, passes=5, max_rounds=12)
         [6, 2]
     """
-    per_pass = seconds / max(passes, 1) - sum(c.fixed_s for c in costs)
+    per_pass = seconds / max(passes, 1) - sum(RUN_OVERHEAD_S + c.fixed_s for c in costs)
     timed_each = per_pass / max(len(costs), 1)
     out = []
     for c in costs:

@@ -1,7 +1,7 @@
 """After the search: the final among near ties, the validation against the baseline, the decision, the profile.
 
-Both phases are sized in seconds from the candidates' measured costs (:mod:`autotune.tuner.budget`): together a
-third of the search's seconds (at most a quarter of the study), never fewer than the decision rule's pairs, and
+Both phases are sized in seconds from the candidates' measured costs (:mod:`autotune.tuner.budget`): together
+0.3 of the search's seconds (under a quarter of the study), never fewer than the decision rule's pairs, and
 never past what ``--timeout`` leaves. The final runs only when it fits beside the validation's floor.
 """
 
@@ -104,6 +104,7 @@ def _floor(costs: list[RunCost], passes: int) -> float:
 
 RESERVE_BEFORE_TRIALS = 0.25  # of a --timeout, kept for the validation before any trial has measured a cost
 RESERVE_CAP = 0.6  # the most of a --timeout kept from the search for the validation and saving
+RESERVE_FACTOR = 1.2  # the validation's estimated floor, and a fifth more, is kept from the search
 
 
 def search_deadline(study: Study, setup: StudySetup, options: StudyOptions, clock: Clock) -> float | None:
@@ -122,7 +123,8 @@ def search_deadline(study: Study, setup: StudySetup, options: StudyOptions, cloc
         current = current_profile(setup.machine.machine_id, setup.arch) if options.save else None
         pick = Candidate("pick", setup.space.to_config(best.params))
         cands = [pick, *baseline_candidates(setup, current, complete)]
-        reserve = _floor([cost_of(c, complete, current) for c in cands], options.validate_repeats)
+        # With a fifth more: the runs' costs are estimates, and a floor cut short by the clock decides nothing.
+        reserve = RESERVE_FACTOR * _floor([cost_of(c, complete, current) for c in cands], options.validate_repeats)
     return clock.deadline - SAVE_MARGIN_S - min(reserve, RESERVE_CAP * options.timeout_s)
 
 
@@ -202,7 +204,8 @@ def _validate(
     left = clock.left()
     say(
         f"validation: the pick against the {candidates[1].name} (and {len(candidates) - 2} more) in at least "
-        f"{pairs} interleaved pairs, about {pass_s:.0f} s a pair, on images the trials did not use"
+        f"{pairs} interleaved pairs on images the trials did not use: about {pass_s:.0f} s a pair, "
+        f"{max(seconds, pairs * pass_s):.0f} s at most"
     )
     return validate(
         candidates,

@@ -63,7 +63,7 @@ def verdict_for(
         in_use, why = True, f"beats the {words}: {figures}"
         if (pick.config.cpu_backend, pick.config.gpu_backend) != (base.config.cpu_backend, base.config.gpu_backend):
             # The index is keyed by the embedding recipe: another backend's embeddings go to another index.
-            why += f"; its backend keys a new index, which the next `autotune retrieve` builds ({words}: kept)"
+            why += "; its backend keys a new index: the next `autotune retrieve` builds it"
     else:
         in_use = options.save_profile
         why = f"does not beat the {words} at p < {ALPHA}: {figures}"

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from autotune.errors import ConfigError, one_line
 from autotune.progress import Log, quiet
-from autotune.roofline import roofline_share
 from autotune.tuner.plots import write_plots
 from autotune.tuner.profile import REFERENCE_IMAGES
+from autotune.tuner.roofline import roofline_share
 from autotune.tuner.storage import (
     check_exists,
     complete_trials,

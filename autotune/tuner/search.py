@@ -18,10 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from autotune.engine.config import EngineConfig
+from autotune.engine.config import EngineConfig, config_calibration
 from autotune.errors import AutotuneError, ConfigError
 from autotune.models import guard
-from autotune.models.calibration import config_calibration
 from autotune.progress import Log
 from autotune.tuner.objective import TrialFailed, TrialStopped, measure
 from autotune.tuner.options import StudyOptions, StudySetup
@@ -208,9 +207,10 @@ class _Trials:
         for key, value in m.attrs().items():
             trial.set_user_attr(key, value)
         reused = f", {m.reused_images} images reused" if m.reused_images else ""
+        left = f"; search: {stop_at - time.monotonic():.0f} s left (--timeout)" if stop_at is not None else ""
         self.say(
             f"trial {trial.number}: {m.images_per_s:.2f} images/s  [{config.describe()}]  "
-            f"start-up {m.startup_s:.1f} s{reused}; bottleneck: {m.bottleneck}"
+            f"start-up {m.startup_s:.1f} s{reused}; bottleneck: {m.bottleneck}{left}"
         )
         return m.images_per_s
 

@@ -39,7 +39,9 @@ class Param:
     step: Any = None
     log: bool = False
     choices: tuple[Any, ...] = ()
-    when: str | None = None  # an expression over machine facts and earlier parameters: asked only where true
+    # Asked only where this holds: conditions over machine facts and earlier parameters, each an expression or a
+    # {parameter: [values]} mapping (expressions are numbers only: a backend is named by the mapping form).
+    when: tuple[Any, ...] | None = None
 
     def distribution(self) -> Any:
         """The Optuna distribution for this parameter (bounds already resolved)."""
@@ -109,7 +111,14 @@ class SearchSpace:
         if param.when is None:
             return True
         where = f"{self.path or self.source}: params.{param.name}.when"
-        return bool(expressions.evaluate(expressions.parse(param.when, where), self.values(params), where))
+        env = self.values(params)
+        for cond in param.when:
+            if isinstance(cond, str):
+                if not expressions.evaluate(expressions.parse(cond, where), env, where):
+                    return False
+            elif not all(env.get(name) in allowed for name, allowed in cond.items()):
+                return False
+        return True
 
     def values(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Machine facts, fixed settings and ``params``, with a replica layout spelt out as its engine settings."""
@@ -373,19 +382,34 @@ def _parse_params(
             param, dropped[name] = _categorical_param(name, spec, where)
         else:
             param = _range_param(name, kind, spec, facts, where)
-        when = spec.get("when")
-        if when is not None:
-            if not isinstance(when, str):
-                raise ConfigError(f"{where}.when: must be an expression string, got {when!r}")
-            known = set(facts) | {q.name for q in params} | set(_FIELDS) | {"true", "false", "True", "False"}
-            missing = expressions.names(expressions.parse(when, f"{where}.when")) - known
-            if missing:
-                raise ConfigError(f"{where}.when: unknown name(s) {', '.join(sorted(missing))}")
-            param = dataclasses.replace(param, when=when)
+        if spec.get("when") is not None:
+            param = dataclasses.replace(param, when=_parse_when(spec["when"], facts, params, f"{where}.when"))
         params.append(param)
     if LAYOUT in {p.name for p in params} and set(LAYOUT_FIELDS) & {p.name for p in params}:
         raise ConfigError(f"{label}: params: {LAYOUT} already sets cpu_models and cpu_threads; drop them")
     return params, dropped
+
+
+def _parse_when(raw: Any, facts: Mapping[str, Any], earlier: list[Param], where: str) -> tuple[Any, ...]:
+    """A parameter's conditions: an expression, or a list of expressions and ``{parameter: [values]}`` mappings
+    naming parameters listed before it."""
+    conds = raw if isinstance(raw, list) else [raw]
+    known = set(facts) | {q.name for q in earlier} | set(_FIELDS) | {"true", "false", "True", "False"}
+    out: list[Any] = []
+    for cond in conds:
+        if isinstance(cond, str):
+            missing = expressions.names(expressions.parse(cond, where)) - known
+            if missing:
+                raise ConfigError(f"{where}: unknown name(s) {', '.join(sorted(missing))}")
+            out.append(cond)
+        elif isinstance(cond, dict) and all(isinstance(v, list) for v in cond.values()):
+            unknown = [k for k in cond if k not in {q.name for q in earlier}]
+            if unknown:
+                raise ConfigError(f"{where}: {', '.join(map(str, unknown))} is not a parameter listed before this one")
+            out.append({k: tuple(v) for k, v in cond.items()})
+        else:
+            raise ConfigError(f"{where}: each condition is an expression or a {{parameter: [values]}} mapping")
+    return tuple(out)
 
 
 def _layout_param(spec: Mapping[str, Any], facts: Mapping[str, Any], where: str) -> Param:

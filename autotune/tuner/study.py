@@ -97,7 +97,7 @@ def run_study(options: StudyOptions, log: Log | None = None, progress: ProgressF
     the pick is validated against the baseline (the profile in use, else the safe default) in interleaved
     pairs on images the trials did not use: it becomes the profile in use when it is faster by a one-sided
     sign test at p < 0.05 (or with ``save_profile``); either way it is saved, and the outcome's ``decision``
-    says why in one line. The final and the validation are sized in seconds from the measured rates (a third
+    says why in one line. The final and the validation are sized in seconds from the measured rates (0.3
     of the search's time, never fewer pairs than the test needs); ``timeout_s`` bounds the whole study, the
     search stopping early enough to validate and save in the time left. ``log`` receives one line per trial
     and step, ``progress`` the generation of the embedded corpus if it must be built; nothing is printed.

@@ -21,7 +21,7 @@ from autotune.engine.runner import run_scan
 from autotune.errors import one_line
 
 if TYPE_CHECKING:  # objective imports this module to start the process
-    from autotune.tuner.objective import ScanSpec
+    from autotune.tuner.scan_spec import ScanSpec
 
 # What the process sends: ("round", k, images/s), ("result", figures), ("stopped", None) or ("error", reason).
 _Message = tuple[Any, ...]

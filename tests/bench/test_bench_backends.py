@@ -61,8 +61,8 @@ def test_each_backend_is_stated_against_its_precisions_peak(
     only when the roofline was measured on the same thread count."""
     from autotune.machine import detect_machine
     from autotune.models.facts import model_facts
-    from autotune.roofline import PrecisionPeak, Roofline, save_roofline, tower_flops
     from autotune.tuner.profile import model_arch
+    from autotune.tuner.roofline import PrecisionPeak, Roofline, save_roofline, tower_flops
 
     monkeypatch.setenv("AUTOTUNE_STUDIES", str(tmp_path / "studies"))
     roof = Roofline(

@@ -15,8 +15,8 @@ from autotune.cli import main
 from autotune.machine import detect_machine
 from autotune.models.backends import backend_unavailable
 from autotune.models.facts import model_facts
-from autotune.roofline import load_roofline, tower_products
 from autotune.tuner.profile import model_arch
+from autotune.tuner.roofline import load_roofline, tower_products
 
 
 def _cli(*args: str) -> tuple[int, str]:

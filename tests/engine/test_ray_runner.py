@@ -175,7 +175,7 @@ def test_actors_that_preprocess_their_own_batches_give_the_local_engines_answer(
     source = open_source(str(db))
     q = embed_queries(tiny_model, [QUERY])
     local = run_scan(source, tiny_model, cfg, queries=q)
-    ray_res = run_scan_ray(source, tiny_model, cfg, queries=q, address=ray_session["address"], per_node_profiles=False)
+    ray_res = run_scan_ray(source, tiny_model, cfg, queries=q, address=ray_session["address"])
     assert "preprocessing inside" in ray_res.workers[0]["stats"]["layout"]
     assert [i for i, _s in ray_res.hits(0)] == [i for i, _s in local.hits(0)]
     assert ray_res.images == local.images == 54

@@ -24,7 +24,7 @@ def test_a_slow_candidate_gets_fewer_rounds_never_fewer_than_the_floor() -> None
 
 def test_the_post_search_budget_is_a_share_of_the_search_with_the_rules_floor() -> None:
     floor = 5 * budget.pass_seconds([FAST, SLOW], [2, 2])
-    assert budget.post_search_seconds(600.0, floor, None) == pytest.approx(200.0)  # a third of the search
+    assert budget.post_search_seconds(600.0, floor, None) == pytest.approx(600.0 * budget.POST_SHARE)
     assert budget.post_search_seconds(30.0, floor, None) == pytest.approx(floor)  # never under the floor
     assert budget.post_search_seconds(600.0, floor, 40.0) == pytest.approx(40.0)  # a --timeout wins
     assert budget.post_search_seconds(600.0, floor, -3.0) == 0.0
@@ -38,5 +38,5 @@ def test_the_final_runs_only_beside_the_validations_floor() -> None:
 
 def test_costs_from_a_trials_figures() -> None:
     cost = RunCost.from_attrs({"startup_s": 0.5, "warmup_s": 1.0, "drain_s": 1.5}, 20.0, 32)
-    assert cost.fixed_s == pytest.approx(3.0) and cost.seconds(2) == pytest.approx(3.0 + 3.2)
+    assert cost.fixed_s == pytest.approx(3.0) and cost.seconds(2) == pytest.approx(budget.RUN_OVERHEAD_S + 3.0 + 3.2)
     assert RunCost.from_attrs({}, 20.0, 32).fixed_s == budget.DEFAULT_FIXED_S

@@ -48,6 +48,7 @@ class BackendSpec:
     batch: int | None = None
     threads: int | None = None
     calibration: str | None = None
+    streams: int = 1  # OpenVINO: inference streams sharing the threads, each running its share of a batch
 
     @property
     def is_fake(self) -> bool:

@@ -10,7 +10,7 @@ import contextlib
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -30,9 +30,28 @@ from autotune.models.guard._reference import _BATCH, _embed_all
 from autotune.models.guard._store import _cache_write, _digest, _guard_dir
 
 if TYPE_CHECKING:
-    # Typing only: the engine imports the backends, and the models layer must not import the engine back.
     from autotune.data import ImageSource
-    from autotune.engine.config import EngineConfig
+
+
+class ReplicaSetup(Protocol):
+    """What the guard reads of an engine configuration: which backends and precisions its replicas run.
+
+    The engine's ``EngineConfig`` has these; the models layer names them here rather than importing the engine,
+    which imports the backends.
+    """
+
+    @property
+    def cpu_models(self) -> int: ...
+    @property
+    def cpu_backend(self) -> str: ...
+    @property
+    def gpu_models(self) -> int: ...
+    @property
+    def gpu_backend(self) -> str: ...
+    @property
+    def gpu_precision(self) -> str: ...
+    @property
+    def decode(self) -> str: ...
 
 #: The guard's name for GPU replicas decoding their own JPEGs (``decode: gpu``), checked as a part of its own.
 DECODE_CHECK = "gpu-decode"
@@ -144,7 +163,7 @@ def check_backend(
     return result
 
 
-def non_reference_parts(config: EngineConfig) -> list[tuple[str, str, str]]:
+def non_reference_parts(config: ReplicaSetup) -> list[tuple[str, str, str]]:
     """The (device kind, backend, precision) parts an engine config runs that are not the fp32 eager reference.
 
     Example:
@@ -214,7 +233,7 @@ def check_decode(
 def check_config(
     reference: GuardReference,
     model_id: str,
-    config: EngineConfig,
+    config: ReplicaSetup,
     threshold: float = DEFAULT_THRESHOLD,
     calibration: str | None = None,
     source: ImageSource | None = None,

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from autotune.models.backends import REFERENCE_BACKEND
+from autotune.models.calibration import GUARD_SAMPLE
 
-DEFAULT_SAMPLE = 256
+DEFAULT_SAMPLE = GUARD_SAMPLE
 # The one definition of the guard's threshold: the least cosine with eager fp32 a backend may keep.
 DEFAULT_THRESHOLD = 0.99
 PROBE_K = 9

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,25 +39,29 @@ def _embed_all(backend: backends.Backend, pixels: np.ndarray, batch: int = _BATC
     return np.concatenate(parts).astype(np.float32)
 
 
+def _reference(key: str, model_id: str, facts: ModelFacts, fingerprint: str, **parts: Any) -> GuardReference:
+    """A reference of ``model_id`` on a dataset: its identity from the model's facts, its arrays from ``parts``."""
+    return GuardReference(
+        key=key, model_id=model_id, weights_hash=facts.weights_hash, synthetic=facts.synthetic,
+        dataset_fingerprint=fingerprint, **parts,
+    )  # fmt: skip
+
+
 def _load_reference(path: Path, key: str, model_id: str, facts: ModelFacts, fingerprint: str) -> GuardReference | None:
     """The cached reference at ``path``, or None when it is missing or unreadable (then it is recomputed)."""
     if not path.is_file():
         return None
     with contextlib.suppress(OSError, ValueError, KeyError), np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
-        return GuardReference(
-            key=key,
-            model_id=model_id,
-            weights_hash=facts.weights_hash,
-            synthetic=facts.synthetic,
-            dataset_fingerprint=fingerprint,
+        return _reference(
+            key, model_id, facts, fingerprint,
             record_ids=data["record_ids"],
             pixels=data["pixels"],
             embeddings=data["embeddings"],
             probe_texts=list(meta["probe_texts"]),
             probe_embeddings=data["probe_embeddings"],
             probe_top=data["probe_top"],
-        )
+        )  # fmt: skip
     return None
 
 
@@ -73,19 +77,15 @@ def _compute_reference(
     del backend  # free the image tower before the text tower loads
     texts = probe_texts_for(labels)
     probes = encode_texts(load_clip(model_id), texts).numpy().astype(np.float32)
-    return GuardReference(
-        key=key,
-        model_id=model_id,
-        weights_hash=facts.weights_hash,
-        synthetic=facts.synthetic,
-        dataset_fingerprint=fingerprint,
+    return _reference(
+        key, model_id, facts, fingerprint,
         record_ids=ids,
         pixels=pixels,
         embeddings=embeddings,
         probe_texts=texts,
         probe_embeddings=probes,
         probe_top=top_rows(probes, embeddings),
-    )
+    )  # fmt: skip
 
 
 def _save_reference(path: Path, ref: GuardReference) -> None:

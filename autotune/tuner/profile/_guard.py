@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.data import ImageSource, open_source
-from autotune.models.calibration import config_calibration
+from autotune.engine.config import config_calibration
 from autotune.models.guard import (
     DEFAULT_SAMPLE,
     DEFAULT_THRESHOLD,

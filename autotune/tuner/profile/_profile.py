@@ -67,7 +67,8 @@ def short_config(config: EngineConfig) -> str:
     """A compact engine configuration for an 80-column table; defaults (eager, fp16) are left out.
 
     ``1p 2x1/b16 int8 st`` reads: 1 producer, 2 CPU replicas x 1 thread, batch 16, int8 backend, static
-    scheduling (``dyn``: dynamic); ``1g/b64`` is one replica per GPU at batch 64.
+    scheduling (``dyn``: dynamic); ``1x2s2`` is one replica of 2 threads in 2 streams; ``rpin``: replicas
+    pinned; ``1g/b64`` is one replica per GPU at batch 64.
 
     Example:
         >>> short_config(EngineConfig(producers=1, cpu_models=2, cpu_threads=1, cpu_batch=16, scheduling="static"))
@@ -76,7 +77,8 @@ def short_config(config: EngineConfig) -> str:
     parts = [f"{config.producers}p"]
     if config.cpu_models:
         backend = "" if config.cpu_backend == "eager" else f" {config.cpu_backend}"
-        parts.append(f"{config.cpu_models}x{config.cpu_threads}/b{config.cpu_batch}{backend}")
+        streams = f"s{config.cpu_streams}" if config.cpu_streams > 1 else ""
+        parts.append(f"{config.cpu_models}x{config.cpu_threads}{streams}/b{config.cpu_batch}{backend}")
     if config.gpu_models:
         precision = "" if config.gpu_precision == "fp16" else f" {config.gpu_precision}"
         backend = "" if config.gpu_backend == "eager" else f" {config.gpu_backend}"
@@ -86,6 +88,8 @@ def short_config(config: EngineConfig) -> str:
     parts.append("st" if config.scheduling == "static" else "dyn")
     if config.pin_cores:
         parts.append("pin")
+    if config.pin_replicas:
+        parts.append("rpin")
     return " ".join(parts)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from autotune.engine.config import EngineConfig
+from autotune.errors import ConfigError
 from autotune.models.backends import (
     CPU_BACKEND_NAMES,
     BackendSpec,
@@ -246,3 +247,34 @@ def test_scan_runs_on_a_backend(name: str, small_dataset: Path, tiny_model: str)
     ids = {b: [i for i, _ in h] for b, h in hits.items()}
     assert len(set(ids["eager"]) & set(ids[name])) >= 7  # random weights crowd the scores; most survive
     np.testing.assert_allclose([s for _, s in hits[name]], [s for _, s in hits["eager"]], atol=0.02)
+
+
+
+def test_openvino_streams_embed_as_one_stream(pixels: np.ndarray, tiny_model: str, tmp_path: Path) -> None:
+    """Two streams split each batch between two infer requests: the same embeddings as one stream."""
+    _skip_unavailable("openvino")
+    one = build_backend(BackendSpec(model_id=tiny_model, backend="openvino", threads=2), cache_root=tmp_path)
+    two = build_backend(BackendSpec(model_id=tiny_model, backend="openvino", threads=2, streams=2), cache_root=tmp_path)
+    assert two.compiled.get_property("NUM_STREAMS") == 2 and len(two.requests) == 2
+    for n in (1, 5, 8):  # odd batches split unevenly; one image runs on one request
+        np.testing.assert_allclose(two.embed(pixels[:n]), one.embed(pixels[:n]), rtol=0, atol=1e-6)
+
+
+def test_streams_through_the_engine_give_the_one_stream_answer(small_dataset: Path, tiny_model: str) -> None:
+    """The engine's replicas run the streams the configuration asks for: same top-k, same scores; a stream count
+    that cannot run is one line."""
+    _skip_unavailable("openvino")
+    from autotune.data import open_source
+    from autotune.engine.runner import embed_queries, run_scan
+
+    source = open_source(small_dataset)
+    queries = embed_queries(tiny_model, ["a photo of Felis catus", "a photo of Coffea arabica"])
+    base = EngineConfig(producers=1, cpu_models=1, cpu_threads=2, cpu_batch=8, cpu_backend="openvino")
+    one = run_scan(source, tiny_model, base, queries=queries, top_k=20)
+    two = run_scan(source, tiny_model, EngineConfig(**{**base.to_dict(), "cpu_streams": 2}), queries=queries, top_k=20)
+    np.testing.assert_array_equal(two.topk_ids, one.topk_ids)
+    np.testing.assert_allclose(two.topk_scores, one.topk_scores, rtol=0, atol=1e-5)
+    with pytest.raises(ConfigError, match="cpu_streams=2 must divide cpu_threads=1"):
+        EngineConfig(cpu_models=1, cpu_threads=1, cpu_streams=2, cpu_backend="openvino").validate(cores=2)
+    with pytest.raises(ConfigError, match="needs an OpenVINO backend"):
+        EngineConfig(cpu_models=1, cpu_threads=2, cpu_streams=2, cpu_backend="onnx").validate(cores=2)

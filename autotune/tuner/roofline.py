@@ -21,6 +21,7 @@ from typing import Any
 from autotune.atomic import atomic_write_json
 from autotune.errors import ConfigError, one_line
 from autotune.machine import cpu_flags
+from autotune.tuner.profile import arch_key, machine_folder
 
 ROOFLINE_FORMAT = 1
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -166,9 +167,6 @@ class Roofline:
 
 def roofline_path(machine_id: str, arch: str, folder: Path | None = None) -> Path:
     """Where a machine's roofline for an architecture is stored: beside the machine's profiles."""
-    from autotune.tuner.profile import machine_folder
-    from autotune.tuner.profile._profile import arch_key
-
     return machine_folder(machine_id, folder) / f"roofline-{arch_key(arch)}.json"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from autotune.errors import ConfigError
-from autotune.roofline import (
+from autotune.tuner.roofline import (
     ROOFLINE_FORMAT,
     PrecisionPeak,
     Roofline,
