@@ -83,8 +83,9 @@ def record_run(args: list[str], folder: Path = RUNS_DIR) -> Path:
 
 
 def _key(command: str) -> str:
-    """The benchmark a command runs: its words up to the first option (``autotune bench configs``)."""
-    return " ".join(word for word in command.split()[:3] if not word.startswith("-"))
+    """What makes two runs the same benchmark: the whole command, options included (a 3-trial and a 30-trial
+    study are two benchmarks; the same command run again replaces its entry)."""
+    return " ".join(command.split())
 
 
 def _figures(result: Any) -> list[tuple[str, Any]]:
