@@ -11,6 +11,7 @@ ONNX Runtime's wheel ships no `onnxruntime_perf_test`, so only OpenVINO backends
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import re
 import shutil
 import statistics
@@ -25,6 +26,7 @@ import numpy as np
 from autotune.data import open_source
 from autotune.engine.config import EngineConfig
 from autotune.engine.runner import embed_queries, run_scan
+from autotune.engine.workers import core_plan
 from autotune.errors import AutotuneError, ConfigError
 from autotune.models import backends as model_backends
 from autotune.models.calibration import calibration_for
@@ -88,8 +90,13 @@ def vendor_run(artefact: str, batch: int, size: int, seconds: int = VENDOR_SECON
     return {**parse_benchmark_app(proc.stdout), "command": " ".join(cmd[1:])}
 
 
-def _bare_replica(spec: model_backends.BackendSpec, pixels: np.ndarray, start: Any, out: Any) -> None:
-    """One replica's bare forward: build, warm up, wait for the others, embed ``BARE_BATCHES`` batches."""
+def _bare_replica(
+    spec: model_backends.BackendSpec, pixels: np.ndarray, start: Any, out: Any, cores: tuple[int, ...] | None
+) -> None:
+    """One replica's bare forward: build (on ``cores`` if given), warm up, wait for the others, embed
+    ``BARE_BATCHES`` batches."""
+    if cores is not None:
+        os.sched_setaffinity(0, cores)
     backend = model_backends.build_backend(spec)
     batch = spec.batch or len(pixels)
     backend.embed(pixels[:batch])
@@ -108,7 +115,9 @@ def bare_forward(config: EngineConfig, model: str, pixels: np.ndarray, calibrati
                                       threads=config.cpu_threads, calibration=calibration,
                                       streams=config.cpu_streams)  # fmt: skip
     start, out = ctx.Barrier(config.cpu_models), ctx.Queue()
-    procs = [ctx.Process(target=_bare_replica, args=(spec, pixels, start, out)) for _ in range(config.cpu_models)]
+    _producers, placed = core_plan(config)  # pinned where the configuration pins its replicas, as the engine does
+    procs = [ctx.Process(target=_bare_replica, args=(spec, pixels, start, out, placed[r]))
+             for r in range(config.cpu_models)]  # fmt: skip
     for p in procs:
         p.start()
     try:

@@ -88,7 +88,7 @@ class ScanJob:
         return self.config.scheduling == "static" and len(self.replicas) > 1
 
 
-def _core_plan(config: EngineConfig) -> tuple[list[tuple[int, ...] | None], list[tuple[int, ...] | None]]:
+def core_plan(config: EngineConfig) -> tuple[list[tuple[int, ...] | None], list[tuple[int, ...] | None]]:
     """Disjoint core sets for producers and CPU replicas when pinning is on (for the replicas alone with
     ``pin_replicas``)."""
     if not config.pin_cores and not config.pin_replicas:
@@ -149,7 +149,7 @@ class Workers:
 
     def start(self, job: ScanJob) -> None:
         """Start every replica (each loads its model), then every producer (they wait for ``go``)."""
-        prod_cores, cons_cores = _core_plan(job.config)
+        prod_cores, cons_cores = core_plan(job.config)
         for c, rep in enumerate(job.replicas):
             spec = ConsumerSpec(
                 index=c,

@@ -281,6 +281,15 @@ def product_kernels(compiled: Any) -> dict[str, int]:
     return kernels
 
 
+def _placed_alone(threads: int) -> bool:
+    """Whether this process was given exactly ``threads`` cores of the machine (the engine pinned its replica)."""
+    try:
+        mask = os.sched_getaffinity(0)
+    except AttributeError:  # pragma: no cover - not Linux
+        return False
+    return len(mask) == threads < (os.cpu_count() or threads)
+
+
 def _cpu_signature() -> str:
     """12 hex characters naming this CPU's model and instruction sets (compiled blobs are kept per CPU kind)."""
     try:
@@ -329,8 +338,9 @@ class OpenVinoBackend(_ExportedBackend):
             "NUM_STREAMS": spec.streams,
             # The plugin pins its threads from the first core of the process's mask, so two replicas side by side
             # ran on the same core: ViT-B/32 int8, two 1-thread processes, 37-39 images/s in all pinned, 90-97
-            # not (and 64-77 for one 2-thread process). Where cores go is the engine's choice (pin_cores).
-            "ENABLE_CPU_PINNING": False,
+            # not (and 64-77 for one 2-thread process). Where cores go is the engine's choice: only a replica the
+            # engine placed on cores of its own (pin_cores, pin_replicas) lets the plugin pin within them.
+            "ENABLE_CPU_PINNING": _placed_alone(self.threads),
         }
         settings = {key.lower(): value for key, value in config.items()}
         marker = artefact_path(
