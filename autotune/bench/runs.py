@@ -105,6 +105,11 @@ def _rows(result: Any) -> list[dict[str, Any]]:
     return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
 
 
+def _words(value: Any) -> str:
+    """A list as space-separated words; anything else as its text."""
+    return " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value or "")
+
+
 def load_runs(folder: Path = RUNS_DIR) -> list[dict[str, Any]]:
     """Every run file in ``folder``, oldest first; one that is not a run record is one ConfigError line."""
     runs = []
@@ -128,9 +133,11 @@ def render(folder: Path = RUNS_DIR) -> str:
     for machine_id, by_key in sorted(latest.items()):
         m = next(iter(by_key.values()))["machine"]
         out.append(f"## {machine_id}\n\n{m.get('cpu_model')}, {m.get('logical_cores')} cores, "
-                   f"{m.get('memory_gb')} GB, GPUs: {m.get('gpus')}; flags {m.get('cpu_flags')}\n")  # fmt: skip
+                   f"{m.get('memory_gb')} GB, GPUs: {_words(m.get('gpus')) or 'none'}; "
+                   f"CPU flags: {_words(m.get('cpu_flags'))}\n")  # fmt: skip
         for key, run in sorted(by_key.items()):
-            out.append(f"### {key}\n\n`{run['command']}` at `{run['commit']}`, {run['date']} ([data]"
+            title = key if len(key) <= 90 else key[:87] + "..."
+            out.append(f"### {title}\n\n`{run['command']}` at `{run['commit']}`, {run['date']} ([data]"
                        f"(benchmarks/{run['file']}))\n")  # fmt: skip
             figures = _figures(run["result"])
             if figures:
@@ -150,12 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     """``render [--check]``: write (or check) docs/benchmarks.md; ``record ARGS...``: run and keep a benchmark."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["record"] and len(args) > 1:
-        print(record_run(args[1:]))
+        print(record_run(args[1:], RUNS_DIR))
         args = ["render"]
     if args[:1] != ["render"]:
         print("usage: python -m autotune.bench.runs render [--check] | record ARGS...", file=sys.stderr)
         return 2
-    text = render()
+    text = render(RUNS_DIR)
     if "--check" in args:
         if not RENDERED.is_file() or RENDERED.read_text(encoding="utf-8") != text:
             print(f"{RENDERED} does not match {RUNS_DIR}/: run python -m autotune.bench.runs render", file=sys.stderr)

@@ -114,7 +114,12 @@ def test_study_default_first_profile_and_resume(tmp_path: Path, small_dataset: P
     if comparison["same_config"]:  # the pick is the safe default itself: in use, nothing to compare
         assert out.made_current and not comparison["beats"]
     else:
-        assert comparison["pairs"] == 1 and out.made_current == comparison["beats"] == (comparison["wins"] == 1)
+        # One pair asked for; more only while the answer was open (the pick lost a pair) and the time allowed.
+        won_all = comparison["wins"] == comparison["pairs"]
+        assert out.made_current == comparison["beats"] == (won_all or comparison["p_value"] < 0.05)
+        if comparison["pairs"] > 1:  # measured on only because the first pair left the answer open: it was lost
+            pick, default = out.validation["candidates"][:2]
+            assert pick["runs"][0] <= default["runs"][0]
     assert out.decision and ("; in use: it " in out.decision) == out.made_current
     assert out.profile_path is not None and out.profile_path.is_file()
     assert out.profile_path.parent == _studies / "profiles" / machine.machine_id
