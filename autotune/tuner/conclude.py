@@ -97,6 +97,15 @@ def _sized(candidates: list[Candidate], costs: list[RunCost], seconds: float, pa
     return budget.pass_seconds(costs, rounds)
 
 
+def _validation_floor(
+    setup: StudySetup, options: StudyOptions, complete: list[FrozenTrial], current: Profile | None, best: FrozenTrial
+) -> float:
+    """Seconds of the decision rule's fewest pairs of ``best`` against the baseline (and the safe default)."""
+    pick = Candidate("pick", setup.space.to_config(best.params))
+    cands = [pick, *baseline_candidates(setup, current, complete)]
+    return _floor([cost_of(c, complete, current) for c in cands], options.validate_repeats)
+
+
 def _floor(costs: list[RunCost], passes: int) -> float:
     """Seconds of ``passes`` passes at the fewest timed rounds."""
     return passes * budget.pass_seconds(costs, [budget.MIN_TIMED_ROUNDS] * len(costs))
@@ -119,12 +128,10 @@ def search_deadline(study: Study, setup: StudySetup, options: StudyOptions, cloc
     if not complete or not options.validate_repeats:
         reserve = RESERVE_BEFORE_TRIALS * options.timeout_s
     else:
-        best = max(complete, key=trial_value)
         current = current_profile(setup.machine.machine_id, setup.arch) if options.save else None
-        pick = Candidate("pick", setup.space.to_config(best.params))
-        cands = [pick, *baseline_candidates(setup, current, complete)]
+        best = max(complete, key=trial_value)
         # With a fifth more: the runs' costs are estimates, and a floor cut short by the clock decides nothing.
-        reserve = RESERVE_FACTOR * _floor([cost_of(c, complete, current) for c in cands], options.validate_repeats)
+        reserve = RESERVE_FACTOR * _validation_floor(setup, options, complete, current, best)
     return clock.deadline - SAVE_MARGIN_S - min(reserve, RESERVE_CAP * options.timeout_s)
 
 
@@ -142,12 +149,10 @@ def conclude(
     rule = validation_spec(setup.spec, setup.trial_images, options.validate_rounds)
     best = max(complete, key=trial_value)
     bases = baseline_candidates(setup, current, complete)
-    base_costs = [cost_of(c, complete, current) for c in bases]
     pairs = options.validate_repeats
     chosen = _finalists(setup, options, complete) if pairs else []
     f_costs = [cost_of(c, complete, current) for c in chosen]
-    val_floor = _floor([cost_of(Candidate("pick", setup.space.to_config(best.params)), complete, current),
-                        *base_costs], pairs)  # fmt: skip
+    val_floor = _validation_floor(setup, options, complete, current, best)
     post = budget.post_search_seconds(clock.phase_seconds.get("search", 0.0), val_floor, clock.left())
     final_s = budget.final_seconds(post, _floor(f_costs, options.final_repeats), val_floor) if chosen else None
     if chosen and final_s is None:
@@ -163,8 +168,9 @@ def conclude(
     candidates = [Candidate("pick", setup.space.to_config(best.params), trial_value(best)), *bases]
     validation = None
     if pairs:
-        validation = _validate(candidates, [cost_of(c, complete, current) for c in candidates], rule, post - clock
-                               .phase_seconds.get("final", 0.0), clock, options, say)  # fmt: skip
+        costs = [cost_of(c, complete, current) for c in candidates]
+        seconds = post - clock.phase_seconds.get("final", 0.0)
+        validation = _validate(candidates, costs, rule, seconds, clock, options, say)
         study.set_user_attr("validation", validation.to_dict())
     clock.lap("validation")
     verdict = verdict_for(candidates, validation, best, options)
