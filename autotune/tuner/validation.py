@@ -148,10 +148,6 @@ class Validation:
         """Whether the pick's runs spread more than :data:`NOISY_SPREAD` (reported, never a veto)."""
         return self.candidates[0].spread > NOISY_SPREAD
 
-    def get(self, name: str) -> Candidate | None:
-        """The candidate called ``name``, if it was validated."""
-        return next((c for c in self.candidates if c.name == name), None)
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (stored in the profile and the study)."""
         return {
