@@ -81,8 +81,7 @@ def raise_if_disk_full(exc: OSError, path: Path) -> None:
         ) from exc
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path) -> contextlib.AbstractContextManager[Path]:
     """Yield a temporary path to write; on success it is fsynced and renamed to ``path``.
 
     For writers that want a file name (``np.save``, ``torch.save``, safetensors, pyarrow). On any error the
@@ -92,25 +91,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         >>> with atomic_path("out.npy") as tmp:  # doctest: +SKIP
         ...     np.save(tmp, array)
     """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(final)
-    try:
-        yield tmp
-        if tmp.is_file():
-            fsync_file(tmp)
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
-    except OSError as exc:
-        raise_if_disk_full(exc, final)
-        raise
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    return _published(Path(path), folder=False)
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path) -> contextlib.AbstractContextManager[Path]:
     """Yield a new empty temporary folder; on success its files are fsynced and it is renamed to ``path``.
 
     ``path`` may be missing or an empty folder (replaced); a non-empty one makes the rename fail with
@@ -121,20 +105,36 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         >>> with atomic_dir("models/mine") as tmp:  # doctest: +SKIP
         ...     model.save_pretrained(tmp)
     """
-    final = Path(path)
+    return _published(Path(path), folder=True)
+
+
+@contextlib.contextmanager
+def _published(final: Path, *, folder: bool) -> Iterator[Path]:
+    """A temporary name beside ``final`` (a new folder with ``folder``), fsynced and renamed to it on success,
+    removed on any error."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(final)
     try:
-        tmp.mkdir()
+        if folder:
+            tmp.mkdir()
         yield tmp
-        fsync_tree(tmp)
-        os.rename(tmp, final)
+        if folder:
+            fsync_tree(tmp)
+            os.rename(tmp, final)  # onto an empty folder at most: a published one makes it fail
+        else:
+            if tmp.is_file():
+                fsync_file(tmp)
+            os.replace(tmp, final)
         fsync_dir(final.parent)
     except OSError as exc:
         raise_if_disk_full(exc, final)
         raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if folder:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Unpack
 
 import numpy as np
 
@@ -37,11 +37,11 @@ from autotune.engine.ray_cluster import (
 )
 from autotune.engine.ray_stages import KILL_FLAG_ENV, EmbedActor, preprocess_batch
 from autotune.engine.result import ScanProgress, ScanResult, finished_scan
-from autotune.engine.runner import _query_matrix, _scan_records, preprocess_spec_for
+from autotune.engine.runner import ScanOptions, _query_matrix, _scan_records, preprocess_spec_for
 from autotune.engine.sink import ShardSinkFactory
 from autotune.engine.topk import RunningTopK
 from autotune.models.backends import BackendSpec
-from autotune.progress import ProgressFactory, Task
+from autotune.progress import Task
 
 
 def _dataset(recs: Sequence[Record], rows: int) -> Any:
@@ -184,18 +184,12 @@ def run_scan_ray(
     model_id: str,
     config: EngineConfig,
     *,
-    queries: np.ndarray | None = None,
-    top_k: int = 9,
-    records: Sequence[Record] | None = None,
-    sink_factory: Callable[[int], EmbeddingSink] | None = None,
-    progress: ProgressFactory | None = None,
-    on_batch: Callable[[ScanProgress], None] | None = None,
-    fake_delay_s: float = 0.0,
-    calibration: str | None = None,
     address: str | None = None,
     sizer: NodeSizer | None = None,
+    **options: Unpack[ScanOptions],
 ) -> ScanResult:
-    """Scan ``records`` (default: every record of ``source``) on a Ray cluster; same result as :func:`run_scan`.
+    """Scan ``records`` (default: every record of ``source``) on a Ray cluster; same result as :func:`run_scan`,
+    which documents the shared ``options``.
 
     ``address`` is ``auto`` or ``HOST:PORT`` of a running cluster, or None to start a private Ray on this
     machine for the run (a process already connected keeps its session). Each node's pools are sized by
@@ -213,8 +207,11 @@ def run_scan_ray(
         >>> res.hits(0)[:3]  # doctest: +SKIP
     """
     config.validate(cores=10**6, gpus=10**6)  # the driver's cores and GPUs are not the cluster's
+    records, top_k, calibration = options.get("records"), options.get("top_k", 9), options.get("calibration")
+    sink_factory, progress, on_batch = options.get("sink_factory"), options.get("progress"), options.get("on_batch")
+    fake_delay_s = options.get("fake_delay_s", 0.0)
     recs = _scan_records(source, records)
-    q = _query_matrix(queries)
+    q = _query_matrix(options.get("queries"))
     conn = connect(address)
     task: Task | None = None
     sink: EmbeddingSink | None = None

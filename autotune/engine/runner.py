@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 
@@ -145,6 +145,19 @@ def _fill_locators(result: ScanResult, records: Sequence[Record]) -> None:
         where = {r.id: r.locator for r in records}
         for s in result.skipped:
             s["locator"] = s["locator"] or where.get(s["id"], "")
+
+
+class ScanOptions(TypedDict, total=False):
+    """The keyword options every scan engine takes besides its own (:func:`run_scan` documents each)."""
+
+    queries: np.ndarray | None
+    top_k: int
+    records: Sequence[Record] | None
+    sink_factory: Callable[[int], EmbeddingSink] | None
+    progress: ProgressFactory | None
+    on_batch: Callable[[ScanProgress], None] | None
+    fake_delay_s: float
+    calibration: str | None
 
 
 def run_scan(

@@ -25,69 +25,12 @@ _SPLIT_PATTERN = (
     r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 )
 
-# Query templates as used for CLIP zero-shot prompts: they dominate real retrieval queries, so they
-# get whole-word tokens (as they do in the real vocabulary).
-_TEMPLATES = """
-a photo of a. a photo of an. a photo of the. a picture of a. a picture of an. an image of a. an image of the.
-a close-up photo of a. a close-up photo of the. a cropped photo of a. a bright photo of a. a dark photo of a.
-a blurry photo of a. a good photo of a. a bad photo of a. a low resolution photo of a.
-a jpeg corrupted photo of a.
-a photo of a small. a photo of a big. a photo of one. a photo of many. a rendering of a. a drawing of a.
-a sketch of a. a painting of a. a sculpture of a. a cartoon. a tattoo of a. a toy. an origami. a plastic.
-art of the. itap of a. a black and white photo of the. a pixelated photo of the. a photo of the nice.
-a photo of the weird. a photo of the cool. a photo of my. a photo of a clean. a photo of a dirty.
-a photo taken in the wild. a photo taken at night. a photo taken during the day. a macro photo of a.
-a wildlife photo of a. a field guide photo of a. a specimen of. a species of. this is a photo of.
-there is a in the scene. there is the in the scene. a type of animal. a type of plant. a type of bird.
-a type of insect. a type of flower. a type of fish. a type of mushroom. a type of tree.
-"""
-
-# Common English words of image descriptions: scenes, colours, counts, places, objects.
-_COMMON = """
-the a an of in on at with and or to from by for is are was be this that these those it its there here
-one two three four five six seven eight nine ten many some several few group pair single
-red orange yellow green blue purple pink brown black white gray grey golden silver dark light bright pale
-small large big tiny huge little tall short long wide young old adult juvenile male female baby
-photo photograph picture image snapshot close up closeup view shot portrait landscape scene background
-forest tree trees grass field meadow garden park river lake sea ocean beach sand rock rocks stone mountain
-mountains hill desert snow ice water pond stream sky cloud clouds sun sunset sunrise night day morning
-city street road building house car bus truck bicycle boat train plane airplane bridge window door wall
-table chair bed sofa kitchen room floor food fruit apple banana orange flower flowers leaf leaves branch
-animal animals bird birds fish insect insects mammal reptile amphibian plant plants mushroom fungus
-cat cats dog dogs horse cow sheep goat pig deer fox wolf bear lion tiger leopard cheetah elephant giraffe
-zebra monkey ape rabbit mouse rat squirrel bat owl eagle hawk duck goose swan crow sparrow robin parrot
-penguin frog toad snake lizard turtle tortoise crocodile shark whale dolphin octopus crab spider ant bee
-butterfly moth beetle dragonfly fly worm snail rose tulip daisy sunflower lily orchid oak pine maple fern
-moss cactus person people man woman child boy girl hand face eye eyes head body wing wings tail feather
-fur skin shell nest egg eggs sitting standing walking running flying swimming eating sleeping perched
-looking lying resting hunting feeding playing close distant near far front side top bottom left right
-wild domestic common rare native species genus family order class kingdom specimen habitat wildlife nature
-"""
-
-# Latin-style binomial names (genus + epithet), the shape of species labels in biodiversity retrieval.
-_SPECIES = """
-felis catus. canis lupus familiaris. canis lupus. vulpes vulpes. ursus arctos. ursus maritimus.
-panthera leo. panthera tigris. panthera pardus. acinonyx jubatus. equus caballus. equus quagga.
-bos taurus. ovis aries. capra hircus. sus scrofa. cervus elaphus. odocoileus virginianus.
-loxodonta africana. elephas maximus. giraffa camelopardalis. homo sapiens. pan troglodytes.
-oryctolagus cuniculus. mus musculus. rattus norvegicus. sciurus vulgaris. sciurus carolinensis.
-procyon lotor. lutra lutra. meles meles. erinaceus europaeus. bubo bubo. strix aluco. tyto alba.
-aquila chrysaetos. haliaeetus leucocephalus. falco peregrinus. buteo buteo. anas platyrhynchos.
-cygnus olor. branta canadensis. corvus corax. corvus corone. passer domesticus. turdus merula.
-turdus migratorius. erithacus rubecula. parus major. cyanistes caeruleus. pica pica. columba livia.
-ardea cinerea. ardea herodias. larus argentatus. sturnus vulgaris. hirundo rustica. apus apus.
-spheniscus demersus. aptenodytes forsteri. rana temporaria. bufo bufo. lithobates catesbeianus.
-natrix natrix. vipera berus. python regius. lacerta agilis. chelonia mydas. testudo hermanni.
-crocodylus niloticus. alligator mississippiensis. carcharodon carcharias. salmo salar. salmo trutta.
-oncorhynchus mykiss. cyprinus carpio. esox lucius. tursiops truncatus. orcinus orca. megaptera novaeangliae.
-octopus vulgaris. carcinus maenas. apis mellifera. bombus terrestris. danaus plexippus. vanessa atalanta.
-aglais io. pieris rapae. papilio machaon. coccinella septempunctata. lucanus cervus. anax imperator.
-musca domestica. formica rufa. araneus diadematus. helix aspersa. lumbricus terrestris.
-quercus robur. quercus alba. pinus sylvestris. acer saccharum. acer pseudoplatanus. betula pendula.
-fagus sylvatica. fraxinus excelsior. salix alba. taraxacum officinale. bellis perennis. rosa canina.
-helianthus annuus. tulipa gesneriana. lilium candidum. papaver rhoeas. trifolium repens. urtica dioica.
-pteridium aquilinum. amanita muscaria. boletus edulis. agaricus bisporus. cantharellus cibarius.
-"""
+# The built-in text, kept as data (tokenizer_corpus.json beside this file), in three parts:
+# - templates: query templates as used for CLIP zero-shot prompts; they dominate real retrieval queries, so they
+#   get whole-word tokens (as they do in the real vocabulary);
+# - common: English words of image descriptions (scenes, colours, counts, places, objects);
+# - species: Latin-style binomial names (genus + epithet), the shape of species labels in biodiversity retrieval.
+_CORPUS_FILE = Path(__file__).with_name("tokenizer_corpus.json")
 
 
 @lru_cache(maxsize=1)
@@ -123,9 +66,10 @@ def _configure(tok: Tokenizer) -> None:
 
 def builtin_corpus() -> list[str]:
     """Return the built-in training text (templates, common words, species names), one line per item."""
+    parts = json.loads(_CORPUS_FILE.read_text(encoding="utf-8"))
     lines: list[str] = []
     # Repetition weights the merges: templates first (most frequent), then everyday words, then species names.
-    for text, weight in ((_TEMPLATES, 4), (_COMMON, 2), (_SPECIES, 1)):
+    for text, weight in ((parts["templates"], 4), (parts["common"], 2), (parts["species"], 1)):
         items = [s.strip() for s in text.replace("\n", " ").split(".") if s.strip()]
         lines.extend(items * weight)
     return lines
