@@ -116,11 +116,18 @@ RESERVE_CAP = 0.6  # the most of a --timeout kept from the search for the valida
 RESERVE_FACTOR = 1.2  # the validation's estimated floor, and a fifth more, is kept from the search
 
 
-def search_deadline(study: Study, setup: StudySetup, options: StudyOptions, clock: Clock) -> float | None:
+def profile_in_use(setup: StudySetup, options: StudyOptions) -> Profile | None:
+    """The profile the pick must beat: this machine's in use for the model's architecture (none when not saving)."""
+    return current_profile(setup.machine.machine_id, setup.arch) if options.save else None
+
+
+def search_deadline(
+    study: Study, setup: StudySetup, options: StudyOptions, clock: Clock, current: Profile | None
+) -> float | None:
     """When the search must stop so that the validation's floor and the save fit before the ``--timeout``.
 
-    The floor is estimated from the best trial so far and the baseline's measured costs (the profile in use,
-    else the safe default), as :func:`conclude` will size it.
+    The floor is estimated from the best trial so far and the baseline's measured costs (``current``, the
+    profile in use, else the safe default), as :func:`conclude` will size it.
     """
     if clock.deadline is None or options.timeout_s is None:
         return None
@@ -128,7 +135,6 @@ def search_deadline(study: Study, setup: StudySetup, options: StudyOptions, cloc
     if not complete or not options.validate_repeats:
         reserve = RESERVE_BEFORE_TRIALS * options.timeout_s
     else:
-        current = current_profile(setup.machine.machine_id, setup.arch) if options.save else None
         best = max(complete, key=trial_value)
         # With a fifth more: the runs' costs are estimates, and a floor cut short by the clock decides nothing.
         reserve = RESERVE_FACTOR * _validation_floor(setup, options, complete, current, best)
@@ -145,7 +151,7 @@ def conclude(
 ) -> StudyOutcome:
     """Final, validation, decision and profile, within the budget the search's seconds and the clock allow."""
     complete = complete_trials(study.trials)
-    current = current_profile(setup.machine.machine_id, setup.arch) if options.save else None
+    current = profile_in_use(setup, options)
     rule = validation_spec(setup.spec, setup.trial_images, options.validate_rounds)
     best = max(complete, key=trial_value)
     bases = baseline_candidates(setup, current, complete)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from autotune.errors import AutotuneError, ConfigError
 from autotune.progress import Log, ProgressFactory, quiet
-from autotune.tuner.conclude import Clock, conclude, search_deadline
+from autotune.tuner.conclude import Clock, conclude, profile_in_use, search_deadline
 from autotune.tuner.note import save_study_note
 from autotune.tuner.objective import close_trial_process
 from autotune.tuner.options import StudyOptions, StudySetup, prepare_study
@@ -129,9 +129,12 @@ def _run_study(options: StudyOptions, log: Log | None, progress: ProgressFactory
     trial_guard = TrialGuard(setup, options, say)
     clock.lap("setup")
 
+    # Read once: the search asks for its deadline before and during every trial.
+    current = profile_in_use(setup, options) if options.timeout_s is not None else None
+
     def deadline() -> float | None:
         """The search's end: what a --timeout leaves once the validation's floor is kept back."""
-        return search_deadline(study, setup, options, clock)
+        return search_deadline(study, setup, options, clock, current)
 
     measured_here = search(study, setup, options, trial_guard, say, goal, deadline)
     if not complete_trials(study.trials):
