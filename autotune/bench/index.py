@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,22 @@ from autotune.retrieval import retrieve, safe_default_config
 DEFAULT_ADDED_SEED = 20_001  # the added images are another seed's corpus: new content, not copies
 
 
-def build_synthetic_index(path: Path, n: int, dim: int, seed: int = 0, dtype: str = "float16") -> EmbeddingIndex:
-    """A complete index of ``n`` random unit vectors, written through the index's own storage code."""
+def build_synthetic_index(
+    path: Path,
+    n: int,
+    dim: int,
+    seed: int = 0,
+    dtype: str = "float16",
+    *,
+    key: IndexKey | None = None,
+    locators: Sequence[str] | None = None,
+    labels: Sequence[str | None] | None = None,
+) -> EmbeddingIndex:
+    """A complete index of ``n`` random unit vectors, written through the index's own storage code.
+
+    ``key`` names the model it claims to be of (default: a ``synthetic`` key); ``locators`` and ``labels``, when
+    given, are repeated over the ``n`` rows, so that a server can show real images for every id.
+    """
     rng = np.random.default_rng(seed)
     chunks = []
     for start in range(0, n, 100_000):
@@ -32,18 +47,21 @@ def build_synthetic_index(path: Path, n: int, dim: int, seed: int = 0, dtype: st
     idx.claim()
     ids = np.arange(n, dtype=np.int64)
     idx.write_arrays(1, ids, np.concatenate(chunks))
+    locs = [locators[i % len(locators)] for i in range(n)] if locators else [f"synthetic:{i}" for i in range(n)]
+    labs = [labels[i % len(labels)] for i in range(n)] if labels else [None] * n
     idx.write_table(
         idx.file("catalog", 1),
         {
             "id": ids.tolist(),
-            "locator": [f"synthetic:{i}" for i in range(n)],
+            "locator": locs,
             "identity": [""] * n,
-            "label": [None] * n,
+            "label": labs,
             "status": ["embedded"] * n,
             "detail": [""] * n,
         },
     )
-    key = IndexKey("synthetic", "synthetic", "synthetic", "-", dim, dtype)
+    key = IndexKey(key.model, key.weights_hash, key.recipe, key.preprocess, dim, dtype) if key else None
+    key = key or IndexKey("synthetic", "synthetic", "synthetic", "-", dim, dtype)
     idx.write_meta(
         IndexMeta(key=key, dataset="synthetic", generation=1, next_id=n, records=n, embedded=n, complete=True)
     )

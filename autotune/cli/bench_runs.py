@@ -11,6 +11,7 @@ import typer
 
 from autotune import console
 from autotune.bench.index import bench_first_run, bench_index, bench_index_update
+from autotune.bench.serve import CLIENTS, bench_serve
 from autotune.bench.tuner import bench_configs
 from autotune.cli.options import DatasetPathOpt, JsonOpt, ModelOpt, SplitOpt
 from autotune.engine.config import EngineConfig
@@ -28,6 +29,34 @@ def bench_index_cmd(
 ) -> None:
     """Query latency from the embedding index: a generated N x DIM index (no scan), per-query milliseconds."""
     console.show(bench_index(n=n, dim=dim, queries=queries, dtype=dtype), "bench index", as_json)
+
+
+def bench_serve_cmd(
+    n: Annotated[int, typer.Option("--n", min=100, help="Images in the generated index.")] = 500_000,
+    model: ModelOpt = STAND_IN,
+    clients: Annotated[
+        list[int] | None,
+        typer.Option("--clients", min=1, help="Concurrent clients per level (repeat; default 1 4 16)."),
+    ] = None,
+    requests: Annotated[int, typer.Option("--requests", min=1, help="Requests per client level.")] = 160,
+    retrieve_runs: Annotated[
+        int, typer.Option("--retrieve-runs", min=0, help="`autotune retrieve` processes timed beside the server.")
+    ] = 3,
+    as_json: JsonOpt = False,
+) -> None:
+    """The server's latency and queries/s under 1, 4 and 16 clients, beside `autotune retrieve` processes.
+
+    Writes a generated N x 512 index (as `bench index`) whose rows show the generated corpus's images, starts
+    `autotune serve --no-update` on it (a free loopback port, another process), sends a fixed number of distinct
+    queries at each client level, and between levels times `autotune retrieve --no-update` answering one of the
+    same queries from the same index (its top 9 must match the server's). First, the index's exact and
+    re-ranked scans are timed on the same queries, with recall@9. Stops the server when done.
+    """
+    result = bench_serve(
+        n=n, model=model, clients=tuple(clients or CLIENTS), requests=requests, retrieve_runs=retrieve_runs,
+        log=console.log_for(not as_json),
+    )  # fmt: skip
+    console.show(result, "bench serve", as_json)
 
 
 ConfigJsonOpt = Annotated[

@@ -13,6 +13,7 @@ from autotune.cli.options import ImageColumnOpt, JsonOpt, SplitOpt
 from autotune.errors import ConfigError
 from autotune.index import list_indexes, remove_index
 from autotune.retrieval import RetrievalOptions, RetrievalResult, run_retrieval
+from autotune.serve import DEFAULT_PORT, ServeOptions, serve
 
 QueriesArg = Annotated[list[str] | None, typer.Argument(help='Text queries, e.g. "a photo of Felis catus".')]
 QueriesFileOpt = Annotated[Path | None, typer.Option("--queries-file", help="A file of queries, one per line.")]
@@ -50,6 +51,9 @@ def retrieve_cmd(
     split: SplitOpt = None,
     engine: EngineOpt = "local",
     address: AddressOpt = None,
+    no_update: Annotated[
+        bool, typer.Option("--no-update", help="Answer from the index as it stands: no listing, no scan.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Find the images that best match each query.
@@ -65,7 +69,7 @@ def retrieve_cmd(
         queries=(*(queries or []), *_read_queries(queries_file)), dataset=dataset, model=model, profile=profile,
         top_k=top_k, out=out, index_dir=index_dir, use_index=not no_index, rescan=rescan,
         rebuild_index=rebuild_index, index_dtype=index_dtype, image_column=image_column, split=split,
-        engine=engine, address=address,
+        engine=engine, address=address, update=not no_update,
     )  # fmt: skip
     result = run_retrieval(
         options, progress=console.progress_for(not as_json), log=console.log_for(not as_json), notice=console.note
@@ -101,6 +105,49 @@ def _print_result(result: RetrievalResult, top_k: int, out: Path) -> None:
         f"scan {result.scan_seconds:.1f} s{rate}, query {result.query_ms:.1f} ms; config: {result.config}"
     )
     console.echo(f"contact sheet: {result.outputs.get('contact_sheet_1')}  (results in {out}/)")
+
+
+def serve_cmd(
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Images to search (default: the generated corpus).")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="CLIP model (default: the ViT-B/32 stand-in).")] = None,
+    profile: ProfileOpt = "auto",
+    index_dir: IndexDirOpt = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on; anything but loopback is reachable by others.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port (0: a free one, named in the first line).")] = DEFAULT_PORT,
+    no_update: Annotated[
+        bool, typer.Option("--no-update", help="Serve the index as it stands (refused if there is none).")
+    ] = False,
+    index_dtype: Annotated[str, typer.Option("--index-dtype", help="float16 (default) or float32.")] = "float16",
+    image_column: ImageColumnOpt = None,
+    split: SplitOpt = None,
+) -> None:
+    """Answer text queries over HTTP in milliseconds, with a search page.
+
+    Brings the index up to date exactly as `retrieve` would (--no-update: uses it as it stands), loads the
+    text tower once, and serves until Ctrl-C or SIGTERM:
+
+    \b
+      GET  /                      the search page (/?q=a+red+fox shows the top 9 as a 3 x 3 grid)
+      GET  /api/search?q=...&k=9  {"query", "truncated", "results": [{"rank", "id", "score", "label", "url"}]}
+      POST /api/search            {"queries": [...], "k": 9}: a list of those, embedded as one batch
+      GET  /api/images/ID         the original image; /api/thumbnails/ID a small JPEG
+      GET  /api/info              model, backend, images, index generation, the profile that built it
+
+    Images are named by their index id only. A new generation committed by `retrieve` in another process is
+    picked up without dropping requests. There is no authentication: keep the default loopback --host unless
+    the network is yours.
+    """
+    if index_dtype not in ("float16", "float32"):
+        raise ConfigError(f"--index-dtype must be float16 or float32, got {index_dtype!r}")
+    options = ServeOptions(
+        dataset=dataset, model=model, profile=profile, index_dir=index_dir, image_column=image_column, split=split,
+        index_dtype=index_dtype, host=host, port=port, update=not no_update,
+    )  # fmt: skip
+    serve(options, progress=console.progress_for(True), log=console.log_for(True), notice=console.note)
 
 
 def index_list_cmd(as_json: JsonOpt = False) -> None:

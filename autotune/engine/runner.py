@@ -53,13 +53,19 @@ def preprocess_spec_for(model_id: str) -> PreprocessSpec:
 
 def embed_queries(model_id: str, texts: Sequence[str]) -> np.ndarray:
     """L2-normalised text embeddings (queries, dim) for ``texts`` with the model's text tower."""
+    return embed_queries_checked(model_id, texts)[0]
+
+
+def embed_queries_checked(model_id: str, texts: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
+    """Text embeddings as :func:`embed_queries`, and which texts were cut to the text tower's context."""
     if model_id.startswith("fake:"):
         from autotune.models.backends import _fake_dim
 
-        return fake_text_embeddings(list(texts), _fake_dim(model_id))
-    from autotune.models.loading import encode_texts, load_clip
+        return fake_text_embeddings(list(texts), _fake_dim(model_id)), [False] * len(texts)
+    from autotune.models.loading import encode_texts, load_clip, truncated_texts
 
-    return encode_texts(load_clip(model_id), list(texts)).numpy().astype(np.float32)
+    loaded = load_clip(model_id)
+    return encode_texts(loaded, list(texts)).numpy().astype(np.float32), truncated_texts(loaded, texts)
 
 
 class _Reporter:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.cache import cache_dir
+from autotune.index.query import DEFAULT_SCAN, SCAN_MODES, IndexMatrix, top_k
 from autotune.index.store import (
     INDEX_FORMAT,
     MARKER,
@@ -22,17 +23,19 @@ from autotune.index.store import (
     IndexKey,
     IndexMeta,
     NotAnIndexError,
-    top_k,
 )
 from autotune.index.update import IndexBookkeepingError, UpdatePlan, commit_update, plan_update, skipped_rows
 
 __all__ = [
     "INDEX_FORMAT",
     "MARKER",
+    "DEFAULT_SCAN",
+    "SCAN_MODES",
     "EmbeddingIndex",
     "IndexBookkeepingError",
     "IndexBusyError",
     "IndexKey",
+    "IndexMatrix",
     "IndexMeta",
     "IndexSummary",
     "NotAnIndexError",

@@ -32,6 +32,7 @@ import numpy as np
 from autotune.atomic import atomic_path, atomic_write_json, remove_leftovers
 from autotune.engine.sink import ShardSinkFactory, read_shards
 from autotune.errors import AutotuneError
+from autotune.index.query import DEFAULT_SCAN, IndexMatrix
 
 INDEX_FORMAT = 2
 MARKER = ".clip-autotune-index"
@@ -103,6 +104,8 @@ class IndexMeta:
     skipped: int = 0
     complete: bool = False
     pending: dict[str, Any] | None = None  # {"generation", "fingerprint", "counts"} of an unfinished update
+    profile: str | None = None  # the profile whose configuration embedded the last images (None: safe default)
+    config: str = ""  # that configuration, in words
     format: int = INDEX_FORMAT
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
@@ -131,12 +134,18 @@ class EmbeddingIndex:
         >>> idx.load(); idx.search(text_embeddings, k=9)  # doctest: +SKIP
     """
 
-    def __init__(self, path: Path) -> None:
-        """Remember the folder; nothing is read or written until :meth:`claim` or :meth:`load`."""
+    def __init__(self, path: Path, scan: str = DEFAULT_SCAN) -> None:
+        """Remember the folder; nothing is read or written until :meth:`claim` or :meth:`load`.
+
+        ``scan`` is how queries read the embeddings (:data:`autotune.index.query.SCAN_MODES`).
+        """
         self.path = Path(path).expanduser()
+        self.scan = scan
         self.ids: np.ndarray | None = None
         self.embeddings: np.ndarray | None = None
         self.catalog: dict[str, list[Any]] | None = None
+        self.matrix: IndexMatrix | None = None
+        self.generation = 0
 
     # ------------------------------------------------------------------------------------ the folder
 
@@ -202,7 +211,7 @@ class EmbeddingIndex:
             if p.name not in ("index.lock", "writer.json"):
                 p.unlink(missing_ok=True)
         remove_leftovers(self.path)
-        self.ids = self.embeddings = self.catalog = None
+        self.ids = self.embeddings = self.catalog = self.matrix = None
 
     def size_bytes(self) -> int:
         """Disk space of the files this project wrote."""
@@ -317,7 +326,7 @@ class EmbeddingIndex:
     # ------------------------------------------------------------------------------------ queries
 
     def load(self) -> None:
-        """Load the committed generation; embeddings become float32 once, for fast BLAS products.
+        """Load the committed generation, embeddings as stored (float16 by default: half the bytes to read).
 
         A writer may replace the generation while we read: the metadata is then read again.
         """
@@ -326,36 +335,27 @@ class EmbeddingIndex:
             if meta is None or not meta.complete:
                 raise AutotuneError(f"index {self.path} is not complete: run a retrieval to finish it")
             try:
-                self.catalog = self.read_table(self.file("catalog", meta.generation))
-                self.ids = np.load(self.file("ids", meta.generation))
-                self.embeddings = np.load(self.file("embeddings", meta.generation)).astype(np.float32)
-                return
+                catalog = self.read_table(self.file("catalog", meta.generation))
+                ids = np.load(self.file("ids", meta.generation))
+                embeddings = np.load(self.file("embeddings", meta.generation))
             except FileNotFoundError:
                 if attempt == 2:
                     raise AutotuneError(f"index {self.path} changed while loading; run again") from None
+                continue
+            self.catalog, self.ids, self.embeddings = catalog, ids, embeddings
+            self.matrix = IndexMatrix(ids, embeddings, self.scan)
+            self.generation = meta.generation
+            return
 
     def search(self, queries: np.ndarray, k: int = 9) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, ids) per query: one matrix product and a partial sort (ties by id)."""
-        if self.embeddings is None or self.ids is None:
+        """Top-k (scores, ids) per query, best first, ties by id (see :class:`~autotune.index.query.IndexMatrix`)."""
+        if self.matrix is None:
             self.load()
-        assert self.embeddings is not None and self.ids is not None
-        if len(self.ids) == 0:
+        assert self.matrix is not None
+        if len(self.matrix) == 0:
             raise AutotuneError(f"index {self.path} holds no embedded image")
-        return top_k(np.ascontiguousarray(queries, dtype=np.float32) @ self.embeddings.T, self.ids, k)
+        return self.matrix.search(queries, k)
 
     def __len__(self) -> int:
         """Images in the loaded index."""
         return 0 if self.ids is None else len(self.ids)
-
-
-def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Best ``k`` (scores, ids) per row of a (queries, images) score matrix, best first, ties by id."""
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    out_s, out_i = [], []
-    for row, cand in zip(scores, part, strict=True):
-        cs, ci = row[cand], ids[cand]
-        order = np.lexsort((ci, -cs))
-        out_s.append(cs[order])
-        out_i.append(ci[order])
-    return np.stack(out_s), np.stack(out_i)

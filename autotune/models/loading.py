@@ -231,6 +231,18 @@ def encode_texts(loaded: LoadedClip, texts: list[str]) -> torch.Tensor:
     return torch.cat(chunks)
 
 
+def truncated_texts(loaded: LoadedClip, texts: Sequence[str]) -> list[bool]:
+    """Which texts are longer than the text tower's context (77 tokens): their embedding ignores the rest.
+
+    Example:
+        >>> truncated_texts(load_clip("synthetic:tiny"), ["a cat", "a cat " * 100])
+        [False, True]
+    """
+    tokenizer = loaded.processor.tokenizer
+    counts = tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
+    return [len(ids) > TEXT_MAX_LENGTH for ids in counts]
+
+
 def encode_images_reference(loaded: LoadedClip, pil_images: Sequence[Image]) -> torch.Tensor:
     """Embed PIL images the model-card way (processor + ``get_image_features``), unit float32 ``[N, D]``.
 

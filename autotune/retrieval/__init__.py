@@ -8,8 +8,15 @@ from __future__ import annotations
 
 from autotune.retrieval._outputs import contact_sheet, write_outputs, write_skipped
 from autotune.retrieval._result import Hit, NoReadableImages, RetrievalResult
-from autotune.retrieval._run import RetrievalOptions, choose_config, profile_rate, run_retrieval
-from autotune.retrieval._search import embedding_recipe, retrieve, safe_default_config, scan_engine
+from autotune.retrieval._run import RetrievalOptions, choose_config, choose_profile, profile_rate, run_retrieval
+from autotune.retrieval._search import (
+    embedding_recipe,
+    index_folder,
+    retrieve,
+    safe_default_config,
+    scan_engine,
+    update_index,
+)
 
 __all__ = [
     "Hit",
@@ -17,13 +24,16 @@ __all__ = [
     "RetrievalOptions",
     "RetrievalResult",
     "choose_config",
+    "choose_profile",
     "contact_sheet",
     "embedding_recipe",
+    "index_folder",
     "profile_rate",
     "retrieve",
     "run_retrieval",
     "safe_default_config",
     "scan_engine",
+    "update_index",
     "write_outputs",
     "write_skipped",
 ]

@@ -52,12 +52,14 @@ class RetrievalResult:
     splits: dict[str, int] = field(default_factory=dict)
     changes: dict[str, int] = field(default_factory=dict)
     startup_s: float = 0.0
+    truncated: list[bool] = field(default_factory=list)  # per query: longer than the text tower's context
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
         return {
             "queries": [
-                {"query": q, "hits": [h.__dict__ for h in hs]} for q, hs in zip(self.queries, self.hits, strict=True)
+                {"query": q, "truncated": bool(self.truncated and self.truncated[n]), "hits": [h.__dict__ for h in hs]}
+                for n, (q, hs) in enumerate(zip(self.queries, self.hits, strict=True))
             ],
             "mode": self.mode,
             "images": self.images,

@@ -27,9 +27,9 @@ class RetrievalOptions:
 
     ``dataset`` None is the generated corpus (made on first use), ``model`` None the ViT-B/32 stand-in;
     ``profile`` is ``auto`` (this machine's profile for the model's architecture), ``none`` or a profile
-    id or file. ``engine`` is ``local`` (this machine's engine) or ``ray`` (a Ray cluster at ``address``:
-    ``auto``, ``HOST:PORT``, or None for a private one here). :meth:`validate` refuses what cannot run before
-    any work starts.
+    id or file; ``update`` False answers from the index as it stands. ``engine`` is ``local`` (this machine's
+    engine) or ``ray`` (a Ray cluster at ``address``: ``auto``, ``HOST:PORT``, or None for a private one here).
+    :meth:`validate` refuses what cannot run before any work starts.
 
     Example:
         >>> opts = RetrievalOptions(queries=("a photo of Felis catus",), dataset="data/", profile="none")
@@ -51,6 +51,7 @@ class RetrievalOptions:
     split: str | None = None
     engine: str = "local"
     address: str | None = None
+    update: bool = True
 
     def validate(self) -> RetrievalOptions:
         """Return self, or raise :class:`ConfigError` naming the first impossible setting."""
@@ -60,6 +61,9 @@ class RetrievalOptions:
             raise ConfigError(f"--index-dtype must be float16 or float32, got {self.index_dtype!r}")
         if self.top_k < 1:
             raise ConfigError(f"--top-k must be >= 1, got {self.top_k}")
+        if not self.update and (self.rescan or not self.use_index or self.rebuild_index):
+            raise ConfigError("--no-update answers from the index as it stands: not with --rescan, --no-index or "
+                              "--rebuild-index")  # fmt: skip
         scan_engine(self.engine, self.address)  # an unknown engine, --address alone, Ray not installed
         return self
 
@@ -88,13 +92,13 @@ def run_retrieval(
             "note: synthetic models have random weights: the ranking below is meaningless "
             "(train one offline with `autotune make-model`)"
         )
-    config = choose_config(opts.profile, model, log=say, notice=notice or quiet)
+    config, profile_id = choose_profile(opts.profile, model, log=say, notice=notice or quiet)
     try:
         result = retrieve(
             opts.queries, dataset=dataset, model=model, top_k=opts.top_k, config=config, index_dir=opts.index_dir,
             use_index=opts.use_index, rescan=opts.rescan, rebuild_index=opts.rebuild_index,
             index_dtype=opts.index_dtype, image_column=opts.image_column, split=opts.split, progress=progress, log=say,
-            engine=opts.engine, address=opts.address,
+            engine=opts.engine, address=opts.address, profile=profile_id, update=opts.update,
         )  # fmt: skip
     except NoReadableImages as exc:
         raise DataError(f"{exc}; reasons in {write_skipped(opts.out, exc.skipped)}") from None
@@ -118,13 +122,20 @@ def choose_config(profile: str, model: str, *, log: Log | None = None, notice: L
     ``autotune verify``). With ``auto`` and no profile for the model's architecture, the safe default runs
     and ``notice`` says so, since an untuned scan is what the user must hear about.
     """
+    return choose_profile(profile, model, log=log, notice=notice)[0]
+
+
+def choose_profile(
+    profile: str, model: str, *, log: Log | None = None, notice: Log | None = None
+) -> tuple[EngineConfig, str | None]:
+    """:func:`choose_config`, with the id of the profile chosen (None for the safe default)."""
     say, tell = log or quiet, notice or quiet
     prof = find_profile(profile, model=model, say=tell)
     if prof is None:
         config = safe_default_config()
         if profile == "auto":
             tell(_fallback_note(model, config))
-        return config
+        return config, None
     from autotune.tuner.profile import guard_ok_for  # imports the inference backends: only with a profile
 
     if not guard_ok_for(prof, weights_hash(resolve_model(model)[0])):
@@ -133,7 +144,7 @@ def choose_config(profile: str, model: str, *, log: Log | None = None, notice: L
             f"never checked on {model}: run `autotune verify --model {model}` first (or --profile none)"
         )
     say(f"profile {prof.id or profile}: {prof.config.describe()} ({profile_rate(prof)})")
-    return prof.config
+    return prof.config, prof.id or str(profile)
 
 
 def _fallback_note(model: str, config: EngineConfig) -> str:

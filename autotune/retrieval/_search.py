@@ -13,7 +13,7 @@ import numpy as np
 from autotune.data.sources import HFDatasetSource, ImageSource, Record, open_source
 from autotune.engine.config import EngineConfig, logical_cores, safe_default_for
 from autotune.engine.ray_cluster import ENGINES, RAY_EXTRA, ray_available
-from autotune.engine.runner import ScanResult, embed_queries, preprocess_spec_for, run_scan
+from autotune.engine.runner import ScanResult, embed_queries_checked, preprocess_spec_for, run_scan
 from autotune.errors import ConfigError
 from autotune.index import (
     EmbeddingIndex,
@@ -27,6 +27,7 @@ from autotune.index import (
 from autotune.models.backends import backend_revision
 from autotune.models.calibration import Calibration, calibration_set, needs_calibration, stored_calibration
 from autotune.models.facts import model_facts
+from autotune.models.loading import TEXT_MAX_LENGTH as TEXT_CONTEXT
 from autotune.progress import Log, ProgressFactory, quiet
 from autotune.retrieval._result import Hit, NoReadableImages, RetrievalResult
 
@@ -59,6 +60,7 @@ class _Sync:
     mode: str
     scan: ScanResult | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def retrieve(
@@ -80,6 +82,8 @@ def retrieve(
     log: Log | None = None,
     engine: str = "local",
     address: str | None = None,
+    profile: str | None = None,
+    update: bool = True,
 ) -> RetrievalResult:
     """Answer text queries over an image database.
 
@@ -90,7 +94,8 @@ def retrieve(
     over. ``progress`` draws the scan's bar, ``log`` receives one-line news (splits, index rebuilt...).
     ``engine="ray"`` runs the scan (and the index build) on a Ray cluster at ``address`` (``auto``,
     ``HOST:PORT``, or None for a private Ray on this machine), each node sized from its own profile: same
-    index, same top-k. Raises :class:`NoReadableImages` when no image could be read.
+    index, same top-k. ``update=False`` answers from the index as it stands (no listing, no scan; it must be
+    complete). Raises :class:`NoReadableImages` when no image could be read.
 
     Example:
         >>> res = retrieve(["a photo of Felis catus"], dataset="data/", model="synthetic:tiny")
@@ -103,24 +108,104 @@ def retrieve(
     if top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {top_k}")
     source = open_source(dataset, image_column, split)
-    records = source.records()
+    records = source.records() if rescan or not use_index else []
     splits = source.split_counts() if isinstance(source, HFDatasetSource) else {}
     if len(splits) > 1 or (splits and split):
         say("scanning " + " + ".join(f"{k} ({v:,} images)" for k, v in splits.items()))
     cfg = (config or safe_default_config()).validate()
     scanner = scan_engine(engine, address, say)
-    q = embed_queries(model, texts)
+    q, truncated = embed_queries_checked(model, texts)
     if rescan or not use_index:
         result = _scan_answer(source, records, model, cfg, texts, q, top_k, progress, scanner)
+    elif not update:
+        index = existing_index(index_dir or index_folder(source, model, cfg, split), model)
+        result = _index_answer(index, source, cfg, texts, q, top_k, _Sync("index"))
     else:
-        index = EmbeddingIndex(index_dir or default_index_dir(str(source.path), model, embedding_recipe(cfg), split))
-        calibration = _index_calibration(index, source, model, cfg, rebuild_index)
-        key = _index_key(model, cfg, index_dtype, calibration)
-        result = _index_answer(
-            index, key, source, cfg, texts, q, top_k, rebuild_index, progress, shard_images, say, calibration, scanner
-        )
+        index, sync = _update(
+            source, model, cfg, index_dir=index_dir, rebuild=rebuild_index, dtype=index_dtype, split=split,
+            progress=progress, shard_images=shard_images, log=say, scanner=scanner, profile=profile,
+        )  # fmt: skip
+        result = _index_answer(index, source, cfg, texts, q, top_k, sync)
     result.source, result.splits = source.describe(), splits
+    result.truncated = truncated
+    for n, cut in enumerate(truncated, start=1):
+        if cut:
+            result.notes.append(f"query {n} is longer than the text tower's {TEXT_CONTEXT} tokens: the rest is ignored")
+            say(result.notes[-1])
     return result
+
+
+def update_index(
+    dataset: str,
+    model: str,
+    config: EngineConfig | None = None,
+    *,
+    index_dir: Path | None = None,
+    rebuild: bool = False,
+    dtype: str = "float16",
+    image_column: str | None = None,
+    split: str | None = None,
+    progress: ProgressFactory | None = None,
+    log: Log | None = None,
+    profile: str | None = None,
+) -> EmbeddingIndex:
+    """Bring the index of ``dataset`` up to date exactly as :func:`retrieve` does, and return it, not loaded.
+
+    ``profile`` names the profile whose ``config`` this is (recorded in the index metadata as the profile that
+    built it; None for the safe default).
+
+    Example:
+        >>> idx = update_index("data/", "synthetic:tiny")  # doctest: +SKIP
+        >>> idx.read_meta().complete
+        True
+    """
+    source = open_source(dataset, image_column, split)
+    cfg = (config or safe_default_config()).validate()
+    index, _sync = _update(
+        source, model, cfg, index_dir=index_dir, rebuild=rebuild, dtype=dtype, split=split, progress=progress,
+        shard_images=1024, log=log or quiet, scanner=run_scan, profile=profile,
+    )  # fmt: skip
+    return index
+
+
+def existing_index(path: Path, model: str) -> EmbeddingIndex:
+    """A complete index of ``model`` at ``path``, as it stands (:class:`ConfigError` in one line otherwise)."""
+    index = EmbeddingIndex(path)
+    meta = index.read_meta()
+    if meta is None or not meta.complete:
+        raise ConfigError(f"no complete index at {path}: run without --no-update to build it")
+    if meta.key.model != model:
+        raise ConfigError(f"index {path} was built with {meta.key.model}, not {model}: give --model {meta.key.model}")
+    return index
+
+
+def index_folder(source: ImageSource, model: str, config: EngineConfig, split: str | None = None) -> Path:
+    """The default index folder of a database, model and configuration (its backend keys the folder)."""
+    return default_index_dir(str(source.path), model, embedding_recipe(config), split)
+
+
+def _update(
+    source: ImageSource,
+    model: str,
+    cfg: EngineConfig,
+    *,
+    index_dir: Path | None,
+    rebuild: bool,
+    dtype: str,
+    split: str | None,
+    progress: ProgressFactory | None,
+    shard_images: int,
+    log: Log,
+    scanner: Scanner,
+    profile: str | None,
+) -> tuple[EmbeddingIndex, _Sync]:
+    """The index folder of this source and configuration, brought up to date."""
+    index = EmbeddingIndex(index_dir or index_folder(source, model, cfg, split))
+    calibration = _index_calibration(index, source, model, cfg, rebuild)
+    key = _index_key(model, cfg, dtype, calibration)
+    index.claim()
+    job = _SyncJob(key, cfg, rebuild, progress, shard_images, log, calibration, scanner, profile)
+    return index, _sync_index(index, source, job)
 
 
 Scanner = Callable[..., ScanResult]
@@ -240,23 +325,14 @@ def _scan_answer(
 
 def _index_answer(
     index: EmbeddingIndex,
-    key: IndexKey,
     source: ImageSource,
     cfg: EngineConfig,
     texts: list[str],
     q: np.ndarray,
     top_k: int,
-    rebuild: bool,
-    progress: ProgressFactory | None,
-    shard_images: int,
-    log: Log,
-    calibration: Calibration | None = None,
-    scanner: Scanner = run_scan,
+    sync: _Sync,
 ) -> RetrievalResult:
-    """Bring the index up to date, then answer from it."""
-    notes: list[str] = []
-    index.claim()
-    sync = _sync_index(index, key, source, cfg, rebuild, progress, shard_images, notes, log, calibration, scanner)
+    """Answer from an index that is up to date."""
     t0 = time.perf_counter()
     index.load()
     load_s = time.perf_counter() - t0
@@ -278,7 +354,7 @@ def _index_answer(
     built = sync.scan
     result = RetrievalResult(
         texts, hits, sync.mode, built.images if built else 0, skipped_rows(cat), built.scan_seconds if built else 0.0,
-        query_ms, built.images_per_s if built else None, cfg.describe(), str(index.path), notes,
+        query_ms, built.images_per_s if built else None, cfg.describe(), str(index.path), sync.notes,
     )  # fmt: skip
     result.changes = sync.counts
     result.startup_s = built.startup_s if built else 0.0
@@ -286,39 +362,43 @@ def _index_answer(
     return result
 
 
-def _sync_index(
-    index: EmbeddingIndex,
-    key: IndexKey,
-    source: ImageSource,
-    cfg: EngineConfig,
-    rebuild: bool,
-    progress: ProgressFactory | None,
-    shard_images: int,
-    notes: list[str],
-    log: Log,
-    calibration: Calibration | None = None,
-    scanner: Scanner = run_scan,
-) -> _Sync:
+@dataclass(frozen=True)
+class _SyncJob:
+    """What an index update is asked to do: the key, the engine and its configuration, who hears news."""
+
+    key: IndexKey
+    config: EngineConfig
+    rebuild: bool
+    progress: ProgressFactory | None
+    shard_images: int
+    log: Log
+    calibration: Calibration | None
+    scanner: Scanner
+    profile: str | None
+
+
+def _sync_index(index: EmbeddingIndex, source: ImageSource, job: _SyncJob) -> _Sync:
     """Bring the index up to date with the database: nothing, a build, an update or a resumed one.
 
     A complete index of the same key and database is served without a lock; any write takes the writer
     lock, so a second writer is refused with one line.
     """
     fingerprint = source.fingerprint()
+    key, log, notes = job.key, job.log, []
 
     def current(meta: IndexMeta | None) -> bool:
         """Whether ``meta`` describes a complete index of this key with no update pending."""
         return bool(meta and meta.key == key and meta.complete and not meta.pending)
 
     meta = index.read_meta()
-    if not rebuild and current(meta) and meta and meta.dataset_fingerprint == fingerprint:
+    if not job.rebuild and current(meta) and meta and meta.dataset_fingerprint == fingerprint:
         return _Sync("index")
     with index.writer():
         meta = index.read_meta()
-        if rebuild or meta is None or meta.key != key:
+        if job.rebuild or meta is None or meta.key != key:
             if meta is not None and meta.key != key:
                 notes.append(f"index rebuilt: {meta.key.describe_difference(key)} since it was built")
-            elif rebuild:
+            elif job.rebuild:
                 notes.append("index rebuilt on request (--rebuild-index)")
             index.clear()
             meta = IndexMeta(key=key, dataset=str(source.path))
@@ -337,17 +417,19 @@ def _sync_index(
         if plan.todo:
             log(f"embedding {len(plan.todo):,} images into {index.path}")
             # The Ray engine writes these shards from its driver (no filesystem shared with the workers).
-            scan = scanner(
-                source, key.model, cfg, records=plan.todo, sink_factory=index.sink(key.dtype, shard_images),
-                progress=progress, calibration=calibration.path if calibration else None,
+            scan = job.scanner(
+                source, key.model, job.config, records=plan.todo,
+                sink_factory=index.sink(key.dtype, job.shard_images), progress=job.progress,
+                calibration=job.calibration.path if job.calibration else None,
             )  # fmt: skip
             skipped = scan.skipped
+            meta.profile, meta.config = job.profile, job.config.describe()
         commit_update(index, meta, plan, skipped)
         mode = "index-resumed" if plan.resumed else ("index-updated" if was_complete else "index-new")
         if was_complete:
             notes.append(f"index updated: {plan.describe()}")
             log(notes[-1])
-        return _Sync(mode, scan, plan.counts)
+        return _Sync(mode, scan, plan.counts, notes)
 
 
 def _hit(source: ImageSource, rank: int, rid: int, score: float, record: Record) -> Hit:
