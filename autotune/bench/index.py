@@ -14,7 +14,7 @@ import numpy as np
 
 from autotune.defaults import default_dataset
 from autotune.engine.config import EngineConfig
-from autotune.index import EmbeddingIndex, IndexKey, IndexMeta
+from autotune.index import DEFAULT_SCAN, EmbeddingIndex, IndexKey, IndexMeta
 from autotune.progress import Log, quiet
 from autotune.retrieval import retrieve, safe_default_config
 
@@ -69,12 +69,19 @@ def build_synthetic_index(
 
 
 def bench_index(
-    n: int = 500_000, dim: int = 512, queries: int = 20, k: int = 9, dtype: str = "float16", seed: int = 0
+    n: int = 500_000,
+    dim: int = 512,
+    queries: int = 20,
+    k: int = 9,
+    dtype: str = "float16",
+    seed: int = 0,
+    scan: str = DEFAULT_SCAN,
 ) -> dict[str, Any]:
     """Query latency on a generated ``n`` x ``dim`` index: load time, then per-query milliseconds.
 
     The index is written into a temporary folder, loaded (timed), warmed with one query, then each of
     ``queries`` random unit queries is timed alone; one is checked against a brute-force float64 ranking.
+    ``scan`` is the index's query path (``rerank``, the default, or ``exact``).
 
     Example:
         >>> bench_index(n=1000, dim=32, queries=5)["top_k_matches_bruteforce"]  # doctest: +SKIP
@@ -82,7 +89,8 @@ def bench_index(
     """
     with tempfile.TemporaryDirectory(prefix="autotune-index-") as tmp:
         t0 = time.perf_counter()
-        idx = build_synthetic_index(Path(tmp) / "index", n, dim, seed, dtype)
+        build_synthetic_index(Path(tmp) / "index", n, dim, seed, dtype)
+        idx = EmbeddingIndex(Path(tmp) / "index", scan=scan)
         build_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         idx.load()
@@ -105,6 +113,7 @@ def bench_index(
         "n": n,
         "dim": dim,
         "dtype": dtype,
+        "scan": scan,
         "queries": queries,
         "k": k,
         "build_seconds": round(build_s, 3),

@@ -16,6 +16,7 @@ from autotune.bench.tuner import bench_configs
 from autotune.cli.options import DatasetPathOpt, JsonOpt, ModelOpt, SplitOpt
 from autotune.engine.config import EngineConfig
 from autotune.errors import ConfigError, reraise_as
+from autotune.index import SCAN_MODES
 from autotune.models.facts import STAND_IN
 from autotune.progress import Log
 
@@ -25,10 +26,15 @@ def bench_index_cmd(
     dim: Annotated[int, typer.Option("--dim", min=1, help="Embedding size.")] = 512,
     queries: Annotated[int, typer.Option("--queries", min=1, help="Queries to time.")] = 20,
     dtype: Annotated[str, typer.Option("--dtype", help="Stored precision: float16 or float32.")] = "float16",
+    scan: Annotated[
+        str, typer.Option("--scan", help="Query path: rerank (float16 pass, exact re-rank; default) or exact.")
+    ] = "rerank",
     as_json: JsonOpt = False,
 ) -> None:
     """Query latency from the embedding index: a generated N x DIM index (no scan), per-query milliseconds."""
-    console.show(bench_index(n=n, dim=dim, queries=queries, dtype=dtype), "bench index", as_json)
+    if scan not in SCAN_MODES:
+        raise ConfigError(f"--scan must be one of {', '.join(SCAN_MODES)}, got {scan!r}")
+    console.show(bench_index(n=n, dim=dim, queries=queries, dtype=dtype, scan=scan), "bench index", as_json)
 
 
 def bench_serve_cmd(
