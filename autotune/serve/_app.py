@@ -137,7 +137,7 @@ def build_app(service: SearchService, *, log: Log | None = None) -> Starlette:
         if len(queries) > MAX_QUERIES:
             raise BadRequest(f"too many queries: {len(queries)} (at most {MAX_QUERIES} per request)")
         texts = [_query_text(q if isinstance(q, str) else None) for q in queries]
-        k = _k(data.get("k", 9), service.size())
+        k = _k(data.get("k"), service.size())
         answers = await batcher.submit(texts, k)
         return _json([a.to_dict() for a in answers])
 

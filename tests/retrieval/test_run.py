@@ -22,8 +22,8 @@ def _studies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("changes", "needle"),
     [({"queries": ()}, "empty query"), ({"queries": (" ",)}, "empty query"), ({"index_dtype": "int8"}, "float16"),
-     ({"top_k": 0}, "--top-k")],
-    ids=["no-query", "blank-query", "index-dtype", "top-k"],
+     ({"top_k": 0}, "--top-k"), ({"update": False, "rescan": True}, "--no-update")],
+    ids=["no-query", "blank-query", "index-dtype", "top-k", "no-update-rescan"],
 )  # fmt: skip
 def test_options_refuse_what_cannot_run(changes: dict[str, object], needle: str) -> None:
     base: dict[str, object] = {"queries": (QUERY,)}
@@ -51,6 +51,13 @@ def test_run_retrieval_writes_the_results_folder(small_dataset: Path, tiny_model
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["queries"][0]["query"] == QUERY and saved["config"] == safe_default_config().describe()
     assert (tmp_path / "out" / "contact_sheet.png").is_file()
+    # The index records who built it; --no-update answers from it as it stands, with the same top 9.
+    meta = json.loads((tmp_path / "idx" / "meta.json").read_text())
+    assert meta["profile"] is None and meta["config"] == safe_default_config().describe()
+    again = run_retrieval(RetrievalOptions(**{**opts.__dict__, "update": False}))
+    assert again.mode == "index" and [h.id for h in again.hits[0]] == [h.id for h in result.hits[0]]
+    with pytest.raises(ConfigError, match="no complete index at"):
+        run_retrieval(RetrievalOptions(**{**opts.__dict__, "update": False, "index_dir": tmp_path / "empty"}))
 
 
 def test_inputs_are_checked_before_anything_is_said(tmp_path: Path) -> None:
