@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from autotune.serve._app import build_app
 from autotune.serve._service import SearchService
 
 DEFAULT_PORT = 8765
+_PROFILE_CHECK_S = 5.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,23 +110,30 @@ def _existing(opts: ServeOptions, model: str, config: EngineConfig) -> tuple[Ima
 def _current_folder(
     opts: ServeOptions, model: str, source: ImageSource | None, started: Path
 ) -> Callable[[], str | None]:
-    """A check for /api/info: a note when the profile in use now keys another index folder than the served one."""
+    """A check for /api/info: a note when the profile in use now keys another index folder than the served one.
+
+    Profiles change rarely and reading them costs milliseconds, so the answer is kept for a few seconds.
+    """
+    kept: list[tuple[float, str | None]] = []
 
     def check() -> str | None:
         """None while the served index is the one the profile in use would build."""
         if opts.index_dir is not None or source is None or opts.profile != "auto":
             return None
-        try:
+        if kept and time.monotonic() - kept[0][0] < _PROFILE_CHECK_S:
+            return kept[0][1]
+        note = None
+        with contextlib.suppress(ConfigError):
             config, profile_id = choose_profile("auto", model)
-        except ConfigError:
-            return None
-        folder = index_folder(source, model, config, opts.split)
-        if folder == started:
-            return None
-        return (
-            f"the profile in use now ({profile_id or 'safe default'}, {config.describe()}) keys another index "
-            f"({folder}); this server keeps answering from the index it started with: restart it to switch"
-        )
+            folder = index_folder(source, model, config, opts.split)
+            if folder != started:
+                note = (
+                    f"the profile in use now ({profile_id or 'safe default'}, {config.describe()}) keys another "
+                    f"index ({folder}); this server keeps answering from the index it started with: restart it "
+                    "to switch"
+                )
+        kept[:] = [(time.monotonic(), note)]
+        return note
 
     return check
 
