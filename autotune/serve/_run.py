@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import uvicorn
 
 from autotune.data.records import ImageSource
 from autotune.data.sources import open_source
@@ -168,6 +171,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, stopped by Ctrl-C or SIGTERM as its normal end.
+
+    uvicorn raises the signal again after its graceful shutdown, which reaches asyncio's own Ctrl-C handler
+    and prints a traceback; here the signal only asks the server to stop (a second Ctrl-C forces it).
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Ctrl-C and SIGTERM set the exit flags; the previous handlers come back afterwards."""
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def exposure_warning(host: str) -> str | None:
     """The one warning line for an address beyond loopback (None for loopback)."""
     if is_loopback(host):
@@ -190,8 +211,6 @@ def serve(
 
     ``ready`` receives the base URL once the socket listens (the log also says it).
     """
-    import uvicorn
-
     say, tell = log or quiet, notice or quiet
     opts = options.validate()
     sock = bind(opts.host, opts.port)  # before the index work: a busy port fails at once
@@ -207,11 +226,7 @@ def serve(
             ready(url)
         app = build_app(service, log=say)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
-        server = uvicorn.Server(config)
-        try:
-            server.run(sockets=[sock])
-        except KeyboardInterrupt:
-            pass  # SIGTERM re-raised after uvicorn's own clean shutdown: stopping is the normal end
+        _Server(config).run(sockets=[sock])
         say("server stopped")
     finally:
         sock.close()
