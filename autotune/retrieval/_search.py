@@ -356,7 +356,5 @@ def _hit(source: ImageSource, rank: int, rid: int, score: float, record: Record)
 
 
 def _record_path(source: ImageSource, record: Record) -> str:
-    """A displayable path for a record (a file path for folders, dataset#index otherwise)."""
-    if source.kind == "folder":
-        return str(Path(source.path) / record.locator)
-    return f"{source.path}#{record.locator}"
+    """A displayable path for a record (a file path for folders and shard members, dataset#index otherwise)."""
+    return source.display_path(record)
