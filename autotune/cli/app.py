@@ -65,6 +65,7 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., None]]] = [
     (bench_app, "tuner", bench.bench_tuner_cmd),
     (bench_app, "index", bench_runs.bench_index_cmd),
     (bench_app, "index-update", bench_runs.bench_index_update_cmd),
+    (bench_app, "index-scale", bench_runs.bench_index_scale_cmd),
     (bench_app, "first-run", bench_runs.bench_first_run_cmd),
     (bench_app, "configs", bench_runs.bench_configs_cmd),
     (bench_app, "backends", bench.bench_backends_cmd),

@@ -21,6 +21,7 @@ from autotune.index import (
     IndexMeta,
     commit_update,
     default_index_dir,
+    is_up_to_date,
     plan_update,
     skipped_rows,
 )
@@ -305,13 +306,8 @@ def _sync_index(
     lock, so a second writer is refused with one line.
     """
     fingerprint = source.fingerprint()
-
-    def current(meta: IndexMeta | None) -> bool:
-        """Whether ``meta`` describes a complete index of this key with no update pending."""
-        return bool(meta and meta.key == key and meta.complete and not meta.pending)
-
     meta = index.read_meta()
-    if not rebuild and current(meta) and meta and meta.dataset_fingerprint == fingerprint:
+    if not rebuild and is_up_to_date(meta, key, fingerprint):
         return _Sync("index")
     with index.writer():
         meta = index.read_meta()
@@ -325,7 +321,7 @@ def _sync_index(
             index.write_meta(meta)
             for note in notes:
                 log(note)
-        elif current(meta) and meta.dataset_fingerprint == fingerprint:
+        elif is_up_to_date(meta, key, fingerprint):
             return _Sync("index")  # another process finished it while we waited
         was_complete = meta.complete
         plan = plan_update(index, meta, source.records(), source.identities(), fingerprint)
