@@ -57,6 +57,8 @@ def test_shards_hold_the_corpus_bytes_and_labels(shards: Path, tmp_path: Path) -
     pattern = open_source(str(shards / "{00000..00002}.tar"))
     assert [r.locator for r in pattern.records()] == [r.locator for r in src.records()]
     assert "{00000..00002}.tar" in str(pattern.path)  # another range would be another index
+    wider = open_source(str(shards / "{00000..00004}.tar"))
+    assert len(wider) == 34 and "(3 shards, 2 missing)" in wider.describe()
     single = open_source(shards / "00001.tar")
     assert len(single) == 12 and single.records()[0].locator.startswith("00001.tar/0000012.jpg@")
 
@@ -149,3 +151,13 @@ def test_no_splits_in_shards(shards: Path) -> None:
     """--split names Hugging Face splits: shards refuse it in one line."""
     with pytest.raises(DataError, match="no splits"):
         open_source(shards, split="train")
+
+
+def test_make_dataset_format_is_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown --format is one line on stderr and exit code 2, before anything is written."""
+    from autotune.cli import main
+
+    assert main(["make-dataset", "--out", str(tmp_path / "x"), "--n", "3", "--format", "zip"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown --format 'zip'") and "\n" not in err
+    assert not (tmp_path / "x").exists()
