@@ -90,7 +90,7 @@ class WebDatasetSource(ImageSource):
 
     Records are the samples that hold an image member (``.jpg``, ``.png``, ``.webp``...), in shard order then
     file order; the locator is ``<shard>/<member>@<offset>+<size>``. Labels come from the sample's JSON
-    ``label`` (a string or a number), captions from its ``.txt`` or its JSON ``caption``. Identities are the
+    ``label`` (a string or a number), captions from its JSON ``caption``, else its ``.txt``. Identities are the
     shard's size and mtime, so a replaced shard re-embeds its images and the others keep theirs. A shard
     that cannot be read, or whose listing stops at a corrupt or cut header, adds one record standing for
     what was lost; reading it raises ``OSError`` with the reason, so a scan counts it as a skip and goes on.
@@ -239,10 +239,10 @@ def _sidecars(members: dict[str, tuple[int, int, str]], fd: int, file_size: int)
             label = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else None
             text = meta.get("caption")
             caption = text if isinstance(text, str) else None
-    if "txt" in members:
+    if "txt" in members and caption is None:  # img2dataset writes the caption in both: one read is enough
         offset, size, _ = members["txt"]
         try:
-            caption = os.pread(fd, min(size, 4096), offset).decode("utf-8", "replace").strip() or caption
+            caption = os.pread(fd, min(size, 4096), offset).decode("utf-8", "replace").strip() or None
         except OSError:
             pass
     return label or None, caption

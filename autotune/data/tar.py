@@ -37,7 +37,7 @@ class TarListing:
 
 def _number(field: bytes) -> int:
     """A header's numeric field: octal text, or GNU base-256 when the top bit is set."""
-    if field[:1] and field[0] & 0x80:
+    if field[0] & 0x80:
         return int.from_bytes(field[1:], "big")
     text = field.split(b"\0", 1)[0].strip()
     return int(text, 8) if text else 0
@@ -45,11 +45,12 @@ def _number(field: bytes) -> int:
 
 def _checksum_ok(header: bytes) -> bool:
     """Whether the header's stored checksum matches its bytes (the checksum field counted as spaces)."""
+    field = header[148:156]
     try:
-        stored = _number(header[148:156])
+        stored = _number(field)
     except ValueError:
         return False
-    return stored == sum(header[:148]) + 8 * 32 + sum(header[156:])
+    return stored == sum(header) - sum(field) + 8 * 32
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
