@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from autotune.data import make_dataset, open_source
 from autotune.engine import EngineConfig
@@ -59,8 +60,8 @@ def test_bad_shards_are_counted_skips_and_the_scan_goes_on(tiny_model: str, tmp_
     (shards / "00001.tar").write_bytes(raw[: len(raw) // 2])  # cut mid-shard
     (shards / "00002.tar").write_bytes(b"no tar here " * 100)
     first = (shards / "00000.tar").read_bytes()
-    member = first.index(b"\xff\xd8")  # the first image's data: overwritten with noise, same length
-    (shards / "00000.tar").write_bytes(first[:member] + os.urandom(4096) + first[member + 4096 :])
+    member = first.index(b"\xff\xd8")  # the first image's data: overwritten with junk, same length
+    (shards / "00000.tar").write_bytes(first[:member] + bytes(range(256)) * 16 + first[member + 4096 :])
     res = retrieve([QUERY], dataset=str(shards), model=tiny_model, config=CFG, rescan=True)
     by_shard = {s["locator"].split("/")[0]: (s["reason"], s["detail"]) for s in res.skipped}
     assert len(res.skipped) == 3 and by_shard["00000.tar"][0] == "corrupt"
@@ -70,3 +71,46 @@ def test_bad_shards_are_counted_skips_and_the_scan_goes_on(tiny_model: str, tmp_
     # member (listed too: its header is whole, its data is not).
     listed = sum(1 for r in open_source(shards).records() if r.locator.startswith("00001.tar/0"))
     assert res.images == 9 + listed - 1 and listed >= 4
+
+
+class _StopOnceCommitted:
+    """A progress task that interrupts the scan (as Ctrl-C would) once the index has a committed shard, at the
+    latest when the scan's bar closes (a fast scan may finish before a report reaches it), before the commit."""
+
+    index: Path
+
+    def __init__(self, _desc: str, _total: int) -> None:
+        """Nothing to set up."""
+
+    def update(self, completed: int, info: str = "") -> None:
+        """Interrupt once a shard of embeddings is committed."""
+        if list(self.index.glob("shard-*.npz")):
+            raise KeyboardInterrupt
+
+    def advance(self, k: int = 1, info: str = "") -> None:
+        """Counted by update."""
+        self.update(0)
+
+    def close(self) -> None:
+        """The scan is over: interrupt now if it was not yet."""
+        self.update(0)
+
+
+@pytest.mark.slow
+def test_an_interrupted_shard_index_resumes(tiny_model: str, tmp_path: Path) -> None:
+    """Interrupted after its first committed shard, the next run resumes the same plan and ends like a fresh one."""
+    shards = tmp_path / "shards"
+    make_dataset(shards, n=24, seed=2, format="webdataset", shard_images=12)
+    cfg = EngineConfig(producers=1, cpu_models=1, cpu_threads=1, cpu_batch=2)
+    _StopOnceCommitted.index = tmp_path / "idx"
+    ask = {"model": tiny_model, "config": cfg, "index_dtype": "float32", "shard_images": 2, "top_k": 24}
+    try:
+        retrieve([QUERY], dataset=str(shards), index_dir=tmp_path / "idx", progress=_StopOnceCommitted, **ask)
+    except KeyboardInterrupt:
+        pass
+    resumed = retrieve([QUERY], dataset=str(shards), index_dir=tmp_path / "idx", **ask)
+    assert resumed.mode == "index-resumed" and resumed.images < 24
+    fresh = retrieve([QUERY], dataset=str(shards), index_dir=tmp_path / "fresh", **ask)
+    assert [(h.locator, round(h.score, 5)) for h in resumed.hits[0]] == [
+        (h.locator, round(h.score, 5)) for h in fresh.hits[0]
+    ]
