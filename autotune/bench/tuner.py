@@ -22,7 +22,7 @@ from typing import Any
 
 from autotune.atomic import atomic_write_json
 from autotune.bench.common import env_restored
-from autotune.data import open_source
+from autotune.data import Record, open_source
 from autotune.defaults import default_dataset
 from autotune.engine import embed_queries, run_scan
 from autotune.engine.config import EngineConfig
@@ -78,6 +78,8 @@ class FullScan:
         self.model = model
         self.query = embed_queries(model, ["a photo of Felis catus"])
         self.say = say
+        #: The last successful scan's top-k records for the query, best first.
+        self.top: list[Record] = []
 
     def __call__(self, config: EngineConfig) -> float:
         """Scan images/s (start-up excluded, as retrieve reports it); 0 when the run fails."""
@@ -86,6 +88,8 @@ class FullScan:
         except AutotuneError as exc:
             self.say(f"  full scan failed: {exc}")
             return 0.0
+        by_id = {r.id: r for r in self.records}
+        self.top = [by_id[int(i)] for i in res.topk_ids[0]]
         return res.images_per_s
 
 
@@ -311,48 +315,3 @@ def _replay(
     results = replay(rows, default=default, seeds=seeds, budget=budget)
     return {"results": results, "recommended": recommend(results)}
 
-
-def bench_configs(
-    configs: Sequence[EngineConfig],
-    *,
-    dataset: str | None = None,
-    model: str = "synthetic:clip-vit-base-patch32",
-    images: int = 2000,
-    repeats: int = 3,
-    split: str | None = None,
-    log: Log | None = None,
-) -> dict[str, Any]:
-    """Full scans of several engine configurations side by side: ``repeats`` interleaved passes, medians.
-
-    Each run is the retrieval's full scan (the engine over ``images`` images with a query, start-up apart);
-    each pass starts one configuration later than the last, so that no configuration always runs first or
-    last on a machine whose speed drifts. One unmeasured run of each builds its artefacts first. Figures:
-    each configuration's median images/s, its runs, and its share of the best median.
-
-    Example:
-        >>> cfgs = [EngineConfig(cpu_models=2, cpu_threads=1, cpu_backend=b) for b in ("bf16", "onnx-int8")]
-        >>> bench_configs(cfgs, images=200, repeats=1)["rows"][0]["share_of_best"]  # doctest: +SKIP
-    """
-    say = log or quiet
-    if not configs:
-        raise ConfigError("give at least one configuration (--config JSON)")
-    checked = [c.validate() for c in configs]
-    scan = FullScan(dataset or str(default_dataset()), model, images, split, say)
-    for cfg in checked:  # exports, quantisation, calibration and compiled graphs: not what is compared
-        say(f"warm-up (not measured): {cfg.describe()}")
-        scan(cfg)
-    runs: list[list[float]] = [[] for _ in checked]
-    for r in range(repeats):
-        order = [(r + i) % len(checked) for i in range(len(checked))]
-        for i in order:
-            runs[i].append(scan(checked[i]))
-            say(f"pass {r + 1}/{repeats}: {runs[i][-1]:.1f} images/s  [{checked[i].describe()}]")
-    medians = [statistics.median(rs) for rs in runs]
-    best = max(medians)
-    rows = [
-        {"config": cfg.describe(), "images_per_s": round(m, 2), "runs": [round(x, 2) for x in rs],
-         "share_of_best": round(m / best, 3) if best > 0 else None, "settings": cfg.to_dict()}
-        for cfg, m, rs in zip(checked, medians, runs, strict=True)
-    ]  # fmt: skip
-    best_row = rows[medians.index(best)]
-    return {"images": images, "repeats": repeats, "model": model, "rows": rows, "best": best_row["config"]}

@@ -67,6 +67,7 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., None]]] = [
     (bench_app, "index", bench_runs.bench_index_cmd),
     (bench_app, "serve", bench_runs.bench_serve_cmd),
     (bench_app, "index-update", bench_runs.bench_index_update_cmd),
+    (bench_app, "index-scale", bench_runs.bench_index_scale_cmd),
     (bench_app, "first-run", bench_runs.bench_first_run_cmd),
     (bench_app, "configs", bench_runs.bench_configs_cmd),
     (bench_app, "backends", bench.bench_backends_cmd),

@@ -13,6 +13,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import shutil
 import struct
 import time
 import zlib
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageStat
 
+from autotune.data.layouts import write_hf_disk, write_inat, write_shards
 from autotune.errors import DataError
 from autotune.progress import ProgressFactory, Task, silent
 
@@ -50,6 +52,8 @@ SOURCE_PHOTOS: dict[str, str] = {
 #: Labels in the order used to assign source photos: image ``i`` shows ``LABELS[i % len(LABELS)]``.
 LABELS: list[str] = sorted(SOURCE_PHOTOS)
 
+#: Shapes ``make_dataset`` writes the corpus in: image files, WebDataset shards, an iNaturalist split, save_to_disk.
+FORMATS = ("files", "webdataset", "inat", "hf")
 LONG_SIDE = 500
 METADATA_NAME = "metadata.json"
 _PARALLEL_THRESHOLD = 200
@@ -161,7 +165,14 @@ def _write_all(out: Path, n: int, seed: int, workers: int | None, task: Task) ->
 
 
 def make_dataset(
-    out: Path, n: int, seed: int = 0, progress: ProgressFactory | None = None, workers: int | None = None
+    out: Path,
+    n: int,
+    seed: int = 0,
+    progress: ProgressFactory | None = None,
+    workers: int | None = None,
+    *,
+    format: str = "files",
+    shard_images: int = 1000,
 ) -> dict[str, Any]:
     """Write an iNaturalist-2021-train-mini-like corpus of ``n`` JPEGs under ``out`` and return a summary.
 
@@ -172,7 +183,13 @@ def make_dataset(
     The folder loads as a plain image folder and as a Hugging Face imagefolder (labels = folder names).
     ``progress`` (e.g. :func:`autotune.console.bar`) gets one ``make-dataset`` task; None reports nothing.
 
-    Raises :class:`DataError` when ``out`` exists and is not an empty folder.
+    ``format`` writes the same images (the same bytes) in another shape (:data:`FORMATS`): ``webdataset``,
+    tar shards of ``shard_images`` samples directly in ``out`` (``<index>.jpg`` beside ``.json`` with label and
+    caption, and ``.txt``); ``inat``, ``out`` as an iNaturalist split (taxonomy-named class folders,
+    ``<out name>.json`` with categories, names and common names); ``hf``, a ``save_to_disk`` dataset. Each
+    ``out`` is a usable ``--dataset``.
+
+    Raises :class:`DataError` when ``out`` exists and is not an empty folder, or for an unknown format.
 
     Example:
         >>> summary = make_dataset(Path("/tmp/corpus"), n=34, seed=0)  # doctest: +SKIP
@@ -182,8 +199,24 @@ def make_dataset(
     out = Path(out)
     if n < 1:
         raise DataError(f"make-dataset needs at least one image (n={n})")
+    if format not in FORMATS:
+        raise DataError(f"unknown --format {format!r} (formats: {', '.join(FORMATS)})")
+    if shard_images < 1:
+        raise DataError(f"--shard-images must be at least 1, got {shard_images}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"refusing to write into {out}: it exists and is not an empty folder")
+    if format in ("webdataset", "hf"):
+        # The images are generated as files first, beside ``out``, then packed; the files go afterwards.
+        files = out.parent / f".{out.name}.files"
+        shutil.rmtree(files, ignore_errors=True)
+        try:
+            summary = make_dataset(files, n, seed, progress, workers)
+            out.mkdir(parents=True, exist_ok=True)
+            extra = write_shards(files, out, shard_images) if format == "webdataset" else write_hf_disk(files, out)
+            (out / METADATA_NAME).write_text((files / METADATA_NAME).read_text(encoding="utf-8"), encoding="utf-8")
+        finally:
+            shutil.rmtree(files, ignore_errors=True)
+        return {**summary, "out": str(out), "format": format, **extra}
     labels = LABELS[: min(n, len(LABELS))]
     for label in labels:
         (out / label).mkdir(parents=True, exist_ok=True)
@@ -198,14 +231,17 @@ def make_dataset(
 
     meta = {"generator": "autotune.make_dataset", "n": n, "seed": seed, "labels": labels}
     (out / METADATA_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    extra = write_inat(out, labels) if format == "inat" else {}
     return {
         "out": str(out),
+        "format": format,
         "images": n,
         "labels": len(labels),
         "bytes": total_bytes,
         "mb": round(total_bytes / 1e6, 2),
         "seconds": round(seconds, 2),
         "images_per_s": round(n / max(seconds, 1e-6), 1),
+        **extra,
     }
 
 

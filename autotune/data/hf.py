@@ -20,14 +20,15 @@ if TYPE_CHECKING:  # datasets takes a second to import: only handlers that need 
     import datasets
     from PIL import Image
 
-_SAVE_TO_DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+#: Files that mark a ``save_to_disk`` folder.
+SAVE_TO_DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 #: What a hub dataset id looks like (``owner/name``).
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _LABEL_COLUMNS = ("label", "labels")
 
 
 @contextlib.contextmanager
-def _quiet_datasets() -> Iterator[ModuleType]:
+def quiet_datasets() -> Iterator[ModuleType]:
     """Import ``datasets`` with its progress bars and info logs silenced for the duration."""
     import datasets
 
@@ -115,7 +116,7 @@ class HFDatasetSource(ImageSource):
 
     def _open(self) -> datasets.Dataset:
         """Load the dataset (this process's handle) and select the split."""
-        with _quiet_datasets() as ds_lib:
+        with quiet_datasets() as ds_lib:
             try:
                 if self.mode == "disk":
                     loaded = ds_lib.load_from_disk(str(self.path))
@@ -306,7 +307,7 @@ def detect_mode(path: Path) -> str:
             return "parquet"
         raise DataError(f"not a dataset folder: {path}")
     if path.is_dir():
-        if any((path / marker).is_file() for marker in _SAVE_TO_DISK_MARKERS):
+        if any((path / marker).is_file() for marker in SAVE_TO_DISK_MARKERS):
             return "disk"
         if any(path.glob("*.parquet")) or any(path.glob("data/**/*.parquet")):
             return "parquet"

@@ -24,8 +24,10 @@ from autotune.cache import cache_dir
 class Record:
     """One image of a source: ``id`` (its index in sorted order), ``locator`` and optional ``label``.
 
-    ``locator`` is a path relative to the folder (:class:`FolderSource`) or ``"index:<n>"`` (a row of a
-    Hugging Face dataset).
+    ``locator`` is a path relative to the folder (:class:`FolderSource`), ``"index:<n>"`` (a row of a
+    Hugging Face dataset) or ``"<shard>/<member>@<offset>+<size>"`` (a member of a WebDataset tar shard).
+    ``caption`` (a WebDataset sample's text) and ``common_name`` (an iNaturalist category's) are kept apart
+    from the label; sources without them leave them ``None``.
 
     Example:
         >>> Record(0, "Felis catus/0000001.jpg", "Felis catus").label
@@ -35,6 +37,8 @@ class Record:
     id: int
     locator: str
     label: str | None
+    caption: str | None = None
+    common_name: str | None = None
 
 
 def digest(parts: Iterator[str]) -> str:
@@ -172,6 +176,10 @@ class ImageSource(abc.ABC):
             ['Coffea arabica', 'Felis catus']
         """
         return sorted({r.label for r in self.records() if r.label is not None})
+
+    def display_path(self, record: Record) -> str:
+        """Where a record's image is, for people: ``<database>#<locator>`` unless the source knows a file."""
+        return f"{self.path}#{record.locator}"
 
     @abc.abstractmethod
     def describe(self) -> str:

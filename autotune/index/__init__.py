@@ -24,7 +24,14 @@ from autotune.index.store import (
     IndexMeta,
     NotAnIndexError,
 )
-from autotune.index.update import IndexBookkeepingError, UpdatePlan, commit_update, plan_update, skipped_rows
+from autotune.index.update import (
+    IndexBookkeepingError,
+    UpdatePlan,
+    commit_update,
+    is_up_to_date,
+    plan_update,
+    skipped_rows,
+)
 
 __all__ = [
     "INDEX_FORMAT",
@@ -43,6 +50,7 @@ __all__ = [
     "commit_update",
     "default_index_dir",
     "indexes_root",
+    "is_up_to_date",
     "list_indexes",
     "plan_update",
     "remove_index",

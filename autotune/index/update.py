@@ -18,7 +18,7 @@ import numpy as np
 from autotune.data.sources import Record
 from autotune.engine.sink import read_shards
 from autotune.errors import AutotuneError
-from autotune.index.store import SHARD_PREFIX, EmbeddingIndex, IndexMeta
+from autotune.index.store import SHARD_PREFIX, EmbeddingIndex, IndexKey, IndexMeta
 
 CATALOG_COLUMNS = ("id", "locator", "identity", "label", "status", "detail")
 EMBEDDED, PENDING, SKIPPED = "embedded", "pending", "skipped"
@@ -50,6 +50,14 @@ class UpdatePlan:
     def describe(self) -> str:
         """E.g. ``1,200 new, 3 changed, 40 removed, 498,757 kept``."""
         return ", ".join(f"{self.counts[k]:,} {k}" for k in ("new", "changed", "removed", "kept"))
+
+
+def is_up_to_date(meta: IndexMeta | None, key: IndexKey, fingerprint: str) -> bool:
+    """Whether ``meta`` is a complete index made with ``key`` of the database whose fingerprint is
+    ``fingerprint``, with no update pending: then it is served as it is, without planning anything."""
+    return bool(
+        meta and meta.key == key and meta.complete and not meta.pending and meta.dataset_fingerprint == fingerprint
+    )
 
 
 def _empty_catalog() -> dict[str, list[Any]]:

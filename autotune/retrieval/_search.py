@@ -21,6 +21,7 @@ from autotune.index import (
     IndexMeta,
     commit_update,
     default_index_dir,
+    is_up_to_date,
     plan_update,
     skipped_rows,
 )
@@ -385,13 +386,8 @@ def _sync_index(index: EmbeddingIndex, source: ImageSource, job: _SyncJob) -> _S
     """
     fingerprint = source.fingerprint()
     key, log, notes = job.key, job.log, []
-
-    def current(meta: IndexMeta | None) -> bool:
-        """Whether ``meta`` describes a complete index of this key with no update pending."""
-        return bool(meta and meta.key == key and meta.complete and not meta.pending)
-
     meta = index.read_meta()
-    if not job.rebuild and current(meta) and meta and meta.dataset_fingerprint == fingerprint:
+    if not job.rebuild and is_up_to_date(meta, key, fingerprint):
         return _Sync("index")
     with index.writer():
         meta = index.read_meta()
@@ -405,7 +401,7 @@ def _sync_index(index: EmbeddingIndex, source: ImageSource, job: _SyncJob) -> _S
             index.write_meta(meta)
             for note in notes:
                 log(note)
-        elif current(meta) and meta.dataset_fingerprint == fingerprint:
+        elif is_up_to_date(meta, key, fingerprint):
             return _Sync("index")  # another process finished it while we waited
         was_complete = meta.complete
         plan = plan_update(index, meta, source.records(), source.identities(), fingerprint)
@@ -438,7 +434,5 @@ def _hit(source: ImageSource, rank: int, rid: int, score: float, record: Record)
 
 
 def _record_path(source: ImageSource, record: Record) -> str:
-    """A displayable path for a record (a file path for folders, dataset#index otherwise)."""
-    if source.kind == "folder":
-        return str(Path(source.path) / record.locator)
-    return f"{source.path}#{record.locator}"
+    """A displayable path for a record (a file path for folders and shard members, dataset#index otherwise)."""
+    return source.display_path(record)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from autotune.data.folder import FolderSource
 from autotune.data.records import ImageSource, Record
 from autotune.errors import AutotuneError, ConfigError
 from autotune.index import EmbeddingIndex, IndexKey, IndexMeta
@@ -181,7 +182,8 @@ class SearchService:
         self.tower = tower or TextTower(model)
         if self.tower.dim != self.key.embed_dim:
             raise ConfigError(f"the text tower embeds {self.tower.dim} wide, the index {self.key.embed_dim}")
-        self.root = Path(os.path.realpath(source.path)) if source is not None and source.kind == "folder" else None
+        # Files of a folder (iNaturalist's layout included) are read here, only where they really lie inside it.
+        self.root = Path(os.path.realpath(source.path)) if isinstance(source, FolderSource) else None
         self._thumbs: OrderedDict[tuple[int, str], bytes] = OrderedDict()
         self._lock = threading.Lock()
         self._checked = 0.0

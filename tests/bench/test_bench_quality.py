@@ -66,3 +66,13 @@ def test_precision_at_k_ties_and_counts() -> None:
     labels = np.array([1, 0, 0, 1])
     assert precision_at_k(scores, labels, k=2).tolist() == [0.5, 0.0]
     assert precision_at_k(scores, labels, k=9).tolist() == [0.5, 0.5]  # k capped at the image count
+
+
+def test_prompts_from_an_inaturalist_split(trained: Path, tmp_path: Path) -> None:
+    """An iNaturalist split's labels are species names, so its prompts are "a photo of <species>"."""
+    from autotune.data import make_dataset
+
+    split = tmp_path / "train_mini"
+    make_dataset(split, n=17, seed=3, format="inat")
+    figures = bench_quality(str(trained), split, n=34, seed=777)
+    assert figures["labels"] == LABELS and set(figures["per_label_precision_at_9"]) == set(LABELS)

@@ -93,7 +93,7 @@ def test_parallel_generation_matches_serial(tmp_path: Path) -> None:
     parallel = make_dataset(tmp_path / "parallel", n=200, seed=7, workers=2)
     assert _files(tmp_path / "serial") == _files(tmp_path / "parallel")
     assert serial["bytes"] == parallel["bytes"]
-    assert set(parallel) == {"out", "images", "labels", "bytes", "mb", "seconds", "images_per_s"}
+    assert set(parallel) == {"out", "format", "images", "labels", "bytes", "mb", "seconds", "images_per_s"}
     assert parallel["images"] == 200 and parallel["labels"] == 17
 
 
