@@ -226,7 +226,10 @@ def serve(
             ready(url)
         app = build_app(service, log=say)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
-        _Server(config).run(sockets=[sock])
+        try:
+            _Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:
+            pass  # the signal came while the server was still starting (before its own handlers): a stop all the same
         say("server stopped")
     finally:
         sock.close()
