@@ -45,6 +45,7 @@ def bench_serve(
     requests: int = 160,
     retrieve_runs: int = 3,
     seed: int = 0,
+    dataset: str | None = None,
     log: Log | None = None,
 ) -> dict[str, Any]:
     """Serve a generated ``n``-image index and time it under 1, 4 and 16 clients, beside ``autotune retrieve``.
@@ -52,7 +53,7 @@ def bench_serve(
     Each client level sends ``requests`` queries in all (distinct texts, so no answer is cached); p50/p99 are
     over those requests, ``queries_per_s`` is requests over the level's wall time. ``retrieve_runs`` new
     ``autotune retrieve`` processes answer the same queries, interleaved with the levels; their top 9 must
-    match the server's.
+    match the server's. ``dataset`` is the folder whose images the rows show (default: the generated corpus).
 
     Example:
         >>> bench_serve(n=5_000, model="synthetic:tiny", clients=(1, 2), requests=20)["same_top9"]  # doctest: +SKIP
@@ -60,7 +61,7 @@ def bench_serve(
     """
     say = log or quiet
     facts = model_facts(model)
-    corpus = default_dataset()
+    corpus = Path(dataset) if dataset else default_dataset()
     source = open_source(corpus)
     records = source.records()
     with tempfile.TemporaryDirectory(prefix="autotune-bench-serve-") as tmp:

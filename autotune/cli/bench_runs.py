@@ -48,6 +48,9 @@ def bench_serve_cmd(
     retrieve_runs: Annotated[
         int, typer.Option("--retrieve-runs", min=0, help="`autotune retrieve` processes timed beside the server.")
     ] = 3,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="A folder whose images the rows show (default: the corpus).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The server's latency and queries/s under 1, 4 and 16 clients, beside `autotune retrieve` processes.
@@ -60,7 +63,7 @@ def bench_serve_cmd(
     """
     result = bench_serve(
         n=n, model=model, clients=tuple(clients or CLIENTS), requests=requests, retrieve_runs=retrieve_runs,
-        log=console.log_for(not as_json),
+        dataset=dataset, log=console.log_for(not as_json),
     )  # fmt: skip
     console.show(result, "bench serve", as_json)
 

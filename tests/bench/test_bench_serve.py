@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from processes import leftover_processes
 from typer.testing import CliRunner
@@ -10,10 +11,10 @@ from typer.testing import CliRunner
 from autotune.cli import app
 
 
-def test_levels_retrieve_and_scans_on_a_small_generated_index(tiny_model: str) -> None:
+def test_levels_retrieve_and_scans_on_a_small_generated_index(tiny_model: str, small_dataset: Path) -> None:
     out = CliRunner().invoke(
         app, ["bench", "serve", "--n", "3000", "--model", tiny_model, "--clients", "1", "--clients", "3",
-              "--requests", "12", "--retrieve-runs", "1", "--json"],
+              "--requests", "12", "--retrieve-runs", "1", "--dataset", str(small_dataset), "--json"],
     )  # fmt: skip
     assert out.exit_code == 0, out.output
     res = json.loads(out.stdout)
