@@ -52,6 +52,7 @@ class RetrievalResult:
     splits: dict[str, int] = field(default_factory=dict)
     changes: dict[str, int] = field(default_factory=dict)
     startup_s: float = 0.0
+    nodes: list[dict[str, Any]] = field(default_factory=list)  # a Ray scan's nodes: address, machine id, images
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -73,4 +74,6 @@ class RetrievalResult:
             "index_changes": self.changes,
             "notes": self.notes,
             "outputs": self.outputs,
+            **({"nodes": self.nodes, "min_images_per_node": min(n["images"] for n in self.nodes)} if self.nodes
+               else {}),
         }
