@@ -9,7 +9,14 @@ from __future__ import annotations
 from autotune.retrieval._outputs import contact_sheet, write_outputs, write_skipped
 from autotune.retrieval._result import Hit, NoReadableImages, RetrievalResult
 from autotune.retrieval._run import RetrievalOptions, choose_config, profile_rate, run_retrieval
-from autotune.retrieval._search import embedding_recipe, retrieve, safe_default_config, scan_engine
+from autotune.retrieval._search import (
+    embedding_recipe,
+    node_profile,
+    node_sizer,
+    retrieve,
+    safe_default_config,
+    scan_engine,
+)
 
 __all__ = [
     "Hit",
@@ -19,6 +26,8 @@ __all__ = [
     "choose_config",
     "contact_sheet",
     "embedding_recipe",
+    "node_profile",
+    "node_sizer",
     "profile_rate",
     "retrieve",
     "run_retrieval",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,7 +76,7 @@ def test_a_node_lost_mid_scan_leaves_the_scan_to_the_other_with_every_image_once
     tmp_path_factory: pytest.TempPathFactory, _isolated_cache: Path
 ) -> None:
     from autotune.data import make_dataset, open_source
-    from autotune.engine.runner import ScanProgress, embed_queries, run_scan
+    from autotune.engine.runner import embed_queries, run_scan
     from autotune.retrieval import scan_engine
 
     folder = tmp_path_factory.mktemp("lost") / "db"
@@ -87,18 +90,28 @@ def test_a_node_lost_mid_scan_leaves_the_scan_to_the_other_with_every_image_once
         mp.setenv("AUTOTUNE_STUDIES", str(tmp_path_factory.mktemp("no-profiles")))
         c = two_nodes()
         try:
-            batches: list[int] = []
+            killed = threading.Event()
 
-            def kill_second_node(p: ScanProgress) -> None:
-                """SIGKILL the second raylet and its workers once the first batch is in (each node has two)."""
-                batches.append(p.images)
-                if len(batches) == 1:
-                    c.kill_node(1)
+            def kill_second_node_once_its_actor_runs() -> None:
+                """SIGKILL the second raylet and its workers as soon as its model actor exists: its share (60
+                images at 0.1 s each) cannot be done yet."""
+                import psutil
 
-            # The retrieval's Ray engine: no node has a profile, so each runs the safe default for its one CPU
-            # (batches of 32: two per node), slowed to 0.1 s an image so that the kill lands mid-scan.
+                while not killed.is_set():
+                    for pid in c.node_pids(1):
+                        with contextlib.suppress(psutil.Error):
+                            if "EmbedActor" in " ".join(psutil.Process(pid).cmdline()):
+                                c.kill_node(1)
+                                killed.set()
+                    time.sleep(0.2)
+
+            killer = threading.Thread(target=kill_second_node_once_its_actor_runs, daemon=True)
+            killer.start()
+            # The retrieval's Ray engine: no node has a profile, so each runs the safe default for its one CPU,
+            # slowed to 0.1 s an image so that the kill lands mid-scan.
             scan = scan_engine("ray", c.address, said.append)
-            res = scan(source, model, cfg, queries=q, on_batch=kill_second_node, fake_delay_s=0.1)
+            res = scan(source, model, cfg, queries=q, fake_delay_s=0.1)
+            assert killed.is_set()
         finally:
             c.stop()
     stats = res.workers[0]["stats"]
