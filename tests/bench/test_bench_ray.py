@@ -59,6 +59,7 @@ def test_bench_ray_on_two_nodes_starts_and_stops_its_own_cluster(
     assert figures["steady_ray_over_local"] is not None
     (run,) = figures["runs"]
     assert len(run["ray_nodes_detail"]) == 2 and sum(n["images"] for n in run["ray_nodes_detail"]) == 40
-    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()
-            and p.status() != psutil.STATUS_ZOMBIE]  # fmt: skip
-    assert not left, [p.cmdline()[:2] for p in left]
+    # No Ray process is left (the local engine's fork server, a child of this process, stays by design).
+    left = [" ".join(p.cmdline()[:3]) for p in psutil.Process().children(recursive=True) if p.pid not in before
+            and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # fmt: skip
+    assert not [c for c in left if "/ray/" in c or c.startswith("ray::")], left
