@@ -21,6 +21,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Unpack
 
@@ -128,6 +129,10 @@ def _node_branch(
     # Hard affinity: each node runs the replicas its own plan asks for, and a pixel never leaves the node that
     # decoded it. A lost node fails its branch; the driver then plans the rest again on the nodes left.
     pin = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False)} if node_id else {}
+    # Ray 2.60 warns that extra remote arguments go in Ray 2.64, for named ones. Node affinity has none yet,
+    # and its hard form is what fails a lost node's work at once (ActorUnschedulableError), which the driver
+    # turns into a new plan on the nodes left.
+    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
     pre = preprocess_spec_for(model_id)
     backend = BackendSpec(model_id=model_id, precision=config.gpu_precision, backend=config.cpu_backend,
                           fake_delay_s=fake_delay_s, calibration=calibration, streams=config.cpu_streams)  # fmt: skip

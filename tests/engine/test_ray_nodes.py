@@ -32,10 +32,27 @@ def test_a_node_given_part_of_its_host_runs_that_share_of_the_layout() -> None:
     assert fit_to_cpus(tuned, 2, 2) is tuned and fit_to_cpus(tuned, 4, 2) is tuned
 
 
+TUNED = EngineConfig(producers=1, cpu_models=2, cpu_threads=1, cpu_batch=8)  # the second node's profile
+
+
+def _save_node_profile(home: Path, model: str) -> None:
+    """A profile in use for ``model`` in one node's own studies folder (as `autotune profile pull` leaves it)."""
+    from autotune.machine import detect_machine
+    from autotune.tuner.profile import Profile, model_arch, save_profile
+
+    machine = detect_machine()
+    save_profile(Profile(machine_id=machine.machine_id, machine=machine.summary(), config=TUNED, images_per_s=100.0,
+                         spread=0.0, study="s", storage="sqlite:///x.db", trial=0, scan_size=64, model=model,
+                         model_arch=model_arch(model), dataset="/data", dataset_fingerprint="f", device="cpu"),
+                 folder=home / "profiles")  # fmt: skip
+
+
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, _isolated_cache: Path) -> Iterator[Any]:
-    """Two raylets joined on loopback; no node has a profile (each studies folder empty)."""
+def cluster(tmp_path_factory: pytest.TempPathFactory, _isolated_cache: Path, tiny_model: str) -> Iterator[Any]:
+    """Two raylets joined on loopback, each with a studies folder of its own: the second node's holds a profile
+    for the tiny model, the first's and the driver's none."""
     homes = [tmp_path_factory.mktemp(f"node{i}") for i in range(2)]
+    _save_node_profile(homes[1], tiny_model)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AUTOTUNE_STUDIES", str(tmp_path_factory.mktemp("driver-studies")))
         c = two_nodes([{"AUTOTUNE_STUDIES": str(h)} for h in homes])
@@ -65,8 +82,11 @@ def test_two_nodes_give_the_local_engines_top9_and_both_embed(
     assert all(n["address"].startswith("127.0.0.1:") and n["machine_id"] for n in nodes)
     assert figures["min_images_per_node"] == min(n["images"] for n in nodes) > 0
     assert sum(n["images"] for n in nodes) == 54 and not any(n["lost"] for n in nodes)
-    # A 1-CPU node of a 2-core host without a profile: the safe default for its one CPU, and a warning each.
-    assert all(n["config"] == EngineConfig(producers=1, cpu_models=1, cpu_threads=1).describe() for n in nodes)
+    # Each node sized from its own machine's profile, fitted to the one CPU Ray gives it: the second node's
+    # 2-replica profile runs one replica; the first node, with none, runs the safe default for one CPU.
+    assert sorted(n["config"] for n in nodes) == sorted([
+        EngineConfig(producers=1, cpu_models=1, cpu_threads=1).describe(),
+        EngineConfig(producers=1, cpu_models=1, cpu_threads=1, cpu_batch=8).describe()])  # fmt: skip
     assert cluster.listeners_beyond_loopback() == []
 
 
