@@ -2,8 +2,8 @@
 
 Ray is imported lazily: without it installed, asking for the Ray engine is one line naming the extra. Each
 node's actors are sized by the caller's sizer (a retrieval's: the profile of that node's machine id, or the safe
-default and a warning naming it), and their CPU reservations scaled so that preprocessing tasks always fit
-beside them.
+default and a warning naming it), fitted to the CPUs Ray gives the node, and their CPU reservations scaled so
+that preprocessing tasks always fit beside them.
 """
 
 from __future__ import annotations
@@ -213,10 +213,9 @@ GPU_BLOCK_BATCHES = 8
 
 @dataclass(frozen=True)
 class RayLayout:
-    """The cluster-wide pools: preprocessing tasks, and one actor pool per device type.
-
-    Ray Data gives every actor of a pool the same shape, so per-node profiles set how many actors each pool
-    has (their sum) and the shape is the smallest one asked for (threads, batch), which fits every node.
+    """A node's pools (the scan makes one layout per node): preprocessing tasks, and one actor pool per device
+    type. Laid out over several nodes, Ray Data would give every actor of a pool the same shape: the pools then
+    have the sum of the nodes' replicas and the smallest shape asked for (threads, batch), which fits each.
     """
 
     preprocess_tasks: int
@@ -269,7 +268,7 @@ class RayLayout:
 
 
 def layout_for(nodes: Sequence[NodePlan]) -> RayLayout:
-    """Add the nodes' plans up into the cluster's pools (a node's GPU replicas only where it has GPUs)."""
+    """The pools of one node's plan, or of several added up (a node's GPU replicas only where it has GPUs)."""
     cpu = [n.config for n in nodes if n.config.cpu_models]
     gpu = [(n.config, n.gpus) for n in nodes if n.config.gpu_models and n.gpus]
     if not cpu and not gpu:

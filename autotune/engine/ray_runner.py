@@ -1,9 +1,10 @@
 """The Ray engine: the same scan as :func:`autotune.engine.runner.run_scan`, on a Ray cluster.
 
-Ray Data carries the project's own records (the ids and locators the local engine scans) as blocks of one
-batch each; CPU tasks read and preprocess them (:func:`~autotune.engine.ray_stages.preprocess_batch`), and
-actor pools per device type run the image tower (:class:`~autotune.engine.ray_stages.EmbedActor`), sized from
-the profile of each node's machine. Embeddings come back to the driver, which keeps the books, the exact
+Ray Data carries the project's own records (the ids and locators the local engine scans) as blocks of whole
+batches; on each node, in a branch of the pipeline pinned to it and sized from the profile of its machine, CPU
+tasks read and preprocess them (:func:`~autotune.engine.ray_stages.preprocess_batch`) and actor pools per device
+type run the image tower (:class:`~autotune.engine.ray_stages.EmbedActor`). A node lost mid-scan has the records
+not yet back planned again on the nodes left. Embeddings come back to the driver, which keeps the books, the exact
 top-k and the embedding sink itself: the index is written through the same shard code as the local engine,
 so no filesystem is shared with the workers and a killed run resumes from the shards the driver committed.
 A killed actor is restarted by Ray and its batches redone (Ray Data's actor pools retry by default); the
@@ -257,8 +258,11 @@ def run_scan_ray(
 
     ``address`` is ``auto`` or ``HOST:PORT`` of a running cluster, or None to start a private Ray on this
     machine for the run (a process already connected keeps its session). Each node's pools are sized by
-    ``sizer`` (machine id and CPUs -> its configuration: a retrieval passes one that reads each machine's
-    profile), else from ``config``; the backend is always ``config``'s. The driver writes what
+    ``sizer`` (the facts a node reports -> its configuration: a retrieval passes one that reads the profile
+    each node's machine keeps), else from ``config``, fitted to the CPUs Ray gives the node, and pinned to it;
+    the backend is always ``config``'s. A node that leaves the cluster mid-scan has its records not yet back
+    planned again on the nodes left (``workers[0]['stats']``: ``nodes``, ``min_images_per_node``,
+    ``nodes_lost``). The driver writes what
     ``sink_factory(n)`` opens (``n`` unique per run), merges the exact top-k, skips unreadable images with
     their reasons and checks that every record was embedded or skipped exactly once. ``scan_seconds`` and
     images/s run from the call, the actors' start-up included (preprocessing runs ahead while they load, so no
@@ -346,6 +350,7 @@ def _batches(ds: Any, books: _RayBooks, plans: Sequence[NodePlan]) -> Iterator[d
     out: queue.Queue[Any] = queue.Queue(maxsize=4)
     stop = threading.Event()
     done = object()
+    executors = _keep_executors(ds)
 
     def pump() -> None:
         """Feed the queue from Ray Data's iterator (in a thread of the driver)."""
@@ -381,30 +386,65 @@ def _batches(ds: Any, books: _RayBooks, plans: Sequence[NodePlan]) -> Iterator[d
             if item is done:
                 return
             if isinstance(item, BaseException):
-                _check_nodes(books, plans)
+                _check_nodes(books, plans, wait_s=NODE_DEATH_WAIT_S if _lost_process(item) else 0.0)
                 raise item
             yield item
     finally:
         stop.set()
-        _shutdown_executor(ds)
+        for executor in executors:  # unblocks the thread's iterator, and gives the actors' CPUs back
+            with contextlib.suppress(Exception):
+                executor.shutdown(force=True)
         thread.join(timeout=30)
 
 
-def _shutdown_executor(ds: Any) -> None:
-    """Stop the dataset's streaming executor now (its actors and tasks), from the driver's thread."""
-    executor = getattr(getattr(ds, "_current_executor", None), "shutdown", None)
-    if executor is not None:
-        with contextlib.suppress(Exception):
-            executor()
+def _keep_executors(ds: Any) -> list[Any]:
+    """The streaming executors ``ds`` will create, kept as they are created, so the driver can stop them.
+
+    Ray Data keeps a handle on a dataset's executor only once its first block is out (``_current_executor``); a
+    pipeline stopped before that (a node lost while the actors load, Ctrl-C) would go on running, its actors
+    holding the CPUs the next plan needs.
+    """
+    made: list[Any] = []
+    create = getattr(ds, "_create_executor", None)
+    if create is None:  # another Ray Data: the handle Ray Data keeps, once there is one
+        return [e for e in [getattr(ds, "_current_executor", None)] if e is not None]
+
+    def keep() -> Any:
+        """Create the executor as Ray Data would, and keep it."""
+        executor = create()
+        made.append(executor)
+        return executor
+
+    ds._create_executor = keep
+    return made
 
 
-def _check_nodes(books: _RayBooks, plans: Sequence[NodePlan]) -> None:
-    """Raise :class:`NodeLost` (and book the node) when a node of ``plans`` is no longer alive."""
-    alive = {str(n["NodeID"]) for n in alive_nodes()}
-    gone = [p for p in plans if p.node_id and p.node_id not in alive]
-    if gone:
-        books.lost.extend(p for p in gone if p not in books.lost)
-        raise NodeLost(", ".join(p.address for p in gone))
+#: Seconds a failure that lost a process (an actor or object gone, not an error in our code) waits for Ray to
+#: declare a node dead: the failure may reach the driver before the cluster's books do.
+NODE_DEATH_WAIT_S = 30.0
+
+
+def _lost_process(exc: BaseException) -> bool:
+    """Whether a failure is Ray losing a process or an object (what a lost node causes), not an error raised by
+    the stages' own code (a ``RayTaskError``)."""
+    import ray.exceptions
+
+    return isinstance(exc, ray.exceptions.RayError) and not isinstance(exc, ray.exceptions.RayTaskError)
+
+
+def _check_nodes(books: _RayBooks, plans: Sequence[NodePlan], wait_s: float = 0.0) -> None:
+    """Raise :class:`NodeLost` (and book the node) when a node of ``plans`` is no longer alive, looking again for
+    up to ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = {str(n["NodeID"]) for n in alive_nodes()}
+        gone = [p for p in plans if p.node_id and p.node_id not in alive]
+        if gone:
+            books.lost.extend(p for p in gone if p not in books.lost)
+            raise NodeLost(", ".join(p.address for p in gone))
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.5)
 
 
 def _result(
