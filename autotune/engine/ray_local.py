@@ -25,6 +25,7 @@ from typing import Any
 from autotune.errors import ConfigError, one_line
 
 LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
+CLUSTERS_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 _AGENT_PORTS = ("metrics_agent_port", "metrics_export_port", "dashboard_agent_listen_port", "runtime_env_agent_port")
 
 
@@ -94,11 +95,13 @@ class LoopbackCluster:
     def start(self, attempts: int = 3) -> LoopbackCluster:
         """Start the head and the other nodes; a failed start (a loaded machine) is cleaned up and tried again."""
         if "ray" not in sys.modules:
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+            os.environ.setdefault(CLUSTERS_ENV, "0")
         from ray._private import ray_constants
 
-        if ray_constants.ENABLE_RAY_CLUSTER:  # Ray was imported before with clusters on: it would bind outwards
-            raise ConfigError("a loopback Ray cluster needs RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is imported")
+        # Ray reads the variable once, on import (which may have happened already, with clusters on); its node-IP
+        # lookup asks the constant at every call. Off, every node and this driver take 127.0.0.1, which is what
+        # makes Ray's servers bind loopback only. It stays off in this process: the driver joins as 127.0.0.1.
+        ray_constants.ENABLE_RAY_CLUSTER = False
         for attempt in range(attempts):
             try:
                 self._start()
@@ -119,7 +122,7 @@ class LoopbackCluster:
         common = {"num_cpus": self.cpus, "object_store_memory": self.object_store_mb << 20, "temp_dir": self._temp}
         for i, env in enumerate(self.node_env):
             ports = {name: _free_port() for name in _AGENT_PORTS}
-            with _environ({"PYTHONPATH": code_path(), **env}):
+            with _environ({"PYTHONPATH": code_path(), CLUSTERS_ENV: "0", **env}):
                 if i == 0:
                     self._cluster = Cluster(initialize_head=True, shutdown_at_exit=True,
                                             head_node_args={**common, **ports, "include_dashboard": False})  # fmt: skip
