@@ -44,6 +44,7 @@ from autotune.engine.result import ScanProgress, ScanResult, finished_scan
 from autotune.engine.runner import ScanOptions, _query_matrix, _scan_records, preprocess_spec_for
 from autotune.engine.sink import ShardSinkFactory
 from autotune.engine.topk import RunningTopK
+from autotune.errors import ConfigError
 from autotune.models.backends import BackendSpec
 from autotune.progress import Task
 
@@ -104,8 +105,12 @@ def _pipeline(
 ) -> tuple[Any, list[RayLayout]]:  # fmt: skip
     """One branch per node, pinned to it, each with the pools its own plan asks for, on a static share of the
     records (in proportion to its replicas, as the local engine's static scheduling); the branches' union."""
+    shares = [_node_share(p) for p in plans]
+    if not any(shares):
+        raise ConfigError("no Ray node can run a model replica (no CPU replica planned and no GPU visible)"
+                          if plans else "the Ray cluster has no alive node with CPUs")  # fmt: skip
     branches, layouts = [], []
-    for plan, (lo, hi) in zip(plans, _split(recs, [_node_share(p) for p in plans]), strict=True):
+    for plan, (lo, hi) in zip(plans, _split(recs, shares), strict=True):
         if hi <= lo:
             continue
         layout = layout_for([plan])
