@@ -45,3 +45,10 @@ def start_cluster(attempts: int = 3) -> Any:
     raise AssertionError("unreachable")
 
 
+
+
+def two_nodes(node_env: list[dict[str, str]] | None = None) -> Any:
+    """A started two-node Ray cluster on loopback (1 CPU each, Ray's own raylets), stopped by process id on exit."""
+    from autotune.engine.ray_local import LoopbackCluster
+
+    return LoopbackCluster(nodes=2, cpus=1, node_env=node_env).start()

@@ -6,10 +6,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from autotune.data.sources import open_source
+import numpy as np
+
+from autotune.data.sources import ImageSource, Record, open_source
 from autotune.defaults import default_dataset
-from autotune.engine.config import EngineConfig
-from autotune.engine.ray_cluster import connect, import_ray
+from autotune.engine.config import EngineConfig, logical_cores
+from autotune.engine.ray_cluster import NodeSizer, connect, import_ray
+from autotune.engine.ray_local import LoopbackCluster
 from autotune.engine.ray_runner import run_scan_ray
 from autotune.engine.runner import embed_queries, run_scan
 from autotune.errors import ConfigError
@@ -28,6 +31,7 @@ def bench_ray(
     address: str | None = None,
     split: str | None = None,
     log: Log | None = None,
+    nodes: int | None = None,
 ) -> dict[str, Any]:
     """Throughput of the Ray engine over the local engine's on the same machine, median of ``repeats`` pairs.
 
@@ -44,12 +48,17 @@ def bench_ray(
     driver's own time per image (bookkeeping and top-k; the benchmark writes no index), part of what bounds
     one driver's intake.
 
+    ``nodes``: a cluster of that many raylets is started on this machine first (loopback only, this machine's
+    cores split between them), each node sized by its own machine id's profile fitted to its CPUs (not by
+    ``config``, which only the local engine runs), and stopped by process id when done or interrupted;
+    ``min_images_per_node`` is the fewest images a node embedded in any run (0: a node did nothing).
+
     Example:
         >>> figures = bench_ray(n=200, model="synthetic:tiny", repeats=1)  # doctest: +SKIP
         >>> figures["ray_over_local"]  # doctest: +SKIP
         0.93
     """
-    from autotune.retrieval import safe_default_config  # the retrieval package imports the engines: late
+    from autotune.retrieval import node_sizer, safe_default_config  # the retrieval imports the engines: late
 
     say = log or quiet
     if repeats < 1:
@@ -60,6 +69,21 @@ def bench_ray(
     if n is not None and n > len(records):
         say(f"note: the database holds {len(records)} images, fewer than --n {n}")
     q = embed_queries(model, [QUERY])
+    if nodes is not None:
+        if address is not None:
+            raise ConfigError("--nodes starts a cluster of its own: leave out --address")
+        with LoopbackCluster(nodes=nodes, cpus=max(1, logical_cores() // nodes)) as cluster:
+            say(f"a {nodes}-node Ray cluster on this machine at {cluster.address}")
+            sizer = node_sizer(model, cfg, say)
+            return _interleaved(source, records, model, cfg, q, repeats, cluster.address, sizer, say)
+    return _interleaved(source, records, model, cfg, q, repeats, address, None, say)
+
+
+def _interleaved(
+    source: ImageSource, records: list[Record], model: str, cfg: EngineConfig, q: np.ndarray, repeats: int,
+    address: str | None, sizer: NodeSizer | None, say: Log,
+) -> dict[str, Any]:  # fmt: skip
+    """:func:`bench_ray`'s runs, alternating local and Ray, and their medians."""
     conn = connect(address)
     runs: list[dict[str, Any]] = []
     try:
@@ -67,7 +91,7 @@ def bench_ray(
             say(f"repeat {rep + 1}/{repeats}: local engine")
             loc = run_scan(source, model, cfg, queries=q, records=records)
             say(f"repeat {rep + 1}/{repeats}: Ray engine")
-            ray = run_scan_ray(source, model, cfg, queries=q, records=records)
+            ray = run_scan_ray(source, model, cfg, queries=q, records=records, sizer=sizer)
             runs.append({
                 "repeat": rep + 1, "local_images_per_s": round(loc.images / loc.seconds, 2),
                 "ray_images_per_s": round(ray.images / ray.seconds, 2),
@@ -79,6 +103,8 @@ def bench_ray(
                 "same_top9": [i for i, _s in loc.hits(0)] == [i for i, _s in ray.hits(0)],
                 "ray_bottleneck": ray.bottleneck,
                 "driver_us_per_image": round(1e6 * ray.workers[0]["stats"]["driver_s"] / max(ray.images, 1), 1),
+                "ray_min_images_per_node": ray.workers[0]["stats"]["min_images_per_node"],
+                "ray_nodes_detail": ray.workers[0]["stats"]["nodes"],
             })  # fmt: skip
         nodes = len([node for node in import_ray().nodes() if node.get("Alive")])
     finally:
@@ -94,6 +120,7 @@ def bench_ray(
         "local_images_per_s": round(local, 2), "ray_images_per_s": round(ray_rate, 2),
         "ray_over_local": round(ray_rate / local, 3) if local else None,
         "steady_ray_over_local": round(statistics.median(steady), 3) if steady else None,
+        "min_images_per_node": min(r["ray_min_images_per_node"] for r in runs),
         "ray_layout": runs[-1]["ray_layout"],
         "preprocessing": runs[-1]["preprocessing"],
         "ray_startup_s": round(conn.startup_s, 3),

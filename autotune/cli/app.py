@@ -79,6 +79,7 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., None]]] = [
     (profile_app, "list", tuning.profile_list_cmd),
     (profile_app, "use", tuning.profile_use_cmd),
     (profile_app, "show", tuning.profile_show_cmd),
+    (profile_app, "pull", tuning.profile_pull_cmd),
     (index_app, "list", search.index_list_cmd),
     (index_app, "rm", search.index_rm_cmd),
 ]

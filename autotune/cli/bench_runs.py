@@ -237,6 +237,11 @@ def bench_ray_cmd(
         str | None, typer.Option("--address", help="Ray cluster: 'auto' or HOST:PORT (default: a private Ray here).")
     ] = None,
     split: SplitOpt = None,
+    nodes: Annotated[
+        int | None,
+        typer.Option("--nodes", min=1, help="Start a cluster of this many Ray nodes on this machine (loopback "
+                     "only, the cores split between them), each sized by its own profile; stopped at the end."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The Ray engine against the local engine on the same images, model and configuration (the ray extra).
@@ -254,12 +259,13 @@ def bench_ray_cmd(
     config = choose_config(profile, model, log=console.log_for(not as_json), notice=console.note)
     result = bench_ray(
         n=n, dataset=dataset, model=model, config=config, repeats=repeats, address=address, split=split,
-        log=_passes_log(as_json),
+        log=_passes_log(as_json), nodes=nodes,
     )  # fmt: skip
     if as_json:
         console.emit_json(result)
         return
-    console.print_rows("runs (interleaved)", result["runs"])
+    console.print_rows("runs (interleaved)", [{k: v for k, v in r.items() if k != "ray_nodes_detail"}
+                                              for r in result["runs"]])  # fmt: skip
     console.print_figures("bench ray", {k: v for k, v in result.items() if k != "runs"})
 
 

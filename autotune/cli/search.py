@@ -104,6 +104,9 @@ def _print_result(result: RetrievalResult, top_k: int, out: Path) -> None:
         f"{result.mode}: {result.images} images scanned, {len(result.skipped)} skipped, "
         f"scan {result.scan_seconds:.1f} s{rate}, query {result.query_ms:.1f} ms; config: {result.config}"
     )
+    if result.nodes:  # a Ray scan: what each node embedded
+        console.echo("Ray nodes: " + "; ".join(f"{n['address']} {n['images']} images" + (" (lost mid-scan)"
+                                                if n["lost"] else "") for n in result.nodes))  # fmt: skip
     console.echo(f"contact sheet: {result.outputs.get('contact_sheet_1')}  (results in {out}/)")
 
 

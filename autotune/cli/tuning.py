@@ -26,6 +26,7 @@ from autotune.tuner.profile import (
 )
 from autotune.tuner.report import serve_dashboard, study_report, top_text
 from autotune.tuner.roofline import roofline_share
+from autotune.tuner.shared_pick import pull_picks
 from autotune.tuner.study import StudyOptions, run_study
 
 # The study's options, declared here so that the handler itself stays a readable page.
@@ -256,6 +257,21 @@ def profile_use_cmd(
         "validated_images_per_s": prof.validated_images_per_s,
     }
     console.show(data, f"profile {prof.id} now in use for {arch_short(prof.model_arch)}", as_json)
+
+
+def profile_pull_cmd(
+    storage: Annotated[str, typer.Option("--storage", help="The shared study storage (postgresql://...).")],
+    study_name: StudyNameOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Install the picks shared studies published in --storage for this machine id (a machine that joined later)."""
+    got = pull_picks(storage, study_name, log=console.log_for(not as_json))
+    rows = [g.to_dict() for g in got]
+    if as_json:
+        console.emit_json({"machine_id": detect_machine().machine_id, "installed": rows})
+        return
+    if not rows:
+        console.note(f"no pick published in {storage} for machine id {detect_machine().machine_id}")
 
 
 def profile_show_cmd(

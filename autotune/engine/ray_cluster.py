@@ -2,12 +2,13 @@
 
 Ray is imported lazily: without it installed, asking for the Ray engine is one line naming the extra. Each
 node's actors are sized by the caller's sizer (a retrieval's: the profile of that node's machine id, or the safe
-default and a warning naming it), and their CPU reservations scaled so that preprocessing tasks always fit
-beside them.
+default and a warning naming it), fitted to the CPUs Ray gives the node, and their CPU reservations scaled so
+that preprocessing tasks always fit beside them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import math
@@ -97,27 +98,80 @@ def _quiet_ray_data() -> None:
     ctx.enable_progress_bars = False
     if hasattr(ctx, "print_on_execution_start"):
         ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # Ray Data logs the failure of a branch whose node was lost, traceback and all, before the driver plans the
+    # rest again on the other nodes: an error that propagates is raised to the driver anyway.
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
 
 
 @dataclass(frozen=True)
 class NodePlan:
     """One node of the cluster: its address, machine id, resources, and the configuration that sizes it."""
 
-    address: str
+    address: str  # IP:port of its raylet (two raylets on one host share the IP)
     machine_id: str
     cpus: int
     gpus: int
     config: EngineConfig
     profile: str | None  # the profile id it came from; None for the safe default or the run's own config
+    node_id: str = ""  # Ray's id of the node: what its actors and tasks are pinned to
 
 
-NodeSizer = Callable[[str, str, int], tuple[EngineConfig, str | None]]
-"""How a node is sized: (its address, machine id, CPUs) -> (its configuration, the profile id it came from)."""
+@dataclass(frozen=True)
+class NodeFacts:
+    """What a node says of itself: address, Ray id, machine id, its host's cores, the CPUs and GPUs Ray gives it,
+    and what the sizer's ``probe`` returned there (e.g. the profile in use on that machine)."""
+
+    address: str
+    node_id: str
+    machine_id: str
+    host_cores: int
+    cpus: int
+    gpus: int
+    local: Any = None
+
+
+@dataclass(frozen=True)
+class NodeSizer:
+    """How a scan sizes each node: ``size`` on the driver (facts -> configuration and the profile id it came
+    from), from the facts the node reported, ``probe``'s result among them.
+
+    ``probe`` runs on every node (a top-level function or a partial of one, so that Ray pickles it by
+    reference): it reads what only the node has, such as the profile its own machine keeps in use.
+    """
+
+    size: Callable[[NodeFacts], tuple[EngineConfig, str | None]]
+    probe: Callable[[], Any] | None = None
+
+
+def fit_to_cpus(config: EngineConfig, cpus: int, host_cores: int) -> EngineConfig:
+    """``config`` for a node that Ray gives ``cpus`` of its host's ``host_cores``: its replicas and producers
+    scaled by that share (at least one each), threads at most ``cpus``. A 1-CPU raylet on a 2-core host never
+    runs the 2-core layout its machine id's profile describes; a node given its whole host runs it unchanged.
+
+    Example:
+        >>> cfg = EngineConfig(producers=1, cpu_models=2, cpu_threads=1, cpu_batch=19)
+        >>> fit_to_cpus(cfg, 1, 2).cpu_models, fit_to_cpus(cfg, 2, 2) is cfg
+        (1, True)
+    """
+    if cpus <= 0 or host_cores <= 0 or cpus >= host_cores:
+        return config
+    share = cpus / host_cores
+    return dataclasses.replace(
+        config,
+        producers=max(1, round(config.producers * share)),
+        cpu_models=max(1, round(config.cpu_models * share)) if config.cpu_models else 0,
+        cpu_threads=max(1, min(config.cpu_threads, cpus)),
+    )
+
+
+def alive_nodes() -> list[dict[str, Any]]:
+    """Ray's records of the nodes alive now."""
+    return [n for n in import_ray().nodes() if n.get("Alive")]
 
 
 def plan_nodes(config: EngineConfig, *, sizer: NodeSizer | None = None) -> list[NodePlan]:
-    """Size every alive node: by ``sizer`` from its machine id and CPUs, or with ``config`` where there is none.
+    """Size every alive node: by ``sizer`` from the facts it reports, or with ``config`` where there is none;
+    either way fitted to the CPUs Ray gives the node (:func:`fit_to_cpus`).
 
     The engine knows no profiles: the caller (a retrieval) hands in the sizer that looks up each machine's
     profile, so the layers stay in one direction. ``config`` alone sizes every node in benchmarks that compare
@@ -126,19 +180,25 @@ def plan_nodes(config: EngineConfig, *, sizer: NodeSizer | None = None) -> list[
     ray = import_ray()
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = [n for n in alive_nodes() if n["Resources"].get("CPU", 0) > 0]
     probe = ray.remote(num_cpus=0)(node_machine_id)
+    local = sizer.probe if sizer is not None else None
     refs = [
-        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(local)
         for n in nodes
     ]
     facts = ray.get(refs, timeout=300)
     plans = []
     for node, fact in zip(nodes, facts, strict=True):
-        addr, mid = str(node["NodeManagerAddress"]), str(fact["machine_id"])
-        cpus, gpus = int(node["Resources"].get("CPU", 0)), int(node["Resources"].get("GPU", 0))
-        cfg, pid = sizer(addr, mid, cpus) if sizer is not None else (config, None)
-        plans.append(NodePlan(addr, mid, cpus, gpus, cfg, pid))
+        about = NodeFacts(
+            address=f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}", node_id=str(node["NodeID"]),
+            machine_id=str(fact["machine_id"]), host_cores=int(fact["cores"]),
+            cpus=int(node["Resources"].get("CPU", 0)), gpus=int(node["Resources"].get("GPU", 0)),
+            local=fact.get("local"),
+        )  # fmt: skip
+        cfg, pid = sizer.size(about) if sizer is not None else (config, None)
+        cfg = fit_to_cpus(cfg, about.cpus, about.host_cores)
+        plans.append(NodePlan(about.address, about.machine_id, about.cpus, about.gpus, cfg, pid, about.node_id))
     return plans
 
 
@@ -153,10 +213,9 @@ GPU_BLOCK_BATCHES = 8
 
 @dataclass(frozen=True)
 class RayLayout:
-    """The cluster-wide pools: preprocessing tasks, and one actor pool per device type.
-
-    Ray Data gives every actor of a pool the same shape, so per-node profiles set how many actors each pool
-    has (their sum) and the shape is the smallest one asked for (threads, batch), which fits every node.
+    """A node's pools (the scan makes one layout per node): preprocessing tasks, and one actor pool per device
+    type. Laid out over several nodes, Ray Data would give every actor of a pool the same shape: the pools then
+    have the sum of the nodes' replicas and the smallest shape asked for (threads, batch), which fits each.
     """
 
     preprocess_tasks: int
@@ -209,7 +268,7 @@ class RayLayout:
 
 
 def layout_for(nodes: Sequence[NodePlan]) -> RayLayout:
-    """Add the nodes' plans up into the cluster's pools (a node's GPU replicas only where it has GPUs)."""
+    """The pools of one node's plan, or of several added up (a node's GPU replicas only where it has GPUs)."""
     cpu = [n.config for n in nodes if n.config.cpu_models]
     gpu = [(n.config, n.gpus) for n in nodes if n.config.gpu_models and n.gpus]
     if not cpu and not gpu:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -100,7 +100,7 @@ class EmbedActor:
         self.kill_flag = kill_flag
         self.preprocess = (source, spec) if source is not None and spec is not None else None
         self.pid = os.getpid()
-        self.node = socket.gethostname()
+        self.node = this_node()
         self.ready_t = time.time()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -125,9 +125,18 @@ class EmbedActor:
         }  # fmt: skip
 
 
-def node_machine_id() -> dict[str, Any]:
-    """This node's machine id and its visible GPUs (run as a task pinned to each node)."""
+def node_machine_id(probe: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """This node's machine id, its host's cores and visible GPUs, and what ``probe`` reads here (run as a task
+    pinned to each node)."""
     from autotune.machine import detect_machine
 
     info = detect_machine()
-    return {"machine_id": info.machine_id, "gpus": info.gpu_count, "cores": info.logical_cores}
+    return {"machine_id": info.machine_id, "gpus": info.gpu_count, "cores": info.logical_cores,
+            "local": probe() if probe is not None else None}  # fmt: skip
+
+
+def this_node() -> str:
+    """Ray's id of the node this process runs on (two raylets of one host share its name and IP)."""
+    import ray
+
+    return str(ray.get_runtime_context().get_node_id())

@@ -12,6 +12,8 @@ from autotune.retrieval._run import RetrievalOptions, choose_config, choose_prof
 from autotune.retrieval._search import (
     embedding_recipe,
     index_folder,
+    node_profile,
+    node_sizer,
     retrieve,
     safe_default_config,
     scan_engine,
@@ -28,6 +30,8 @@ __all__ = [
     "contact_sheet",
     "embedding_recipe",
     "index_folder",
+    "node_profile",
+    "node_sizer",
     "profile_rate",
     "retrieve",
     "run_retrieval",

@@ -53,6 +53,7 @@ class RetrievalResult:
     changes: dict[str, int] = field(default_factory=dict)
     startup_s: float = 0.0
     truncated: list[bool] = field(default_factory=list)  # per query: longer than the text tower's context
+    nodes: list[dict[str, Any]] = field(default_factory=list)  # a Ray scan's nodes: address, machine id, images
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -75,4 +76,6 @@ class RetrievalResult:
             "index_changes": self.changes,
             "notes": self.notes,
             "outputs": self.outputs,
+            **({"nodes": self.nodes, "min_images_per_node": min(n["images"] for n in self.nodes)} if self.nodes
+               else {}),
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ import numpy as np
 
 from autotune.data.sources import HFDatasetSource, ImageSource, Record, open_source
 from autotune.engine.config import EngineConfig, logical_cores, safe_default_for
-from autotune.engine.ray_cluster import ENGINES, RAY_EXTRA, ray_available
+from autotune.engine.ray_cluster import ENGINES, RAY_EXTRA, NodeFacts, NodeSizer, ray_available
 from autotune.engine.runner import ScanResult, embed_queries_checked, preprocess_spec_for, run_scan
 from autotune.errors import ConfigError
 from autotune.index import (
@@ -234,33 +235,52 @@ def scan_engine(engine: str, address: str | None = None, log: Log | None = None)
 
     def scan_ray(source: ImageSource, model: str, config: EngineConfig, **options: Any) -> ScanResult:
         """The Ray engine, each node sized from its own machine's profile."""
-        return run_scan_ray(source, model, config, address=address, sizer=node_sizer(model, config, log), **options)
+        scan = run_scan_ray(source, model, config, address=address, sizer=node_sizer(model, config, log), **options)
+        for node in scan.workers[0]["stats"].get("nodes_lost") or []:
+            (log or quiet)(f"warning: Ray node {node} was lost mid-scan: its images were embedded on the nodes left")
+        return scan
 
     return scan_ray
 
 
-def node_sizer(model: str, config: EngineConfig, log: Log | None = None) -> Callable[[str, str, int], Any]:
-    """How a Ray scan sizes a node: the profile in use for its machine id and the model's architecture, else the
-    safe default for its CPUs (``log`` hears a warning naming the node). The backend stays ``config``'s: it keys
-    the index, so a node tuned on another backend runs its layout with the run's backend, and says so."""
+def node_profile(arch: str) -> dict[str, Any] | None:
+    """The profile in use on this machine for ``arch`` (id and configuration), or None: run on each Ray node, so
+    that a node is sized from what its own machine installed (a shared study's pick, `autotune profile pull`)."""
+    from autotune.machine import detect_machine
+    from autotune.tuner.profile import current_profile
+
+    prof = current_profile(detect_machine().machine_id, arch)
+    return None if prof is None else {"id": prof.id, "config": prof.config.to_dict()}
+
+
+def node_sizer(model: str, config: EngineConfig, log: Log | None = None) -> NodeSizer:
+    """How a Ray scan sizes a node: the profile in use for its machine id and the model's architecture (the one
+    the node's own machine keeps, else the one this machine keeps for that machine id), else the safe default
+    for its CPUs (``log`` hears a warning naming the node). The engine fits either to the CPUs Ray gives the
+    node. The backend stays ``config``'s: it keys the index, so a node tuned on another backend runs its layout
+    with the run's backend, and says so."""
     from autotune.tuner.profile import arch_short, current_profile, model_arch
 
     say, arch = log or quiet, model_arch(model)
 
-    def size(address: str, machine_id: str, cpus: int) -> tuple[EngineConfig, str | None]:
+    def size(node: NodeFacts) -> tuple[EngineConfig, str | None]:
         """(configuration, profile id) of one node."""
-        prof = current_profile(machine_id, arch)
-        if prof is None:
-            cfg = safe_default_for(max(cpus, 1))
-            say(f"warning: Ray node {address} (machine {machine_id}) has no profile for {arch_short(arch)}: "
-                f"safe default ({cfg.describe()})")  # fmt: skip
-            return cfg, None
-        if prof.config.cpu_models and prof.config.cpu_backend != config.cpu_backend:
-            say(f"note: Ray node {address} was tuned on {prof.config.cpu_backend}; it runs {config.cpu_backend}, "
+        if isinstance(node.local, dict):
+            cfg, pid = EngineConfig.from_dict(node.local["config"]), str(node.local["id"])
+        else:
+            prof = current_profile(node.machine_id, arch)
+            if prof is None:
+                cfg = safe_default_for(max(node.cpus, 1))
+                say(f"warning: Ray node {node.address} (machine {node.machine_id}) has no profile for "
+                    f"{arch_short(arch)}: safe default ({cfg.describe()})")  # fmt: skip
+                return cfg, None
+            cfg, pid = prof.config, prof.id
+        if cfg.cpu_models and cfg.cpu_backend != config.cpu_backend:
+            say(f"note: Ray node {node.address} was tuned on {cfg.cpu_backend}; it runs {config.cpu_backend}, "
                 "the backend this index is keyed on, with its tuned layout")  # fmt: skip
-        return prof.config, prof.id
+        return cfg, pid
 
-    return size
+    return NodeSizer(size=size, probe=functools.partial(node_profile, arch))
 
 
 def _index_key(model: str, cfg: EngineConfig, dtype: str, calibration: Calibration | None = None) -> IndexKey:
@@ -321,6 +341,7 @@ def _scan_answer(
         cfg.describe(), None, [],
     )  # fmt: skip
     res.startup_s = scan.startup_s
+    _ray_nodes(res, scan)
     return res
 
 
@@ -359,6 +380,8 @@ def _index_answer(
     )  # fmt: skip
     result.changes = sync.counts
     result.startup_s = built.startup_s if built else 0.0
+    if built is not None:
+        _ray_nodes(result, built)
     result.outputs["index_load_seconds"] = f"{load_s:.3f}"
     return result
 
@@ -426,6 +449,14 @@ def _sync_index(index: EmbeddingIndex, source: ImageSource, job: _SyncJob) -> _S
             notes.append(f"index updated: {plan.describe()}")
             log(notes[-1])
         return _Sync(mode, scan, plan.counts, notes)
+
+
+def _ray_nodes(result: RetrievalResult, scan: ScanResult) -> None:
+    """Copy a Ray scan's per-node figures into the result, and note each node lost mid-scan."""
+    stats = scan.workers[0]["stats"] if scan.workers else {}
+    result.nodes = list(stats.get("nodes") or [])
+    for address in stats.get("nodes_lost") or []:
+        result.notes.append(f"Ray node {address} was lost mid-scan: its images were embedded on the nodes left")
 
 
 def _hit(source: ImageSource, rank: int, rid: int, score: float, record: Record) -> Hit:

@@ -72,7 +72,9 @@ class StudyOutcome:
             "stopped_early": self.stopped_early,
         }
         if not self.validated_here:
-            return {**self._common(), **trials, **timing}
+            installed = {"profile": str(self.profile_path) if self.profile_path else None,
+                         "profile_in_use": self.made_current}  # fmt: skip
+            return {**self._common(), **trials, **timing, **installed}
         gain = self.images_per_s / self.default_images_per_s if self.default_images_per_s else None
         ratio = self.trial_images_per_s / self.images_per_s if self.images_per_s else None
         comparison = self.validation.get("comparison") or {}

@@ -92,7 +92,8 @@ def ray_nodes() -> list[RayNode]:
     return [
         RayNode(
             node_id=n["NodeID"],
-            address=str(n.get("NodeManagerAddress", "")),
+            # IP and port: two raylets of one host share the IP.
+            address=f"{n.get('NodeManagerAddress', '')}:{n.get('NodeManagerPort', '')}",
             cpus=float(n["Resources"]["CPU"]),
             gpus=float(n["Resources"].get("GPU", 0)),
             machine_id=str(machine_id),

@@ -25,6 +25,7 @@ from autotune.tuner.options import StudyOptions, StudySetup, prepare_study
 from autotune.tuner.outcome import StudyOutcome
 from autotune.tuner.samplers import make_sampler
 from autotune.tuner.search import TrialGuard, search, settle, tally, trial_goal
+from autotune.tuner.shared_pick import publish_pick, receive_pick
 from autotune.tuner.storage import (
     claim,
     complete_trials,
@@ -154,6 +155,8 @@ def _run_study(options: StudyOptions, log: Log | None, progress: ProgressFactory
         stopped_early = tally(study).measured < goal
         clock.lap("search")
         outcome = conclude(study, setup, options, trial_guard, clock, say)
+        if outcome.profile is not None:  # for the study's other workers and later pulls, whatever their disk
+            publish_pick(study, goal, outcome.profile, outcome.made_current)
         outcome.validated_by = me
         outcome.stopped_early = stopped_early
         if stopped_early:
@@ -163,11 +166,28 @@ def _run_study(options: StudyOptions, log: Log | None, progress: ProgressFactory
         say(f"the pick is validated and saved by {by} (claimed at {holder.get('at')}); this worker stops here")
         clock.lap("search")
         outcome = _picked_elsewhere(setup, complete_trials(study.trials), by)
+        if options.save:
+            got = receive_pick(storage, setup.name, goal, _pick_wait_s(clock, time.perf_counter() - t_start), say)
+            if got is not None:
+                outcome.profile, outcome.profile_path, outcome.made_current = got.profile, got.path, got.in_use
+        clock.lap("save")
         outcome.phase_seconds = dict(clock.phase_seconds)
     outcome.worker, outcome.measured_here = me, measured_here
     outcome.trials = state_counts(t for t in study.trials if t.number not in before)
     outcome.seconds = time.perf_counter() - t_start
     return outcome
+
+
+PICK_WAIT_MIN_S = 60.0
+
+
+def _pick_wait_s(clock: Clock, elapsed_s: float) -> float:
+    """How long a worker waits for the pick another worker validates: a minute plus as long as this worker has
+    run (the validation and final take 0.3 of the search's seconds, and the search ran no longer than this
+    worker), never past a ``--timeout``. A validating worker that died is waited for no longer than that."""
+    limit = PICK_WAIT_MIN_S + elapsed_s
+    left = clock.left()
+    return limit if left is None else max(0.0, min(limit, left))
 
 
 def _picked_elsewhere(setup: StudySetup, complete: list[FrozenTrial], by: str) -> StudyOutcome:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +14,6 @@ import pytest
 from ray_cluster import start_cluster
 
 from autotune.cli import main
-from autotune.data import write_bad_images
 from autotune.engine.config import EngineConfig
 from autotune.engine.ray_cluster import NodePlan, layout_for
 from autotune.engine.ray_stages import KILL_FLAG_ENV
@@ -116,15 +114,6 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory, _isolated_cache: Path)
         finally:
             ray.shutdown()
             cluster.shutdown()
-
-
-@pytest.fixture(scope="module")
-def db(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The small corpus plus the broken-image set (the local engine skips 4 of them, with reasons)."""
-    folder = tmp_path_factory.mktemp("ray-db") / "db"
-    shutil.copytree(small_dataset, folder)
-    write_bad_images(folder / "bad")
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -195,3 +195,51 @@ def test_two_workers_share_a_study_and_survive_one_killed_mid_trial(
     assert study.user_attrs[f"claim:pick:{TOTAL}"]["worker"] == out["worker"]
     assert out["profile"] and Path(out["profile"]).is_file()
     assert not (tmp_path / "a" / "studies" / "profiles").exists()
+
+
+def _database(pg: PgServer, name: str) -> str:
+    """A fresh database on the server, for a study of its own."""
+    import psycopg
+
+    with psycopg.connect(f"host=127.0.0.1 port={pg.port} user=postgres dbname=postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return pg.url.rsplit("/", 1)[0] + "/" + name
+
+
+def _in_use(studies: Path) -> set[str]:
+    """Ids of the profiles in use in a studies folder (every machine, every architecture)."""
+    files = studies.glob("profiles/*/current.json")
+    return {e["id"] for f in files for e in json.loads(f.read_text())["current"].values()}
+
+
+@pytest.mark.slow  # two study workers and a pull: about a minute on the loaded 2-core machine
+def test_every_worker_of_a_shared_study_ends_with_its_pick_and_a_later_machine_pulls_it(
+    tmp_path: Path, small_dataset: Path, pg: PgServer
+) -> None:
+    """Each worker keeps its own studies folder (separate machines): the pick reaches both, and a third pulls it."""
+    (tmp_path / "space.yaml").write_text(SPACE)
+    url = _database(pg, "reach")
+    workers = [_worker(tmp_path, name, url, small_dataset) for name in ("a", "b")]
+    try:
+        for name, proc in zip("ab", workers, strict=True):
+            assert proc.wait(timeout=600) == 0, (tmp_path / name / "log.txt").read_text()[-3000:]
+    finally:
+        for proc in workers:
+            if proc.poll() is None:
+                _crash(proc.pid)
+                proc.wait(timeout=30)
+    outs = {name: json.loads((tmp_path / name / "out.json").read_text()) for name in "ab"}
+    assert {o["validated_by"] for o in outs.values()} == {outs["a"]["validated_by"]}  # one validated it
+    (pick,) = _in_use(tmp_path / "a" / "studies")
+    assert _in_use(tmp_path / "b" / "studies") == {pick}
+    for name in "ab":
+        assert Path(outs[name]["profile"]).stem == pick
+    # A machine that joins later installs it with `autotune profile pull`.
+    later = tmp_path / "c" / "studies"
+    env = {**os.environ, "AUTOTUNE_STUDIES": str(later),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "autotune", "profile", "pull", "--storage", url, "--json"],
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (installed,) = json.loads(proc.stdout)["installed"]
+    assert installed["id"] == pick and installed["in_use"] and _in_use(later) == {pick}
