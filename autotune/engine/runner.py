@@ -62,10 +62,9 @@ def embed_queries_checked(model_id: str, texts: Sequence[str]) -> tuple[np.ndarr
         from autotune.models.backends import _fake_dim
 
         return fake_text_embeddings(list(texts), _fake_dim(model_id)), [False] * len(texts)
-    from autotune.models.loading import encode_texts, load_clip, truncated_texts
+    from autotune.models.text import TextEncoder
 
-    loaded = load_clip(model_id)
-    return encode_texts(loaded, list(texts)).numpy().astype(np.float32), truncated_texts(loaded, texts)
+    return TextEncoder(model_id).encode(texts)
 
 
 class _Reporter:

@@ -238,6 +238,8 @@ def truncated_texts(loaded: LoadedClip, texts: Sequence[str]) -> list[bool]:
         >>> truncated_texts(load_clip("synthetic:tiny"), ["a cat", "a cat " * 100])
         [False, True]
     """
+    if not texts:
+        return []
     tokenizer = loaded.processor.tokenizer
     counts = tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
     return [len(ids) > TEXT_MAX_LENGTH for ids in counts]

@@ -90,6 +90,7 @@ class Answer:
     query: str
     truncated: bool
     results: list[dict[str, Any]]
+    timing: dict[str, float] = field(default_factory=dict)  # the batch's text and index milliseconds, its size
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -103,22 +104,27 @@ class TextTower:
         """Load the model (the one-line errors of :func:`~autotune.models.loading.load_clip`)."""
         self.model = model
         self._fake_dim = 0
-        self._loaded: Any = None
+        self._encoder: Any = None
         if model.startswith("fake:"):
             from autotune.models.backends import _fake_dim
 
             self._fake_dim = _fake_dim(model)
         else:
-            from autotune.models.loading import load_clip
+            from autotune.models.text import TextEncoder
 
-            self._loaded = load_clip(model)
+            self._encoder = TextEncoder(model)
         self._kept: OrderedDict[str, tuple[np.ndarray, bool]] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
     def dim(self) -> int:
         """Embedding width."""
-        return self._fake_dim or int(self._loaded.embed_dim)
+        return self._fake_dim or int(self._encoder.embed_dim)
+
+    @property
+    def runtime(self) -> str:
+        """What runs the tower: onnx (ONNX Runtime), eager, or fake."""
+        return "fake" if self._encoder is None else str(self._encoder.runtime)
 
     def embed(self, texts: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
         """Unit embeddings (texts, dim) and which texts were cut to the context; new texts in one batch."""
@@ -138,13 +144,12 @@ class TextTower:
 
     def _encode(self, texts: list[str]) -> tuple[np.ndarray, list[bool]]:
         """Run the tower on ``texts`` (one batch)."""
-        if self._loaded is None:
+        if self._encoder is None:
             from autotune.engine.runner import fake_text_embeddings
 
             return fake_text_embeddings(texts, self._fake_dim), [False] * len(texts)
-        from autotune.models.loading import encode_texts, truncated_texts
-
-        return encode_texts(self._loaded, texts).numpy(), truncated_texts(self._loaded, texts)
+        vectors, cut = self._encoder.encode(texts)
+        return vectors, cut
 
 
 class SearchService:
@@ -258,9 +263,12 @@ class SearchService:
         """Answer several requests' texts together: one text-tower batch and one index pass for all of them."""
         snap = self.snapshot
         texts = [t for texts, _k in requests for t in texts]
+        t0 = time.perf_counter()
         vectors, cut = self.tower.embed(texts)
+        t1 = time.perf_counter()
         kmax = min(max(k for _t, k in requests), len(snap))
         scores, ids = snap.index.search(vectors, kmax)
+        timing = {"text": 1000 * (t1 - t0), "index": 1000 * (time.perf_counter() - t1), "batch": len(texts)}
         answers: list[list[Answer]] = []
         at = 0
         for req_texts, k in requests:
@@ -270,7 +278,7 @@ class SearchService:
                     self._result(snap, rank, int(i), float(s))
                     for rank, (s, i) in enumerate(zip(scores[at][:k], ids[at][:k], strict=True), start=1)
                 ]
-                group.append(Answer(text, cut[at], results))
+                group.append(Answer(text, cut[at], results, timing))
                 at += 1
             answers.append(group)
         return answers
@@ -313,6 +321,7 @@ class SearchService:
             "built_by_profile": meta.profile,
             "built_with": meta.config,
             "scan": snap.index.scan,
+            "text_runtime": self.tower.runtime,
             "server_profile": self.profile,
             "note": self.other_key or self.current_folder(),
         }

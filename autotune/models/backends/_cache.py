@@ -34,6 +34,7 @@ LOCKS_DIR = ".locks"
 # autotune's own tower (TOWER_FORMAT in their keys), which transformers does not touch.
 _ARTEFACT_LIBS: dict[str, tuple[str, ...]] = {
     "onnx": ("torch", "transformers"),
+    "onnx-text": ("torch", "transformers"),
     "onnx-int8": ("torch", "transformers", "onnx", "onnxruntime"),
     "int8": ("torch",),
     "compile": ("torch",),
