@@ -177,6 +177,14 @@ class ImageSource(abc.ABC):
         """
         return sorted({r.label for r in self.records() if r.label is not None})
 
+    def work_unit(self, record: Record) -> str | None:
+        """The unit of work a record belongs to when a scan is split between machines (None: any split).
+
+        Records of one unit are consecutive in :meth:`records`; a split between Ray nodes cuts only between
+        units where it can (a WebDataset shard goes whole to one node, read by it alone).
+        """
+        return None
+
     def display_path(self, record: Record) -> str:
         """Where a record's image is, for people: ``<database>#<locator>`` unless the source knows a file."""
         return f"{self.path}#{record.locator}"

@@ -211,6 +211,11 @@ class WebDatasetSource(ImageSource):
             f"{len(self)} images, {len(self.labels())} labels"
         )
 
+    def work_unit(self, record: Record) -> str | None:
+        """The shard a record lies in: shards are the unit of work handed to Ray nodes."""
+        head, _ = _split_locator(record.locator)
+        return head.partition(f"{SHARD_SUFFIX}/")[0] + SHARD_SUFFIX
+
     def display_path(self, record: Record) -> str:
         """``<shard path>/<member>``: where the image is, for people."""
         head, _ = _split_locator(record.locator)

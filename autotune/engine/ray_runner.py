@@ -20,7 +20,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Unpack
 
 import numpy as np
@@ -92,10 +92,22 @@ def _node_share(plan: NodePlan) -> float:
     return cfg.cpu_models * cfg.cpu_threads + (16 * cfg.gpu_models * plan.gpus if cfg.gpu_models else 0)
 
 
-def _split(recs: Sequence[Record], weights: Sequence[float]) -> list[tuple[int, int]]:
-    """Cut ``recs`` into consecutive (lo, hi) ranges in proportion to ``weights``."""
+def _split(
+    recs: Sequence[Record], weights: Sequence[float], unit: Callable[[Record], str | None] | None = None
+) -> list[tuple[int, int]]:
+    """Cut ``recs`` into consecutive (lo, hi) ranges in proportion to ``weights``.
+
+    With ``unit`` (a source's :meth:`~autotune.data.records.ImageSource.work_unit`), each cut moves to the
+    nearest boundary between units, so that a unit (a WebDataset shard) goes whole to one range.
+    """
     w = np.asarray(weights, float)
     cuts = np.concatenate([[0], np.round(np.cumsum(w) / w.sum() * len(recs))]).astype(int)
+    if unit is not None and len(recs) > 1:
+        names = [unit(r) for r in recs]
+        bounds = np.array([i for i in range(1, len(recs)) if names[i] != names[i - 1]] + [0, len(recs)])
+        if len(bounds) > 2 and names[0] is not None:
+            inner = [int(bounds[np.argmin(np.abs(bounds - c))]) for c in cuts[1:-1]]
+            cuts = np.array([0, *np.maximum.accumulate(inner), len(recs)]) if inner else cuts
     return list(zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True))
 
 
@@ -110,7 +122,7 @@ def _pipeline(
         raise ConfigError("no Ray node can run a model replica (no CPU replica planned and no GPU visible)"
                           if plans else "the Ray cluster has no alive node with CPUs")  # fmt: skip
     branches, layouts = [], []
-    for plan, (lo, hi) in zip(plans, _split(recs, shares), strict=True):
+    for plan, (lo, hi) in zip(plans, _split(recs, shares, source.work_unit), strict=True):
         if hi <= lo:
             continue
         layout = layout_for([plan])
