@@ -9,16 +9,8 @@ from __future__ import annotations
 from autotune.retrieval._outputs import contact_sheet, write_outputs, write_skipped
 from autotune.retrieval._result import Hit, NoReadableImages, RetrievalResult
 from autotune.retrieval._run import RetrievalOptions, choose_config, choose_profile, profile_rate, run_retrieval
-from autotune.retrieval._search import (
-    embedding_recipe,
-    index_folder,
-    node_profile,
-    node_sizer,
-    retrieve,
-    safe_default_config,
-    scan_engine,
-    update_index,
-)
+from autotune.retrieval._search import node_profile, node_sizer, retrieve, scan_engine
+from autotune.retrieval._sync import embedding_recipe, index_folder, safe_default_config, update_index
 
 __all__ = [
     "Hit",

@@ -15,7 +15,8 @@ from autotune.models.facts import resolve_model, weights_hash
 from autotune.progress import Log, ProgressFactory, quiet
 from autotune.retrieval._outputs import write_outputs, write_skipped
 from autotune.retrieval._result import NoReadableImages, RetrievalResult
-from autotune.retrieval._search import retrieve, safe_default_config, scan_engine
+from autotune.retrieval._search import retrieve, scan_engine
+from autotune.retrieval._sync import safe_default_config
 from autotune.tuner.profile import Profile, arch_short, best_unused, find_profile, model_arch
 
 INDEX_DTYPES = ("float16", "float32")

@@ -111,31 +111,29 @@ class Batcher:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def build_app(service: SearchService, *, log: Log | None = None) -> Starlette:
-    """The Starlette app serving ``service``: API routes, the search page and its two static files.
+class _Api:
+    """The routes' handlers over one service and its batcher."""
 
-    Example:
-        >>> import uvicorn
-        >>> uvicorn.run(build_app(service), host="127.0.0.1", port=8000)  # doctest: +SKIP
-    """
-    say = log or quiet
-    batcher = Batcher(service)
+    def __init__(self, service: SearchService, log: Log) -> None:
+        """Keep the service; searches go through one :class:`Batcher`."""
+        self.service, self.log = service, log
+        self.batcher = Batcher(service)
 
-    async def search_get(request: Request) -> Response:
+    async def search_get(self, request: Request) -> Response:
         """``GET /api/search?q=...&k=9``: one query."""
         params = request.query_params
         text = _query_text(params.get("q"))
-        k = _k(params.get("k"), service.size())
-        answers = await batcher.submit([text], k)
+        k = _k(params.get("k"), self.service.size())
+        answers = await self.batcher.submit([text], k)
         return _json(answers[0].to_dict(), headers=_server_timing(answers[0]))
 
-    async def search_post(request: Request) -> Response:
+    async def search_post(self, request: Request) -> Response:
         """``POST /api/search`` with ``{"queries": [...], "k": 9}``: several queries, embedded as one batch."""
         body = await _body(request)
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):
-            raise BadRequest("the body is not JSON: send {\"queries\": [\"...\"], \"k\": 9}") from None
+            raise BadRequest('the body is not JSON: send {"queries": ["..."], "k": 9}') from None
         if not isinstance(data, dict) or not isinstance(data.get("queries"), list):
             raise BadRequest('the body must be a JSON object with a "queries" list')
         queries = data["queries"]
@@ -144,72 +142,75 @@ def build_app(service: SearchService, *, log: Log | None = None) -> Starlette:
         if len(queries) > MAX_QUERIES:
             raise BadRequest(f"too many queries: {len(queries)} (at most {MAX_QUERIES} per request)")
         texts = [_query_text(q if isinstance(q, str) else None) for q in queries]
-        k = _k(data.get("k"), service.size())
-        answers = await batcher.submit(texts, k)
+        k = _k(data.get("k"), self.service.size())
+        answers = await self.batcher.submit(texts, k)
         return _json([a.to_dict() for a in answers], headers=_server_timing(answers[0]))
 
-    async def image(request: Request) -> Response:
+    async def image(self, request: Request) -> Response:
         """``GET /api/images/{id}``: the original bytes."""
-        data, kind = await asyncio.to_thread(service.image, _image_id(request.path_params["image_id"]))
+        data, kind = await asyncio.to_thread(self.service.image, _image_id(request.path_params["image_id"]))
         return Response(data, media_type=kind, headers=_SECURITY_HEADERS)
 
-    async def thumbnail(request: Request) -> Response:
+    async def thumbnail(self, request: Request) -> Response:
         """``GET /api/thumbnails/{id}``: a small JPEG."""
-        data = await asyncio.to_thread(service.thumbnail, _image_id(request.path_params["image_id"]))
+        data = await asyncio.to_thread(self.service.thumbnail, _image_id(request.path_params["image_id"]))
         return Response(data, media_type="image/jpeg", headers=_SECURITY_HEADERS)
 
-    async def info(_request: Request) -> Response:
+    async def info(self, _request: Request) -> Response:
         """``GET /api/info``."""
-        service.refresh()
-        return _json(service.info())
+        self.service.refresh()
+        return _json(self.service.info())
 
-    async def page(request: Request) -> Response:
+    async def page(self, _request: Request) -> Response:
         """``GET /``: the search page (its script reads ``?q=`` and draws the grid)."""
         return Response(_asset("index.html"), media_type="text/html; charset=utf-8", headers=_SECURITY_HEADERS)
 
-    async def static(request: Request) -> Response:
+    async def static(self, request: Request) -> Response:
         """``GET /static/{name}``: only the page's own files."""
         name = request.path_params["name"]
         if name not in _STATIC:
             raise BadRequest(f"no such file: {name[:80]}", 404)
         return Response(_asset(name), media_type=_STATIC[name], headers=_SECURITY_HEADERS)
 
-    async def bad_request(_request: Request, exc: Exception) -> Response:
-        """A refused request: its one line and status."""
-        status = getattr(exc, "status", 400)
-        return _json({"error": str(exc)}, status)
-
-    async def http_error(_request: Request, exc: Exception) -> Response:
-        """Starlette's own 404/405/413..., as JSON."""
-        assert isinstance(exc, HTTPException)
-        reason = {404: "no such route", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
-        return _json({"error": reason}, exc.status_code)
-
-    async def server_error(request: Request, exc: Exception) -> Response:
+    async def server_error(self, request: Request, exc: Exception) -> Response:
         """Anything unexpected: one line in the log, a one-line 500, never a traceback to the client."""
-        say(f"error: {request.method} {request.url.path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        self.log(f"error: {request.method} {request.url.path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
         return _json({"error": f"the server failed on this request ({type(exc).__name__})"}, 500)
 
+
+async def _bad_request(_request: Request, exc: Exception) -> Response:
+    """A refused request: its one line and status."""
+    return _json({"error": str(exc)}, getattr(exc, "status", 400))
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405/413..., as JSON."""
+    assert isinstance(exc, HTTPException)
+    reason = {404: "no such route", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+    return _json({"error": reason}, exc.status_code)
+
+
+def build_app(service: SearchService, *, log: Log | None = None) -> Starlette:
+    """The Starlette app serving ``service``: API routes, the search page and its two static files.
+
+    Example:
+        >>> import uvicorn
+        >>> uvicorn.run(build_app(service), host="127.0.0.1", port=8000)  # doctest: +SKIP
+    """
+    api = _Api(service, log or quiet)
     routes = [
-        Route("/", page),
-        Route("/api/search", search_get, methods=["GET"]),
-        Route("/api/search", search_post, methods=["POST"]),
-        Route("/api/images/{image_id}", image),
-        Route("/api/thumbnails/{image_id}", thumbnail),
-        Route("/api/info", info),
-        Route("/static/{name}", static),
+        Route("/", api.page),
+        Route("/api/search", api.search_get, methods=["GET"]),
+        Route("/api/search", api.search_post, methods=["POST"]),
+        Route("/api/images/{image_id}", api.image),
+        Route("/api/thumbnails/{image_id}", api.thumbnail),
+        Route("/api/info", api.info),
+        Route("/static/{name}", api.static),
     ]
-    app = Starlette(
-        routes=routes,
-        exception_handlers={
-            BadRequest: bad_request,
-            NotServed: bad_request,
-            HTTPException: http_error,
-            Exception: server_error,
-        },
-        lifespan=_lifespan(batcher),
-    )
-    app.state.batcher = batcher
+    handlers = {BadRequest: _bad_request, NotServed: _bad_request, HTTPException: _http_error,
+                Exception: api.server_error}  # fmt: skip
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=_lifespan(api.batcher))
+    app.state.batcher = api.batcher
     return app
 
 

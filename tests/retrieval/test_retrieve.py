@@ -151,7 +151,7 @@ def test_a_revised_backend_changes_the_index_recipe(monkeypatch: pytest.MonkeyPa
     import dataclasses
 
     from autotune.models import backends
-    from autotune.retrieval._search import embedding_recipe
+    from autotune.retrieval import embedding_recipe
 
     cfg = EngineConfig(cpu_backend="onnx-int8")
     assert embedding_recipe(cfg) == "cpu:onnx-int8" and embedding_recipe(EngineConfig()) == "cpu:eager"
