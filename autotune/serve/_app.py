@@ -65,7 +65,6 @@ class Batcher:
         self.service = service
         self.queue: asyncio.Queue[_Pending] | None = None
         self.task: asyncio.Task[None] | None = None
-        self.batches = 0
         # Every batch runs on this one thread: OpenMP keeps a team of threads per calling thread, so torch called
         # from a pool's changing threads would start teams that compete for the same cores.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="search")
@@ -94,7 +93,6 @@ class Batcher:
                 requests = [(p.texts, p.k) for p in batch]
                 loop = asyncio.get_running_loop()
                 answers = await loop.run_in_executor(self.executor, self.service.search_many, requests)
-                self.batches += 1
                 for p, a in zip(batch, answers, strict=True):
                     if not p.done.done():
                         p.done.set_result(a)

@@ -208,13 +208,13 @@ class SearchService:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def refresh(self, *, wait: bool = False) -> None:
+    def refresh(self) -> None:
         """Notice a generation committed since the last look; load it beside the current one and swap it in.
 
-        Called on requests (at most every half second); ``wait`` loads in this thread (tests, start-up).
+        Called on requests, at most every half second; the loading runs in a thread of its own.
         """
         now = time.monotonic()
-        if not wait and now - self._checked < _RELOAD_CHECK_S:
+        if now - self._checked < _RELOAD_CHECK_S:
             return
         self._checked = now
         stamp = self._meta_stamp()
@@ -224,10 +224,7 @@ class SearchService:
             if self._loading:
                 return
             self._loading = True
-        if wait:
-            self._load_new(stamp)
-        else:
-            threading.Thread(target=self._load_new, args=(stamp,), name="index-reload", daemon=True).start()
+        threading.Thread(target=self._load_new, args=(stamp,), name="index-reload", daemon=True).start()
 
     def _load_new(self, stamp: tuple[int, int, int]) -> None:
         """Load the newest generation if it is complete and of this server's key."""
