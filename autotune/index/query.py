@@ -112,11 +112,10 @@ class IndexMatrix:
         """Float16 scores (queries, rows) as float32: one matrix-vector pass per query (float32 accumulation)."""
         import torch
 
-        mat = half if isinstance(half, torch.Tensor) else torch.as_tensor(half)
         q16 = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(torch.float16)
         # One gemv per query: on CPUs without float16 matrix units torch's gemv reads the matrix once per
         # query at full bandwidth, while its float16 gemm is emulated and slower per query.
-        return np.stack([(mat @ q).float().numpy() for q in q16])
+        return np.stack([(half @ q).float().numpy() for q in q16])
 
     def _exact_rows(self) -> np.ndarray:
         """The float32 matrix the exact scan multiplies (made on first use, then kept)."""

@@ -145,7 +145,7 @@ class EmbeddingIndex:
         self.embeddings: np.ndarray | None = None
         self.catalog: dict[str, list[Any]] | None = None
         self.matrix: IndexMatrix | None = None
-        self.generation = 0
+        self.meta: IndexMeta | None = None  # the metadata of the loaded generation
 
     # ------------------------------------------------------------------------------------ the folder
 
@@ -211,7 +211,7 @@ class EmbeddingIndex:
             if p.name not in ("index.lock", "writer.json"):
                 p.unlink(missing_ok=True)
         remove_leftovers(self.path)
-        self.ids = self.embeddings = self.catalog = self.matrix = None
+        self.ids = self.embeddings = self.catalog = self.matrix = self.meta = None
 
     def size_bytes(self) -> int:
         """Disk space of the files this project wrote."""
@@ -344,7 +344,7 @@ class EmbeddingIndex:
                 continue
             self.catalog, self.ids, self.embeddings = catalog, ids, embeddings
             self.matrix = IndexMatrix(ids, embeddings, self.scan)
-            self.generation = meta.generation
+            self.meta = meta
             return
 
     def search(self, queries: np.ndarray, k: int = 9) -> tuple[np.ndarray, np.ndarray]:

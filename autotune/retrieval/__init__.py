@@ -10,7 +10,13 @@ from autotune.retrieval._outputs import contact_sheet, write_outputs, write_skip
 from autotune.retrieval._result import Hit, NoReadableImages, RetrievalResult
 from autotune.retrieval._run import RetrievalOptions, choose_config, choose_profile, profile_rate, run_retrieval
 from autotune.retrieval._search import node_profile, node_sizer, retrieve, scan_engine
-from autotune.retrieval._sync import embedding_recipe, index_folder, safe_default_config, update_index
+from autotune.retrieval._sync import (
+    embedding_recipe,
+    existing_index,
+    index_folder,
+    safe_default_config,
+    update_index,
+)
 
 __all__ = [
     "Hit",
@@ -21,6 +27,7 @@ __all__ = [
     "choose_profile",
     "contact_sheet",
     "embedding_recipe",
+    "existing_index",
     "index_folder",
     "node_profile",
     "node_sizer",

@@ -18,9 +18,8 @@ from autotune.data.sources import open_source
 from autotune.defaults import DEFAULT_MODEL, default_dataset
 from autotune.engine.config import EngineConfig
 from autotune.errors import ConfigError, DataError
-from autotune.index import EmbeddingIndex
 from autotune.progress import Log, ProgressFactory, quiet
-from autotune.retrieval import choose_profile, index_folder, update_index
+from autotune.retrieval import choose_profile, existing_index, index_folder, update_index
 from autotune.serve._app import build_app
 from autotune.serve._service import SearchService
 
@@ -96,15 +95,12 @@ def _existing(opts: ServeOptions, model: str, config: EngineConfig) -> tuple[Ima
     source: ImageSource | None = None
     if opts.dataset is not None or opts.index_dir is None:
         source = open_source(opts.dataset or str(default_dataset()), opts.image_column, opts.split)
-    path = opts.index_dir or index_folder(source, model, config, opts.split) if source else opts.index_dir
-    assert path is not None
-    meta = EmbeddingIndex(path).read_meta()
-    if meta is None or not meta.complete:
-        raise ConfigError(
-            f"no complete index at {path}: run `autotune serve` without --no-update (or `autotune retrieve`) "
-            "to build it"
-        )
-    if source is None:
+    path = opts.index_dir
+    if path is None:
+        assert source is not None
+        path = index_folder(source, model, config, opts.split)
+    meta = existing_index(path, model).read_meta()  # complete and of this model, or one line
+    if source is None and meta is not None:
         with contextlib.suppress(DataError):
             source = open_source(meta.dataset, opts.image_column, opts.split)
     return source, Path(path)

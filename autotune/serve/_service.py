@@ -54,14 +54,10 @@ class Snapshot:
         """Load the committed generation of the index at ``path``."""
         index = EmbeddingIndex(path)
         index.load()
-        meta = index.read_meta()
-        if meta is None or index.catalog is None or index.ids is None:
-            raise ConfigError(f"index {path} changed while loading; start again")
-        if meta.generation != index.generation:  # committed again between our two reads: describe what we hold
-            meta.generation = index.generation
+        assert index.meta is not None and index.catalog is not None and index.ids is not None
         embedded = set(index.ids.tolist())
         rows = {int(i): n for n, i in enumerate(index.catalog["id"]) if int(i) in embedded}
-        return cls(index, meta, rows)
+        return cls(index, index.meta, rows)
 
     def __len__(self) -> int:
         """Images this generation can return."""
